@@ -1,0 +1,31 @@
+# caviar: the two commands of the README's quick start are `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch that this project's machines carry on disk; elsewhere the range in
+# pyproject.toml applies (install your CUDA build of torch into $(VENV) first to keep it).
+TORCH_LOCAL ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH_LOCAL)" || \
+		echo "caviar: $(TORCH_LOCAL) not available here; pip will pick torch from pyproject.toml's range"
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/caviar run examples/digits.yaml
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check orchestrator trainables tests
+
+clean:
+	rm -rf $(VENV) caviar_runs mlflow.db mlruns mlartifacts .pytest_cache

@@ -1,0 +1,79 @@
+"""The ``caviar`` command: parses arguments and delegates; no logic of its own.
+
+User errors (:class:`CaviarError`) are printed as one short message and an exit code (2 for a
+bad spec, 1 otherwise); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.errors import CaviarError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CaviarError as error:
+        print(f"caviar: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\ncaviar: interrupted; what finished is in MLflow", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caviar",
+        description="Caviar-style hyperparameter sweeps on Ray Tune, tracked in MLflow.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a spec and summarise it")
+    validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema")
+    schema.set_defaults(handler=_schema)
+
+    run = commands.add_parser("run", help="run a sweep on this machine (or RAY_ADDRESS)")
+    run.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"OK {spec.summary()}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from orchestrator.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.spec)  # before the heavy imports: a bad spec answers at once
+    from orchestrator.summary import format_summary
+    from orchestrator.sweep import run_sweep
+
+    result = run_sweep(spec, args.spec.read_text(encoding="utf-8"), args.spec.name)
+    print(format_summary(result))
+    return 0 if result.best is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""ASHA-aware ranking: which trial is best when most trials were stopped early.
+
+A trial stopped at epoch 2 has an objective measured after 2 epochs; comparing it with one that
+earned the full budget compares different things. So trials are ranked first by the deepest
+rung they reached, then by the objective there. Diverged and failed trials never rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from orchestrator.records import TrialRecord
+
+
+def rung_milestones(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
+    """The epochs at which ASHA compares trials, ending with the full budget."""
+    milestones: list[int] = []
+    epoch = float(grace_period)
+    while epoch < max_epochs:
+        if not milestones or int(epoch) > milestones[-1]:
+            milestones.append(int(epoch))
+        epoch *= reduction_factor
+    milestones.append(max_epochs)
+    return milestones
+
+
+def rung_reached(epochs: int, milestones: list[int]) -> int:
+    """How many milestones a trial passed (0: stopped before the first)."""
+    return sum(1 for m in milestones if epochs >= m)
+
+
+def rank_key(
+    record: TrialRecord, metric: str, mode: Literal["max", "min"], milestones: list[int]
+) -> tuple[int, float] | None:
+    """Sort key, larger is better; ``None`` for trials that cannot be best."""
+    if record.outcome in ("diverged", "failed", "running"):
+        return None
+    value = record.metric(metric)
+    if value is None:
+        return None
+    return (rung_reached(record.epochs, milestones), value if mode == "max" else -value)
+
+
+def ranked(
+    records: Iterable[TrialRecord],
+    metric: str,
+    mode: Literal["max", "min"],
+    milestones: list[int],
+) -> list[TrialRecord]:
+    """Eligible trials, best first; ties keep the plan's order (lower index first)."""
+    keyed = [(rank_key(r, metric, mode, milestones), r) for r in records]
+    eligible = [(k, r) for k, r in keyed if k is not None]
+    eligible.sort(key=lambda kr: (kr[0][0], kr[0][1], -kr[1].index), reverse=True)
+    return [r for _, r in eligible]

@@ -1,0 +1,734 @@
+"""The sweep spec: pydantic models, loading from YAML, and the checks that span sections.
+
+The spec is the product's main interface and the single source of truth: nothing downstream
+re-validates raw dicts. Every model is strict (``extra="forbid"``), so a typo in a YAML file is
+an error instead of a silently ignored key; every field carries a description, which feeds
+``caviar schema`` and editors' completion. ``load_spec``/``parse_spec`` are the one parse
+boundary: pydantic's ``ValidationError`` leaves this module only as :class:`SpecError`, with
+every problem located by its dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.errors import Problem, SpecError
+from orchestrator.space import ChoiceDomain, Domain, GridDomain, RangeDomain, SearchSpace
+
+BUNDLED_SOURCES = ("digits", "iris", "wine", "breast_cancer")
+DATA_SOURCES = (*BUNDLED_SOURCES, "synthetic")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+Scalar = bool | int | float | str
+
+
+class StrictModel(BaseModel):
+    """Base of every spec section: unknown keys are errors and parsed specs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- space -------------------------------------------------------------------------------
+
+
+class RangeParameter(StrictModel):
+    """An interval sampled uniformly on its scale: ``{scale: log, low: 1e-4, high: 1}``."""
+
+    scale: Annotated[
+        Literal["linear", "log", "log1m"],
+        Field(
+            description=(
+                "linear: uniform in x. log: uniform in log10(x) (learning rates). "
+                "log1m: uniform in log10(1 - x), for averaging betas such as momentum "
+                "(0.9..0.999 gives equal mass to ~10-, ~100- and ~1000-step averages)."
+            )
+        ),
+    ] = "linear"
+    integer: Annotated[
+        bool, Field(description="Round samples to integers (units, layers, batch size).")
+    ] = False
+    low: Annotated[float, Field(description="Lower bound, included.")]
+    high: Annotated[float, Field(description="Upper bound, included; must be > low.")]
+
+    @field_validator("low", "high")
+    @classmethod
+    def _bound_fits_scale(cls, value: float, info: ValidationInfo) -> float:
+        scale = info.data.get("scale", "linear")
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        if scale == "log" and value <= 0:
+            raise ValueError(f"must be > 0 on a log scale, got {value:g}")
+        if scale == "log1m" and not 0 < value < 1:
+            raise ValueError(
+                f"must be in (0, 1) on a log1m scale (it samples log10(1 - x)), got {value:g}"
+            )
+        if info.data.get("integer") and value != int(value):
+            raise ValueError(f"must be a whole number when integer: true, got {value:g}")
+        if info.field_name == "high" and "low" in info.data and value <= info.data["low"]:
+            raise ValueError(f"must be > low, got low={info.data['low']:g}, high={value:g}")
+        return value
+
+    @model_validator(mode="after")
+    def _integer_needs_a_numeric_scale(self) -> RangeParameter:
+        if self.integer and self.scale == "log1m":
+            raise ValueError("integer: true cannot be combined with scale: log1m")
+        return self
+
+    def to_domain(self, name: str) -> RangeDomain:
+        return RangeDomain(name, self.scale, self.low, self.high, self.integer)
+
+    def corner_values(self) -> list[tuple[str, Scalar]]:
+        cast = int if self.integer else float
+        return [("low", cast(self.low)), ("high", cast(self.high))]
+
+
+class ChoiceParameter(StrictModel):
+    """A categorical parameter, drawn uniformly at random: ``{values: [32, 64, 128]}``."""
+
+    values: Annotated[
+        list[Scalar],
+        Field(min_length=1, description="The values to choose from, each equally likely."),
+    ]
+
+    @field_validator("values")
+    @classmethod
+    def _distinct(cls, values: list[Scalar]) -> list[Scalar]:
+        return _require_distinct(values)
+
+    def to_domain(self, name: str) -> ChoiceDomain:
+        return ChoiceDomain(name, tuple(self.values))
+
+    def corner_values(self) -> list[tuple[str, Scalar]]:
+        return [(f"values[{i}]", v) for i, v in enumerate(self.values)]
+
+
+class GridParameter(StrictModel):
+    """An exhaustive parameter: every value is tried, crossed with the other grids."""
+
+    grid: Annotated[
+        list[Scalar], Field(min_length=1, description="Every value is tried in every sweep.")
+    ]
+
+    @field_validator("grid")
+    @classmethod
+    def _distinct(cls, values: list[Scalar]) -> list[Scalar]:
+        return _require_distinct(values)
+
+    def to_domain(self, name: str) -> GridDomain:
+        return GridDomain(name, tuple(self.grid))
+
+    def corner_values(self) -> list[tuple[str, Scalar]]:
+        return [(f"grid[{i}]", v) for i, v in enumerate(self.grid)]
+
+
+def _require_distinct(values: list[Scalar]) -> list[Scalar]:
+    seen: list[Scalar] = []
+    for value in values:
+        if any(value == s and type(value) is type(s) for s in seen):
+            raise ValueError(f"lists {value!r} twice; each value once")
+        seen.append(value)
+    return values
+
+
+def _parameter_kind(value: Any) -> str:
+    """Pick the parameter model by the keys present, so errors name the right fields."""
+    if isinstance(value, Mapping):
+        if "values" in value:
+            return "__choice__"
+        if "grid" in value:
+            return "__grid__"
+        return "__range__"
+    if isinstance(value, ChoiceParameter):
+        return "__choice__"
+    if isinstance(value, GridParameter):
+        return "__grid__"
+    return "__range__"
+
+
+Parameter = Annotated[
+    Annotated[RangeParameter, Tag("__range__")]
+    | Annotated[ChoiceParameter, Tag("__choice__")]
+    | Annotated[GridParameter, Tag("__grid__")],
+    Discriminator(_parameter_kind),
+]
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+class _DataCommon(StrictModel):
+    val_fraction: Annotated[
+        float,
+        Field(gt=0, lt=1, description="Share of rows held out for validation (the objective)."),
+    ] = 0.2
+    test_fraction: Annotated[
+        float,
+        Field(gt=0, lt=1, description="Share of rows held out for the best model's final test."),
+    ] = 0.2
+    seed: Annotated[int, Field(description="Seed of the stratified train/val/test split.")] = 0
+    standardize: Annotated[
+        bool, Field(description="Scale features to mean 0, std 1 using training rows only.")
+    ] = True
+
+    @model_validator(mode="after")
+    def _splits_leave_training_rows(self) -> _DataCommon:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "val_fraction + test_fraction must leave at least 10% of rows for training, "
+                f"got {self.val_fraction:g} + {self.test_fraction:g}"
+            )
+        return self
+
+
+class BundledData(_DataCommon):
+    """A dataset that ships with scikit-learn: nothing is downloaded."""
+
+    source: Annotated[
+        Literal["digits", "iris", "wine", "breast_cancer"],
+        Field(description="digits | iris | wine | breast_cancer (scikit-learn's bundled data)."),
+    ] = "digits"
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _known_source(cls, value: Any) -> Any:
+        if value not in DATA_SOURCES:
+            raise ValueError(
+                f"unknown data source {value!r}; choose one of {', '.join(DATA_SOURCES)}"
+            )
+        return value
+
+
+class SyntheticData(_DataCommon):
+    """A generated classification problem (scikit-learn's make_classification)."""
+
+    source: Annotated[Literal["synthetic"], Field(description="Generated data.")]
+    n_samples: Annotated[int, Field(ge=20, le=10_000_000, description="Rows to generate.")] = 1000
+    n_features: Annotated[int, Field(ge=2, le=100_000, description="Feature columns.")] = 20
+    n_classes: Annotated[int, Field(ge=2, le=1000, description="Number of classes.")] = 3
+
+
+def _data_kind(value: Any) -> str:
+    source = value.get("source") if isinstance(value, Mapping) else getattr(value, "source", None)
+    return "__synthetic__" if source == "synthetic" else "__bundled__"
+
+
+DataSpec = Annotated[
+    Annotated[BundledData, Tag("__bundled__")] | Annotated[SyntheticData, Tag("__synthetic__")],
+    Discriminator(_data_kind),
+]
+
+
+# --- search, scheduler, objective, resources, tracking, storage --------------------------
+
+
+class SearchSpec(StrictModel):
+    strategy: Annotated[
+        Literal["random", "grid"],
+        Field(
+            description=(
+                "random: each trial samples every parameter on its scale (grid parameters are "
+                "still enumerated). grid: every combination of grid and values parameters."
+            )
+        ),
+    ] = "random"
+    num_trials: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "random: trials per grid point (default 16). grid: repeats of the whole grid "
+                "(default 1)."
+            ),
+        ),
+    ] = None
+    seed: Annotated[int, Field(description="Seed of the sampled configurations.")] = 0
+    max_concurrent: Annotated[
+        int | None,
+        Field(ge=1, description="Cap on trials running at once (default: as many as fit)."),
+    ] = None
+
+    def samples_per_point(self) -> int:
+        if self.num_trials is not None:
+            return self.num_trials
+        return 16 if self.strategy == "random" else 1
+
+
+class AshaScheduler(StrictModel):
+    """Asynchronous successive halving: most trials stop early, the promising ones go on."""
+
+    kind: Annotated[Literal["asha"], Field(description="asha | fifo")] = "asha"
+    grace_period: Annotated[
+        int, Field(ge=1, description="Epochs every trial runs before it can be stopped.")
+    ] = 2
+    reduction_factor: Annotated[
+        float, Field(gt=1, description="Keep 1/reduction_factor of trials at each rung.")
+    ] = 3
+    max_epochs: Annotated[
+        int | None,
+        Field(ge=1, description="Epoch budget of a trial (default: fixed.epochs, else 30)."),
+    ] = None
+    brackets: Annotated[int, Field(ge=1, le=10, description="Number of ASHA brackets.")] = 1
+
+
+class FifoScheduler(StrictModel):
+    """No early stopping: every trial trains its full budget."""
+
+    kind: Annotated[Literal["fifo"], Field(description="asha | fifo")]
+    max_epochs: Annotated[
+        int | None,
+        Field(ge=1, description="Epoch budget of a trial (default: fixed.epochs, else 30)."),
+    ] = None
+
+
+def _scheduler_kind(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, Mapping) else getattr(value, "kind", None)
+    return "__fifo__" if kind == "fifo" else "__asha__"
+
+
+SchedulerSpec = Annotated[
+    Annotated[AshaScheduler, Tag("__asha__")] | Annotated[FifoScheduler, Tag("__fifo__")],
+    Discriminator(_scheduler_kind),
+]
+
+
+class ObjectiveSpec(StrictModel):
+    metric: Annotated[
+        str, Field(description="A metric the trainable reports, e.g. val_accuracy or val_loss.")
+    ] = "val_accuracy"
+    mode: Annotated[
+        Literal["max", "min"] | None,
+        Field(description="max | min (default: the metric's natural direction)."),
+    ] = None
+
+
+class ResourcesSpec(StrictModel):
+    cpus_per_trial: Annotated[
+        float, Field(gt=0, le=1024, description="CPUs per trial; also torch's thread count.")
+    ] = 1
+    gpus_per_trial: Annotated[
+        float,
+        Field(ge=0, le=64, description="GPUs per trial; a fraction (0.25) packs trials per GPU."),
+    ] = 0
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"above 1 must be a whole number of GPUs, got {value:g}")
+        return value
+
+
+class TrackingSpec(StrictModel):
+    uri: Annotated[
+        str | None,
+        Field(
+            description=(
+                "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db). "
+                "Credentials never go here: use MLFLOW_TRACKING_USERNAME/PASSWORD."
+            )
+        ),
+    ] = None
+    experiment: Annotated[
+        str | None, Field(description="MLflow experiment (default: the spec's name).")
+    ] = None
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).password is not None:
+            raise ValueError(
+                "holds a password; specs are logged and shared, so set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment instead"
+            )
+        return value
+
+
+class StorageSpec(StrictModel):
+    path: Annotated[
+        str, Field(description="Folder for Ray results and checkpoints (relative to the cwd).")
+    ] = "caviar_runs"
+    checkpoint_every: Annotated[
+        int,
+        Field(
+            ge=0,
+            description=(
+                "Checkpoint each trial every N epochs so it can resume (0: only when it ends)."
+            ),
+        ),
+    ] = 5
+
+
+# --- the sweep ---------------------------------------------------------------------------
+
+
+class SweepSpec(StrictModel):
+    """A caviar sweep: what to train, which parameters to vary, how to search and stop."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=100,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            description="Sweep name: letters, digits, '.', '_' and '-'; the default experiment.",
+        ),
+    ]
+    description: Annotated[str, Field(description="Free text, logged on the parent run.")] = ""
+    data: Annotated[DataSpec, Field(description="The dataset and its splits.")] = Field(
+        default_factory=BundledData
+    )
+    trainable: Annotated[
+        str, Field(description="Registered trainable to tune (default bn_softmax_mlp).")
+    ] = "bn_softmax_mlp"
+    space: Annotated[
+        dict[str, Parameter],
+        Field(min_length=1, description="The parameters to vary, by name."),
+    ]
+    fixed: Annotated[
+        dict[str, Any], Field(description="Constant parameters every trial receives.")
+    ] = Field(default_factory=dict)
+    search: Annotated[SearchSpec, Field(description="How configurations are chosen.")] = Field(
+        default_factory=SearchSpec
+    )
+    scheduler: Annotated[
+        SchedulerSpec, Field(description="Early stopping: asha (default) or fifo.")
+    ] = Field(default_factory=AshaScheduler)
+    objective: Annotated[ObjectiveSpec, Field(description="What 'best' means.")] = Field(
+        default_factory=ObjectiveSpec
+    )
+    resources: Annotated[ResourcesSpec, Field(description="What each trial gets.")] = Field(
+        default_factory=ResourcesSpec
+    )
+    tracking: Annotated[TrackingSpec, Field(description="Where results are logged.")] = Field(
+        default_factory=TrackingSpec
+    )
+    storage: Annotated[StorageSpec, Field(description="Where Ray keeps results.")] = Field(
+        default_factory=StorageSpec
+    )
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> SweepSpec:
+        # Not a ValueError on purpose: SpecError passes through pydantic with its paths intact.
+        problems = list(_cross_section_problems(self))
+        if problems:
+            raise SpecError(problems)
+        return self
+
+    # Resolved values: the defaults that depend on other sections, in one place.
+
+    @property
+    def max_epochs(self) -> int:
+        if self.scheduler.max_epochs is not None:
+            return self.scheduler.max_epochs
+        epochs = self.fixed.get("epochs")
+        return int(epochs) if epochs is not None else 30
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        if self.objective.mode is not None:
+            return self.objective.mode
+        return _natural_mode(self.trainable, self.objective.metric)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def tracking_uri(self, environ: Mapping[str, str] = os.environ) -> str:
+        return self.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def search_space(self) -> SearchSpace:
+        """The domains to sample; under ``strategy: grid`` categorical values are enumerated."""
+        domains: list[Domain] = []
+        for name, parameter in self.space.items():
+            domain = parameter.to_domain(name)
+            if self.search.strategy == "grid" and isinstance(domain, ChoiceDomain):
+                domain = GridDomain(name, domain.values)
+            domains.append(domain)
+        return SearchSpace(tuple(domains), {**self.fixed, "epochs": self.max_epochs})
+
+    def num_trials(self) -> int:
+        return self.search_space().grid_size() * self.search.samples_per_point()
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        space = self.search_space()
+        params = ", ".join(f"{d.name} {d.describe()}" for d in space.domains)
+        grid = space.grid_size()
+        per_point = self.search.samples_per_point()
+        trials = (
+            f"{grid} grid points x {per_point} = {grid * per_point} trials"
+            if grid > 1
+            else (f"{grid * per_point} trials")
+        )
+        sched = self.scheduler
+        if isinstance(sched, AshaScheduler):
+            stopping = (
+                f"asha (grace {sched.grace_period}, reduction {sched.reduction_factor:g}, "
+                f"max {self.max_epochs} epochs)"
+            )
+        else:
+            stopping = f"fifo ({self.max_epochs} epochs)"
+        return (
+            f"{self.name}: {len(space.domains)} parameters ({params}); "
+            f"{self.search.strategy} search, {trials}; {stopping}; "
+            f"objective {self.mode} {self.objective.metric}"
+        )
+
+
+def _natural_mode(trainable: str, metric: str) -> Literal["max", "min"]:
+    from trainables import get_trainable
+
+    mode = get_trainable(trainable).metrics.get(metric, "max")
+    return "min" if mode == "min" else "max"
+
+
+def _cross_section_problems(spec: SweepSpec) -> Iterable[Problem]:
+    """Checks that need more than one section; each problem carries the path to fix."""
+    from trainables import UnknownTrainableError, get_trainable
+
+    try:
+        definition = get_trainable(spec.trainable)
+    except UnknownTrainableError as error:
+        yield Problem("trainable", str(error.args[0]) if error.args else str(error))
+        return
+
+    known = set(definition.parameter_names())
+    for section, names in (("space", spec.space), ("fixed", spec.fixed)):
+        for name in names:
+            if name not in known:
+                yield Problem(
+                    f"{section}.{name}",
+                    f"{spec.trainable} has no parameter {name!r}; "
+                    f"its parameters are {', '.join(sorted(known))}",
+                )
+    for name in spec.space:
+        if name in spec.fixed:
+            yield Problem(
+                f"fixed.{name}", "is also in space; a parameter is sampled or fixed, not both"
+            )
+
+    if "epochs" in spec.space:
+        yield Problem(
+            "space.epochs",
+            "the epoch budget is the scheduler's to spend; set scheduler.max_epochs instead",
+        )
+    fixed_epochs = spec.fixed.get("epochs")
+    if (
+        spec.scheduler.max_epochs is not None
+        and fixed_epochs is not None
+        and fixed_epochs != spec.scheduler.max_epochs
+    ):
+        yield Problem(
+            "scheduler.max_epochs",
+            f"is {spec.scheduler.max_epochs} but fixed.epochs is {fixed_epochs}; set only one",
+        )
+    if isinstance(spec.scheduler, AshaScheduler) and spec.scheduler.grace_period > spec.max_epochs:
+        yield Problem(
+            "scheduler.grace_period",
+            f"must be <= max_epochs ({spec.max_epochs}), got {spec.scheduler.grace_period}",
+        )
+
+    if spec.objective.metric not in definition.metrics:
+        yield Problem(
+            "objective.metric",
+            f"{spec.trainable} does not report {spec.objective.metric!r}; "
+            f"choose one of {', '.join(definition.metrics)}",
+        )
+
+    if spec.search.strategy == "grid":
+        for name, parameter in spec.space.items():
+            if isinstance(parameter, RangeParameter):
+                yield Problem(
+                    f"space.{name}",
+                    "a range cannot be enumerated by strategy: grid; "
+                    "use grid: [...] or values: [...], or strategy: random",
+                )
+
+    yield from _trainable_config_problems(spec, definition.config_model, known)
+
+
+def _trainable_config_problems(
+    spec: SweepSpec, config_model: type[BaseModel], known: set[str]
+) -> Iterable[Problem]:
+    """Validate fixed values and every range end / listed value against the trainable's config."""
+    fixed = {k: v for k, v in spec.fixed.items() if k in known}
+    base = {**fixed, "epochs": spec.max_epochs}
+    base_errors = _config_errors(config_model, base)
+    for loc, message in base_errors:
+        yield Problem(f"fixed.{loc}" if loc else "fixed", message)
+    if base_errors:
+        return
+    for name, parameter in spec.space.items():
+        if name not in known or name in spec.fixed:
+            continue
+        field = config_model.model_fields.get(name)
+        if isinstance(parameter, RangeParameter) and field is not None:
+            if field.annotation is int and not parameter.integer:
+                yield Problem(f"space.{name}", f"{name} is a whole number; add integer: true")
+                continue
+        for where, value in parameter.corner_values():
+            for _, message in _config_errors(config_model, {**base, name: value}):
+                yield Problem(f"space.{name}.{where}", message)
+
+
+def _config_errors(config_model: type[BaseModel], config: dict[str, Any]) -> list[tuple[str, str]]:
+    try:
+        config_model.model_validate(config)
+    except ValidationError as error:
+        return [(".".join(str(p) for p in e["loc"]), _message(e)) for e in error.errors()]
+    return []
+
+
+# --- loading: the one parse boundary -----------------------------------------------------
+
+
+def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
+    """Read a YAML (or JSON) spec file; any problem becomes a :class:`SpecError`."""
+    source = str(path)
+    file = Path(path)
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "does not exist"
+        raise SpecError([Problem("", f"{source} {what}; pass the path of a YAML spec file")])
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([Problem("", "is not a text file; a spec is YAML text")], source) from None
+    except OSError as error:
+        raise SpecError([Problem("", f"cannot be read: {error.strerror}")], source) from None
+    return parse_spec_text(text, source)
+
+
+def parse_spec_text(text: str, source: str | None = None) -> SweepSpec:
+    try:
+        data = yaml.safe_load(text)  # safe: a spec can never construct Python objects
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError([Problem("", f"invalid YAML: {where}{problem}")], source) from None
+    if data is None:
+        raise SpecError([Problem("", "is empty; a spec needs at least name and space")], source)
+    if not isinstance(data, dict):
+        raise SpecError(
+            [Problem("", f"must be a mapping of sections, got a {type(data).__name__}")], source
+        )
+    return parse_spec(data, source)
+
+
+def parse_spec(data: Mapping[str, Any], source: str | None = None) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_problems(error), source) from None
+    except SpecError as error:
+        raise SpecError(error.problems, source) from None
+
+
+def _problems(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not _is_tag(p))
+        problems.append(Problem(_format_path(loc), _message(item, loc)))
+    return problems
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and bool(re.fullmatch(r"__\w+__", part))
+
+
+def _format_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _message(item: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:
+    kind = item["type"]
+    message = str(item["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix) :]
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    if kind == "missing":
+        return "is required"
+    value = item.get("input")
+    if (
+        kind != "value_error"
+        and isinstance(value, (bool, int, float, str))
+        and not isinstance(value, dict)
+    ):
+        message += f", got {value!r}"
+    return message[:1].lower() + message[1:]
+
+
+def _unknown_key_message(loc: tuple[Any, ...]) -> str:
+    import difflib
+
+    key = str(loc[-1]) if loc else ""
+    valid = _valid_keys(loc[:-1])
+    if not valid:
+        return "unknown key"
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (valid keys: {', '.join(valid)})"
+
+
+def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
+    sections: dict[str, list[type[BaseModel]]] = {
+        "data": [BundledData, SyntheticData],
+        "search": [SearchSpec],
+        "scheduler": [AshaScheduler, FifoScheduler],
+        "objective": [ObjectiveSpec],
+        "resources": [ResourcesSpec],
+        "tracking": [TrackingSpec],
+        "storage": [StorageSpec],
+    }
+    if not parent:
+        models: list[type[BaseModel]] = [SweepSpec]
+    elif len(parent) == 1:
+        models = sections.get(str(parent[0]), [])
+    elif len(parent) == 2 and parent[0] == "space":
+        models = [RangeParameter, ChoiceParameter, GridParameter]
+    else:
+        models = []
+    keys: list[str] = []
+    for model in models:
+        keys += [k for k in model.model_fields if k not in keys]
+    return keys
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec, generated from the models (editors complete from it)."""
+    schema = SweepSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "caviar sweep spec"
+    return schema

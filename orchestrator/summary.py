@@ -1,0 +1,50 @@
+"""The end-of-sweep summary a user reads in the terminal."""
+
+from __future__ import annotations
+
+from orchestrator.sweep import SweepResult
+
+
+def format_summary(result: SweepResult) -> str:
+    counts = result.counts
+    outcome_text = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+    lines = [
+        "",
+        f"Sweep {result.name} ({result.sweep_id}) finished in {result.wall_seconds:.1f} s",
+        f"  trials:          {len(result.records)} ({outcome_text})",
+        f"  epochs trained:  {result.epochs_trained}",
+    ]
+    if result.best is None:
+        lines.append("  best trial:      none (every trial diverged or failed)")
+    else:
+        best = result.best
+        value = best.metric(result.metric)
+        lines += [
+            f"  best trial:      #{best.index} ({best.trial_id}), {best.outcome.replace('_', ' ')} "
+            f"after {best.epochs} epochs",
+            f"  best {result.metric}: {value:.4f}" if value is not None else "",
+        ]
+        if result.test_accuracy is not None:
+            lines.append(
+                f"  test accuracy:   {result.test_accuracy:.4f} (held-out split, evaluated once)"
+            )
+        sampled = {k: v for k, v in best.config.items()}
+        lines.append("  best config:")
+        lines += [f"    {k}: {_fmt(v)}" for k, v in sorted(sampled.items())]
+    lines += [
+        f"  MLflow:          experiment {result.experiment!r}, parent run {result.parent_run_id}",
+        f"                   store {result.tracking_uri}",
+        f"  open the UI:     {result.ui_command}",
+        f"  Ray results:     {result.storage_dir}",
+    ]
+    if result.undelivered:
+        lines.append(
+            f"  WARNING: {len(result.undelivered)} MLflow writes failed: {result.undelivered[:3]}"
+        )
+    return "\n".join(line for line in lines if line != "")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

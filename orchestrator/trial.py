@@ -1,0 +1,82 @@
+"""The thin adapter between a trainable's training session and Ray Tune.
+
+A class ``Trainable`` rather than a function: one ``step()`` is one epoch, so Ray asks for the
+next epoch only when the scheduler wants it (no thread blocking on ``tune.report``), and
+``reset_config`` lets one actor run trial after trial. An actor keeps the dataset it was
+given, already converted to tensors on its device, for its whole life: the data crosses the
+object store once per actor, and a trial never reloads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainables import DataSplits, TensorSplits, TrainingSession, get_trainable
+
+STATE_FILE = "state.pt"
+
+
+class CaviarTrainable(tune.Trainable):
+    """Runs one trial of a registered trainable, one epoch per ``step``."""
+
+    def setup(self, config: dict[str, Any], data: DataSplits, trainable_name: str) -> None:
+        self._definition = get_trainable(trainable_name)
+        cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
+        torch.set_num_threads(max(1, int(cpus)))
+        self._device = _device()
+        self._tensors = TensorSplits.from_splits(data, self._device)
+        self._session = self._new_session(config)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self._session = self._new_session(new_config)
+        return True
+
+    def step(self) -> dict[str, Any]:
+        result = dict(self._session.step())
+        result["node_id"] = _node_id()
+        if self._session.finished:
+            result["done"] = True
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(
+            {"config": dict(self.config), "session": self._session.state_dict()},
+            Path(checkpoint_dir) / STATE_FILE,
+        )
+
+    def load_checkpoint(self, checkpoint: str | dict[str, Any]) -> None:
+        state = torch.load(
+            Path(str(checkpoint)) / STATE_FILE, map_location=self._device, weights_only=False
+        )
+        self._session.load_state_dict(state["session"])
+
+    def _new_session(self, config: dict[str, Any]) -> TrainingSession:
+        return self._definition.make_session(config, self._tensors, self._device)
+
+
+def _device() -> torch.device:
+    """The GPU Ray assigned to this actor, else the CPU."""
+    import ray
+
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda")  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs
+    return torch.device("cpu")
+
+
+def _node_id() -> str:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside Ray (tests of the adapter) there is no node
+        return os.uname().nodename
+
+
+def load_trial_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """Read back what ``save_checkpoint`` wrote: the trial's config and session state."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)

@@ -1,0 +1,38 @@
+"""Shared helpers: run the real ``caviar`` command as a user would, in a clean environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CAVIAR = str(Path(sys.executable).parent / "caviar")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The user's environment minus anything that would point caviar at a shared store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    env.update(RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_caviar(
+    *args: str, cwd: Path, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CAVIAR, *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def caviar_cmd() -> str:
+    return CAVIAR

@@ -1,0 +1,162 @@
+"""A real sweep through real Ray (embedded, 2 CPUs) into a real MLflow SQLite store.
+
+The sweep runs once per module, as a user would run it (`caviar run spec.yaml` in a fresh
+folder); each test then reads back one aspect of what it left in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_caviar
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+SPEC = """
+name: iris-it
+data: {source: iris, val_fraction: 0.2, test_fraction: 0.2, seed: 3}
+space:
+  batch_norm: {grid: [true, false]}
+  learning_rate: {grid: [0.1, 1000.0]}   # 1000 without batch norm diverges; with it, it survives
+  hidden_units: {scale: log, low: 8, high: 64, integer: true}
+  momentum: {scale: log1m, low: 0.8, high: 0.99}
+fixed: {optimizer: sgd, batch_size: 16, layers: 2}
+search: {strategy: random, num_trials: 2, seed: 5}
+scheduler: {kind: asha, grace_period: 1, reduction_factor: 2, max_epochs: 6}
+resources: {cpus_per_trial: 1}
+storage: {checkpoint_every: 2}
+"""
+N_TRIALS = 8
+OUTCOMES = {"completed", "stopped_early", "diverged", "failed"}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "iris.yaml").write_text(SPEC)
+    result = run_caviar("run", "iris.yaml", cwd=folder, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("iris-it")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return {
+        "folder": folder,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "client": client,
+        "parents": parents,
+        "children": children,
+    }
+
+
+def test_summary_names_best_config_accuracies_outcomes_and_ui(sweep: dict[str, Any]) -> None:
+    out = sweep["stdout"]
+    for fragment in (
+        "best val_accuracy:",
+        "test accuracy:",
+        "trials:          8 (",
+        "epochs trained:",
+        "finished in",
+        "parent run",
+        "mlflow ui --backend-store-uri sqlite:///",
+    ):
+        assert fragment in out, fragment
+    assert "Traceback" not in sweep["stderr"]
+    assert "running" in out and "stopped early" in out  # the progress line
+
+
+def test_one_parent_with_n_nested_children(sweep: dict[str, Any]) -> None:
+    assert len(sweep["parents"]) == 1
+    parent = sweep["parents"][0]
+    assert parent.info.status == "FINISHED"
+    assert len(sweep["children"]) == N_TRIALS
+    assert {c.data.tags["mlflow.parentRunId"] for c in sweep["children"]} == {parent.info.run_id}
+    assert len({c.data.tags["caviar.trial_id"] for c in sweep["children"]}) == N_TRIALS
+    for tag in ("caviar.sweep_id", "caviar.spec_hash", "caviar.version"):
+        assert parent.data.tags.get(tag)
+    artifacts = [a.path for a in sweep["client"].list_artifacts(parent.info.run_id, "spec")]
+    assert artifacts == ["spec/iris.yaml"]
+
+
+def test_children_have_params_histories_and_outcomes(sweep: dict[str, Any]) -> None:
+    client: MlflowClient = sweep["client"]
+    for child in sweep["children"]:
+        params = child.data.params
+        assert {
+            "batch_norm",
+            "learning_rate",
+            "hidden_units",
+            "momentum",
+            "optimizer",
+            "epochs",
+        } <= set(params)
+        assert 8 <= int(params["hidden_units"]) <= 64
+        tags = child.data.tags
+        assert tags["caviar.outcome"] in OUTCOMES
+        assert child.info.status in ("FINISHED", "FAILED")
+        last_epoch = int(tags["caviar.last_epoch"])
+        history = client.get_metric_history(child.info.run_id, "epoch_seconds")
+        assert sorted(m.step for m in history) == list(range(1, last_epoch + 1))
+        if tags["caviar.outcome"] == "completed":
+            assert last_epoch == 6
+            accuracy = client.get_metric_history(child.info.run_id, "val_accuracy")
+            assert len(accuracy) == 6
+        if tags["caviar.outcome"] == "stopped_early":
+            assert last_epoch < 6
+
+
+def test_divergence_is_an_outcome_not_a_crash(sweep: dict[str, Any]) -> None:
+    outcomes = Counter(c.data.tags["caviar.outcome"] for c in sweep["children"])
+    diverged = [c for c in sweep["children"] if c.data.tags["caviar.outcome"] == "diverged"]
+    assert outcomes["failed"] == 0
+    assert len(diverged) == 2
+    for child in diverged:
+        assert child.data.params["batch_norm"] == "False"
+        assert float(child.data.params["learning_rate"]) == 1000.0
+
+
+def test_parent_summary_matches_the_children(sweep: dict[str, Any]) -> None:
+    parent = sweep["parents"][0]
+    outcomes = Counter(c.data.tags["caviar.outcome"] for c in sweep["children"])
+    for outcome in OUTCOMES:
+        assert parent.data.metrics[f"trials_{outcome}"] == outcomes[outcome]
+    epochs = sum(int(c.data.tags["caviar.last_epoch"]) for c in sweep["children"])
+    assert parent.data.metrics["epochs_trained"] == epochs
+    best = next(
+        c for c in sweep["children"] if c.info.run_id == parent.data.tags["caviar.best_run_id"]
+    )
+    assert best.data.tags["caviar.outcome"] == "completed"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
+        best.data.metrics["val_accuracy"]
+    )
+
+
+def test_logged_model_loads_and_reproduces_the_test_accuracy(sweep: dict[str, Any]) -> None:
+    import mlflow.pytorch
+
+    from orchestrator.datasets import load_data
+    from orchestrator.spec import load_spec
+
+    parent = sweep["parents"][0]
+    mlflow.set_tracking_uri(f"sqlite:///{sweep['folder'] / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(parent.data.tags["caviar.model_uri"], map_location="cpu")
+    data = load_data(load_spec(sweep["folder"] / "iris.yaml").data)
+    with torch.no_grad():
+        predictions = model(torch.as_tensor(data.x_test)).argmax(dim=1).numpy()
+    accuracy = float(np.mean(predictions == data.y_test))
+    assert math.isclose(accuracy, parent.data.metrics["test_accuracy"], abs_tol=1e-9)
+    assert accuracy > 0.8
+
+
+def test_nothing_is_left_running(sweep: dict[str, Any]) -> None:
+    statuses = {r.info.status for r in sweep["children"] + sweep["parents"]}
+    assert "RUNNING" not in statuses

@@ -1,0 +1,48 @@
+"""The package surface: exports and import hygiene."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import trainables
+
+PACKAGE_DIR = Path(trainables.__file__).parent
+ALLOWED_TOP_LEVEL = {
+    "__future__",
+    "trainables",
+    "torch",
+    "numpy",
+    "sklearn",
+    "pydantic",
+}
+FORBIDDEN = {"orchestrator", "ray", "mlflow"}
+
+
+def _imported_top_level_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_all_names_are_exported() -> None:
+    for name in trainables.__all__:
+        assert hasattr(trainables, name), name
+    assert len(trainables.__all__) == len(set(trainables.__all__))
+
+
+def test_imports_only_allowed_libraries() -> None:
+    """trainables must run on a worker without the orchestrator, Ray or MLflow."""
+    sources = sorted(PACKAGE_DIR.glob("*.py"))
+    assert sources
+    for path in sources:
+        imported = _imported_top_level_modules(path)
+        assert not imported & FORBIDDEN, (path.name, imported & FORBIDDEN)
+        third_party = imported - set(sys.stdlib_module_names)
+        assert third_party <= ALLOWED_TOP_LEVEL, (path.name, third_party - ALLOWED_TOP_LEVEL)

@@ -1,0 +1,48 @@
+"""Caviar's trainables: datasets, models and the per-trial training loop.
+
+Everything a trial needs, and nothing about how trials are scheduled: this
+package imports no orchestrator, Ray or MLflow code, so it can be tested and
+reused on its own. Importing it registers the built-in trainables.
+"""
+
+from __future__ import annotations
+
+from trainables.config import MlpConfig
+from trainables.data import (
+    BUNDLED_DATASETS,
+    DataError,
+    DataSplits,
+    load_bundled,
+    make_synthetic,
+    split_and_scale,
+)
+from trainables.model import BnSoftmaxMLP, recompute_population_statistics
+from trainables.registry import (
+    TrainableDefinition,
+    UnknownTrainableError,
+    get_trainable,
+    register,
+    trainable_names,
+)
+from trainables.train import TensorSplits, TrainingSession, fit, learning_rate_at
+
+__all__ = [
+    "BUNDLED_DATASETS",
+    "BnSoftmaxMLP",
+    "DataError",
+    "DataSplits",
+    "MlpConfig",
+    "TensorSplits",
+    "TrainableDefinition",
+    "TrainingSession",
+    "UnknownTrainableError",
+    "fit",
+    "get_trainable",
+    "learning_rate_at",
+    "load_bundled",
+    "make_synthetic",
+    "recompute_population_statistics",
+    "register",
+    "split_and_scale",
+    "trainable_names",
+]
