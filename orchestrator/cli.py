@@ -44,7 +44,29 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a sweep on this machine (or RAY_ADDRESS)")
     run.add_argument("spec", type=Path, help="the sweep spec (YAML)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this spec's interrupted sweep (same MLflow runs, no duplicates)",
+    )
     run.set_defaults(handler=_run)
+
+    report = commands.add_parser(
+        "report", help="plots and an HTML page for a sweep, read back from MLflow"
+    )
+    report.add_argument("sweep", help="an experiment name (its latest sweep) or a parent run id")
+    report.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    report.add_argument(
+        "--out", type=Path, help="output folder (default: caviar_report_<experiment>)"
+    )
+    report.set_defaults(handler=_report)
+
+    from orchestrator import cli_cluster
+
+    cli_cluster.add_commands(commands)
     return parser
 
 
@@ -52,6 +74,9 @@ def _validate(args: argparse.Namespace) -> int:
     from orchestrator.spec import load_spec
 
     spec = load_spec(args.spec)
+    from orchestrator.datasets import check_data_files
+
+    check_data_files(spec.data, args.spec.parent)  # exists; `run` checks the contents
     print(f"OK {spec.summary()}")
     return 0
 
@@ -67,12 +92,29 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.spec import load_spec
 
     spec = load_spec(args.spec)  # before the heavy imports: a bad spec answers at once
+    from orchestrator.datasets import check_data_files
+
+    check_data_files(spec.data, args.spec.parent)  # so does a missing data file
     from orchestrator.summary import format_summary
     from orchestrator.sweep import run_sweep
 
-    result = run_sweep(spec, args.spec.read_text(encoding="utf-8"), args.spec.name)
+    result = run_sweep(
+        spec,
+        args.spec.read_text(encoding="utf-8"),
+        args.spec.name,
+        spec_dir=args.spec.parent,
+        resume=args.resume,
+    )
     print(format_summary(result))
     return 0 if result.best is not None else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from orchestrator.reporting import report_command
+
+    page = report_command(args.sweep, args.tracking_uri, args.out)
+    print(f"caviar: wrote {page}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     node_id: str | None = None
+    round: int = 1
     checkpoint: Any = None  # the latest ray.tune.Checkpoint, for testing the best trial
 
     @property

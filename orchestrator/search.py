@@ -1,74 +1,191 @@
-"""The Ray Tune searcher built from a spec.
+"""The Ray Tune searcher built from a spec: rounds of planned configurations.
 
 caviar decides every trial's configuration itself (see ``space.py`` for why) and hands Ray the
-finished dicts through a minimal ``Searcher``. The searcher also remembers which trial got which
-position in the plan, so results, MLflow runs and reports can refer to trials by a stable index.
+finished dicts. A sweep is a sequence of rounds: random and grid search are one round; a
+``zoom`` sweep runs several inside one Tuner, so trial actors are reused across rounds. When a
+round's configurations are all handed out, the searcher answers "not yet" until every trial
+of the round has ended, then narrows the region around the round's best trials
+(``zoom.next_region``) and plans the next round.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from orchestrator.space import sample_configs
+from orchestrator import live
+from orchestrator.ranking import ranked
+from orchestrator.records import TrialRecord, classify_finished
+from orchestrator.space import SearchSpace, sample_configs
 from orchestrator.spec import SweepSpec
+from orchestrator.zoom import keep_count, next_region
+
+# Called when a round starts: (round number from 1, its region, notes on how it was derived).
+RoundListener = Callable[[int, SearchSpace, tuple[str, ...]], None]
 
 
-class PlannedSearcher(Searcher):
-    """Serves a precomputed list of configurations in order, then reports FINISHED."""
+@dataclass(frozen=True)
+class RoundPlan:
+    """How the rounds of a sweep are sized and narrowed."""
 
-    def __init__(self, configs: list[dict[str, Any]], metric: str, mode: str) -> None:
-        super().__init__(metric=metric, mode=mode)
-        self._configs = configs
-        self._next = 0
+    rounds: int
+    samples_per_point: int
+    seed: int
+    keep_top: float
+    margin: float
+    metric: str
+    mode: Literal["max", "min"]
+    milestones: tuple[int, ...]
+    budget: int
+
+
+class RoundSearcher(Searcher):
+    """Serves each round's configurations in order; narrows the region between rounds."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        plan: RoundPlan,
+        on_round: RoundListener | None = None,
+        sweep_id: str | None = None,
+    ) -> None:
+        super().__init__(metric=plan.metric, mode=plan.mode)
+        self.sweep_id = sweep_id  # a restored copy finds its listener through orchestrator.live
+        self.plan = plan
+        self.original = space
+        self.space = space
+        self.on_round = on_round
+        self.round = 0  # 1-based once started
+        self.regions: list[SearchSpace] = []
+        self.notes: list[tuple[str, ...]] = []
         self.index_of: dict[str, int] = {}
+        self.round_of: dict[str, int] = {}
+        self.config_of: dict[str, dict[str, Any]] = {}
+        self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}
+        self._queue: list[dict[str, Any]] = []
+        self._start_round(())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its search algorithm; the listener (MLflow, terminal) stays behind."""
+        state = dict(self.__dict__)
+        state["on_round"] = None
+        return state
+
+    @property
+    def total(self) -> int:
+        return self.plan.rounds * len(self._round_configs(self.original))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self._next >= len(self._configs):
-            return Searcher.FINISHED
-        self.index_of[trial_id] = self._next
-        config = dict(self._configs[self._next])
-        self._next += 1
-        return config
+        if not self._queue:
+            if self.round >= self.plan.rounds:
+                return Searcher.FINISHED
+            if not self._round_has_ended():
+                return None  # Tune asks again after the next trial event
+            step = next_region(self.space, self.original, self._kept_configs(), self.plan.margin)
+            self.space = step.space
+            self._start_round(step.notes)
+        config = self._queue.pop(0)
+        self.index_of[trial_id] = len(self.index_of)
+        self.round_of[trial_id] = self.round
+        self.config_of[trial_id] = config
+        return dict(config)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        """Nothing to learn: a planned search does not adapt to results."""
+        self.ended[trial_id] = (result, error)
+
+    def round_records(self, round_number: int) -> list[TrialRecord]:
+        """The ended trials of a round as records, from what Tune passed on completion."""
+        records = []
+        for trial_id, (result, error) in self.ended.items():
+            if self.round_of.get(trial_id) != round_number:
+                continue
+            record = TrialRecord(
+                trial_id,
+                self.index_of[trial_id],
+                self.config_of[trial_id],
+                "running",
+                [dict(result)] if result else [],
+            )
+            record.outcome = "failed" if error else classify_finished(record, self.plan.budget)
+            records.append(record)
+        return records
+
+    def _start_round(self, notes: tuple[str, ...]) -> None:
+        self.round += 1
+        self.regions.append(self.space)
+        self.notes.append(notes)
+        self._queue = self._round_configs(self.space)
+        listener = self.on_round
+        if listener is None:
+            found = live.lookup(self.sweep_id)
+            listener = found.on_round if found is not None else None
+        if listener is not None:
+            listener(self.round, self.space, notes)
+
+    def _round_configs(self, space: SearchSpace) -> list[dict[str, Any]]:
+        # Round 1 uses the sweep seed itself, so a one-round sweep is plain seeded random search.
+        seed = self.plan.seed + (self.round - 1) * 7919
+        return sample_configs(space, self.plan.samples_per_point, seed)
+
+    def _round_has_ended(self) -> bool:
+        started = [t for t, r in self.round_of.items() if r == self.round]
+        return all(t in self.ended for t in started)
+
+    def _kept_configs(self) -> list[dict[str, Any]]:
+        best = ranked(
+            self.round_records(self.round),
+            self.plan.metric,
+            self.plan.mode,
+            list(self.plan.milestones),
+        )
+        return [r.config for r in best[: keep_count(self.plan.keep_top, len(best))]]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.get_state(), file)
+            pickle.dump(self.__getstate__(), file)
 
     def restore(self, checkpoint_path: str) -> None:
+        on_round = self.on_round
         with open(checkpoint_path, "rb") as file:
-            self.set_state(pickle.load(file))
-
-    def get_state(self) -> dict[str, Any]:
-        return {"next": self._next, "index_of": dict(self.index_of)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._next = state["next"]
-        self.index_of = dict(state["index_of"])
+            self.__dict__.update(pickle.load(file))
+        self.on_round = on_round
 
 
-def plan_configs(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every trial's configuration, deterministic in ``search.seed``."""
-    return sample_configs(spec.search_space(), spec.search.samples_per_point(), spec.search.seed)
+def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
+    search = spec.search
+    return RoundPlan(
+        rounds=search.rounds_count(),
+        samples_per_point=search.samples_per_point(),
+        seed=search.seed,
+        keep_top=search.keep_top if search.keep_top is not None else 0.25,
+        margin=search.margin if search.margin is not None else 0.1,
+        metric=spec.objective.metric,
+        mode=spec.mode,
+        milestones=tuple(milestones),
+        budget=spec.max_epochs,
+    )
 
 
-def build_searcher(spec: SweepSpec, slots: int) -> tuple[Searcher, PlannedSearcher]:
-    """The searcher to give Ray, and the planned searcher inside it (for trial indices).
+def build_searcher(
+    spec: SweepSpec, slots: int, milestones: list[int], sweep_id: str | None = None
+) -> tuple[Searcher, RoundSearcher]:
+    """The searcher to give Ray, and the round searcher inside it (for trial indices, rounds).
 
     Always behind a ``ConcurrencyLimiter``: for any searcher but its own, Tune keeps a single
     trial pending unless a limiter says how many may run, which on a 2-core machine meant one
     trial at a time. ``slots`` is how many trials the cluster fits at once.
     """
-    planned = PlannedSearcher(plan_configs(spec), spec.objective.metric, spec.mode)
+    searcher = RoundSearcher(
+        spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id
+    )
     limit = spec.search.max_concurrent or slots
-    return ConcurrencyLimiter(planned, max_concurrent=max(1, limit)), planned
+    return ConcurrencyLimiter(searcher, max_concurrent=max(1, limit)), searcher
 
 
 def concurrent_slots(

@@ -37,7 +37,8 @@ from orchestrator.errors import Problem, SpecError
 from orchestrator.space import ChoiceDomain, Domain, GridDomain, RangeDomain, SearchSpace
 
 BUNDLED_SOURCES = ("digits", "iris", "wine", "breast_cancer")
-DATA_SOURCES = (*BUNDLED_SOURCES, "synthetic")
+FILE_SOURCES = ("csv", "parquet", "npz", "torchvision")
+DATA_SOURCES = (*BUNDLED_SOURCES, "synthetic", *FILE_SOURCES)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 Scalar = bool | int | float | str
 
@@ -212,8 +213,14 @@ class BundledData(_DataCommon):
     @classmethod
     def _known_source(cls, value: Any) -> Any:
         if value not in DATA_SOURCES:
+            hint = (
+                f"; {value} is read from a local copy: source: torchvision, dataset: {value}, "
+                "root: <folder>"
+                if value in ("mnist", "fashion_mnist", "cifar10")
+                else ""
+            )
             raise ValueError(
-                f"unknown data source {value!r}; choose one of {', '.join(DATA_SOURCES)}"
+                f"unknown data source {value!r}; choose one of {', '.join(DATA_SOURCES)}{hint}"
             )
         return value
 
@@ -227,13 +234,152 @@ class SyntheticData(_DataCommon):
     n_classes: Annotated[int, Field(ge=2, le=1000, description="Number of classes.")] = 3
 
 
+_PATH_HELP = (
+    "relative to the spec file's folder (on a cluster that folder travels with the job); "
+    "an absolute path must exist on the machines the job runs on"
+)
+
+
+class _FileData(_DataCommon):
+    """The user's own file. Its path is kept as written: the spec's folder, which a relative
+    path is resolved against, is known only to whoever loaded the spec (orchestrator.datasets).
+    """
+
+    path: Annotated[str, Field(min_length=1, description=f"The data file, {_PATH_HELP}.")]
+    classes: Annotated[
+        list[str | int] | None,
+        Field(
+            min_length=2,
+            description=(
+                "The label values in output order: class k of the model is classes[k]. "
+                "Default: the labels present, sorted (numbers numerically, text "
+                "alphabetically). The mapping is logged on the sweep's MLflow run."
+            ),
+        ),
+    ] = None
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str | int] | None) -> list[str | int] | None:
+        if value is not None:
+            seen: set[str] = set()
+            for item in value:
+                if str(item) in seen:
+                    raise ValueError(f"lists {item!r} twice; each class once")
+                seen.add(str(item))
+        return value
+
+
+class _TableData(_FileData):
+    label: Annotated[str, Field(min_length=1, description="The column holding the class.")]
+    features: Annotated[
+        list[str] | None,
+        Field(
+            min_length=1,
+            description=(
+                "The columns to train on (default: every numeric column but the label and "
+                "unnamed index columns)."
+            ),
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _features_exclude_label(self) -> _TableData:
+        if self.features is not None:
+            if self.label in self.features:
+                raise ValueError(
+                    f"features lists the label column {self.label!r}; "
+                    "a model must not see its own target"
+                )
+            if len(set(self.features)) != len(self.features):
+                raise ValueError("features lists a column twice; each column once")
+        return self
+
+
+class CsvData(_TableData):
+    """A CSV file with a header line: one row per sample, one column per feature."""
+
+    source: Annotated[Literal["csv"], Field(description="A CSV file.")]
+    delimiter: Annotated[
+        str, Field(min_length=1, max_length=1, description="The column separator, e.g. ';'.")
+    ] = ","
+
+
+class ParquetData(_TableData):
+    """A Parquet file (needs pyarrow: ``pip install 'caviar[parquet]'``)."""
+
+    source: Annotated[Literal["parquet"], Field(description="A Parquet file.")]
+
+
+class NpzData(_FileData):
+    """A NumPy ``.npz`` archive (``np.savez``) holding a feature array and a label array."""
+
+    source: Annotated[Literal["npz"], Field(description="A NumPy .npz archive.")]
+    x_key: Annotated[
+        str, Field(min_length=1, description="The features' array: one row per sample.")
+    ] = "X"
+    y_key: Annotated[
+        str, Field(min_length=1, description="The labels' array: one label per row.")
+    ] = "y"
+
+    @model_validator(mode="after")
+    def _two_arrays(self) -> NpzData:
+        if self.x_key == self.y_key:
+            raise ValueError(f"x_key and y_key are both {self.x_key!r}; name two arrays")
+        return self
+
+
+class TorchvisionData(_DataCommon):
+    """MNIST, Fashion-MNIST or CIFAR-10 from a local copy in torchvision's layout.
+
+    The files are read directly (torchvision is not needed, nothing is downloaded). These
+    datasets come with their own test set, which is the test split; val is carved from the
+    training files.
+    """
+
+    source: Annotated[Literal["torchvision"], Field(description="A local image dataset.")]
+    dataset: Annotated[
+        Literal["mnist", "fashion_mnist", "cifar10"],
+        Field(description="mnist | fashion_mnist | cifar10"),
+    ]
+    root: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description=(
+                "The folder holding MNIST/raw, FashionMNIST/raw or cifar-10-batches-py "
+                f"(torchvision's root), {_PATH_HELP}."
+            ),
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _own_test_set(self) -> TorchvisionData:
+        if "test_fraction" in self.model_fields_set:
+            raise ValueError(
+                f"{self.dataset} has its own test set, which is the test split; remove "
+                "test_fraction (val_fraction is taken from the training files)"
+            )
+        return self
+
+
+FileData = CsvData | ParquetData | NpzData | TorchvisionData
+
+_DATA_TAGS = {source: f"__{source}__" for source in ("synthetic", *FILE_SOURCES)}
+
+
 def _data_kind(value: Any) -> str:
     source = value.get("source") if isinstance(value, Mapping) else getattr(value, "source", None)
-    return "__synthetic__" if source == "synthetic" else "__bundled__"
+    return _DATA_TAGS.get(source, "__bundled__") if isinstance(source, str) else "__bundled__"
 
 
 DataSpec = Annotated[
-    Annotated[BundledData, Tag("__bundled__")] | Annotated[SyntheticData, Tag("__synthetic__")],
+    Annotated[BundledData, Tag("__bundled__")]
+    | Annotated[SyntheticData, Tag("__synthetic__")]
+    | Annotated[CsvData, Tag("__csv__")]
+    | Annotated[ParquetData, Tag("__parquet__")]
+    | Annotated[NpzData, Tag("__npz__")]
+    | Annotated[TorchvisionData, Tag("__torchvision__")],
     Discriminator(_data_kind),
 ]
 
@@ -243,11 +389,13 @@ DataSpec = Annotated[
 
 class SearchSpec(StrictModel):
     strategy: Annotated[
-        Literal["random", "grid"],
+        Literal["random", "grid", "zoom"],
         Field(
             description=(
                 "random: each trial samples every parameter on its scale (grid parameters are "
-                "still enumerated). grid: every combination of grid and values parameters."
+                "still enumerated). grid: every combination of grid and values parameters. "
+                "zoom: coarse to fine: rounds of random search, each in the box around the "
+                "previous round's best trials."
             )
         ),
     ] = "random"
@@ -258,7 +406,7 @@ class SearchSpec(StrictModel):
             le=100_000,
             description=(
                 "random: trials per grid point (default 16). grid: repeats of the whole grid "
-                "(default 1)."
+                "(default 1). zoom: use trials_per_round."
             ),
         ),
     ] = None
@@ -267,11 +415,59 @@ class SearchSpec(StrictModel):
         int | None,
         Field(ge=1, description="Cap on trials running at once (default: as many as fit)."),
     ] = None
+    rounds: Annotated[
+        int | None, Field(ge=1, le=100, description="zoom: number of rounds (default 3).")
+    ] = None
+    trials_per_round: Annotated[
+        int | None,
+        Field(ge=1, le=100_000, description="zoom: trials per round per grid point (default 16)."),
+    ] = None
+    keep_top: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description=(
+                "zoom: the best trials that define the next region: a fraction (< 1) of the "
+                "round's ranked trials, or a count (>= 1). Default 0.25."
+            ),
+        ),
+    ] = None
+    margin: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=1,
+            description=(
+                "zoom: widen the box around the kept trials by this share of the previous "
+                "region's width on each side (in the scale's coordinate). Default 0.1."
+            ),
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _zoom_fields_only_for_zoom(self) -> SearchSpec:
+        zoom_fields = {"rounds", "trials_per_round", "keep_top", "margin"} & self.model_fields_set
+        if self.strategy != "zoom" and zoom_fields:
+            raise ValueError(
+                f"{', '.join(sorted(zoom_fields))} only apply to strategy: zoom "
+                f"(this spec uses strategy: {self.strategy})"
+            )
+        if self.strategy == "zoom" and self.num_trials is not None:
+            raise ValueError("strategy: zoom counts trials with rounds x trials_per_round; "
+                             "remove num_trials")
+        if self.keep_top is not None and self.keep_top >= 1 and self.keep_top != int(self.keep_top):
+            raise ValueError(f"keep_top >= 1 is a count and must be whole, got {self.keep_top:g}")
+        return self
 
     def samples_per_point(self) -> int:
+        if self.strategy == "zoom":
+            return self.trials_per_round or 16
         if self.num_trials is not None:
             return self.num_trials
         return 16 if self.strategy == "random" else 1
+
+    def rounds_count(self) -> int:
+        return (self.rounds or 3) if self.strategy == "zoom" else 1
 
 
 class AshaScheduler(StrictModel):
@@ -377,6 +573,17 @@ class StorageSpec(StrictModel):
             ),
         ),
     ] = 5
+    max_failures: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100,
+            description=(
+                "Times a trial whose worker died is restarted from its last checkpoint before "
+                "it ends as failed."
+            ),
+        ),
+    ] = 2
 
 
 # --- the sweep ---------------------------------------------------------------------------
@@ -468,7 +675,8 @@ class SweepSpec(StrictModel):
         return SearchSpace(tuple(domains), {**self.fixed, "epochs": self.max_epochs})
 
     def num_trials(self) -> int:
-        return self.search_space().grid_size() * self.search.samples_per_point()
+        per_round = self.search_space().grid_size() * self.search.samples_per_point()
+        return per_round * self.search.rounds_count()
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -479,10 +687,14 @@ class SweepSpec(StrictModel):
         params = ", ".join(f"{d.name} {d.describe()}" for d in space.domains)
         grid = space.grid_size()
         per_point = self.search.samples_per_point()
+        rounds = self.search.rounds_count()
+        factors = ([f"{rounds} rounds"] if self.search.strategy == "zoom" else []) + (
+            [f"{grid} grid points"] if grid > 1 else []
+        )
         trials = (
-            f"{grid} grid points x {per_point} = {grid * per_point} trials"
-            if grid > 1
-            else (f"{grid * per_point} trials")
+            f"{' x '.join([*factors, str(per_point)])} = {self.num_trials()} trials"
+            if factors
+            else f"{self.num_trials()} trials"
         )
         sched = self.scheduler
         if isinstance(sched, AshaScheduler):
@@ -704,7 +916,7 @@ def _unknown_key_message(loc: tuple[Any, ...]) -> str:
 
 def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
     sections: dict[str, list[type[BaseModel]]] = {
-        "data": [BundledData, SyntheticData],
+        "data": [BundledData, SyntheticData, CsvData, ParquetData, NpzData, TorchvisionData],
         "search": [SearchSpec],
         "scheduler": [AshaScheduler, FifoScheduler],
         "objective": [ObjectiveSpec],

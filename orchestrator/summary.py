@@ -31,6 +31,18 @@ def format_summary(result: SweepResult) -> str:
         sampled = {k: v for k, v in best.config.items()}
         lines.append("  best config:")
         lines += [f"    {k}: {_fmt(v)}" for k, v in sorted(sampled.items())]
+    if len(result.best_by_round) > 1:
+        for round_number, (index, value) in sorted(result.best_by_round.items()):
+            shown = f"{value:.4f}" if value is not None else "-"
+            median = result.median_by_round.get(round_number)
+            median_text = f", median of completed {median:.4f}" if median is not None else ""
+            lines.append(
+                f"  round {round_number}:         best {result.metric} {shown} "
+                f"(trial #{index}){median_text}"
+            )
+    if result.importance:
+        ranking = ", ".join(f"{k} {v:.2f}" for k, v in result.importance.items())
+        lines.append(f"  importance:      {ranking}")
     lines += [
         f"  MLflow:          experiment {result.experiment!r}, parent run {result.parent_run_id}",
         f"                   store {result.tracking_uri}",

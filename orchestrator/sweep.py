@@ -7,12 +7,14 @@ recorded as it arrives (MLflow, progress), so an interrupted sweep loses nothing
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,23 +26,30 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import logging  # noqa: E402
-
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 
 import trainables  # noqa: E402
+from orchestrator import live  # noqa: E402
 from orchestrator.callbacks import SweepObserver  # noqa: E402
-from orchestrator.datasets import load_data  # noqa: E402
+from orchestrator.datasets import class_names_param, load_data  # noqa: E402
 from orchestrator.errors import SweepError  # noqa: E402
 from orchestrator.progress import ProgressLine  # noqa: E402
 from orchestrator.ranking import ranked, rung_milestones  # noqa: E402
 from orchestrator.records import FINAL_OUTCOMES, TrialRecord  # noqa: E402
+from orchestrator.resume import (  # noqa: E402
+    SweepMarker,
+    pick_for_resume,
+    refuse_if_unfinished,
+    write_marker,
+)
 from orchestrator.search import build_searcher, concurrent_slots  # noqa: E402
+from orchestrator.space import SearchSpace  # noqa: E402
 from orchestrator.spec import AshaScheduler, SweepSpec  # noqa: E402
 from orchestrator.tracking import SweepTracker, ui_command  # noqa: E402
 from orchestrator.trial import CaviarTrainable, load_trial_state  # noqa: E402
+from orchestrator.zoom import region_as_dict  # noqa: E402
 from trainables import DataSplits, TensorSplits, get_trainable  # noqa: E402
 
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
@@ -68,6 +77,9 @@ class SweepResult:
     test_loss: float | None = None
     model_uri: str | None = None
     undelivered: list[str] = field(default_factory=list)
+    importance: dict[str, float] = field(default_factory=dict)
+    best_by_round: dict[int, tuple[int, float | None]] = field(default_factory=dict)
+    median_by_round: dict[int, float] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -84,29 +96,53 @@ class SweepResult:
 
 
 def run_sweep(
-    spec: SweepSpec, spec_text: str, spec_filename: str, stream: TextIO | None = None
+    spec: SweepSpec,
+    spec_text: str,
+    spec_filename: str,
+    stream: TextIO | None = None,
+    spec_dir: Path | None = None,
+    resume: bool = False,
 ) -> SweepResult:
     stream = stream or sys.stdout
     started = time.monotonic()
-    sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    storage_root = (Path(spec.storage.path) / spec.name).resolve()
+    storage_root = (Path(storage_path(spec)) / spec.name).resolve()
+
+    # 0. Which sweep: a new one (never beside an unfinished one), or the interrupted one.
+    if resume:
+        run_dir, marker = pick_for_resume(storage_root, spec.spec_hash())
+        sweep_id = marker.sweep_id
+    else:
+        shown = spec_filename if spec_dir is None else str(Path(spec_dir) / spec_filename)
+        refuse_if_unfinished(storage_root, shown)
+        sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        run_dir = storage_root / sweep_id
 
     # 1. Data first: a bad dataset fails before Ray or MLflow start.
-    data = load_data(spec.data)
+    data = load_data(spec.data, spec_dir)  # data paths are relative to the spec's folder
 
     # 2. The tracking store next: unreachable or refusing, we stop before any compute.
-    tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
-    parent_run_id = tracker.start_sweep(
-        run_name=f"{spec.name}-{sweep_id}",
-        tags=_sweep_tags(spec, sweep_id),
-        params=_sweep_params(spec, data),
-        spec_text=spec_text,
-        spec_filename=spec_filename,
+    if resume:
+        tracker = SweepTracker(marker.tracking_uri, marker.experiment)
+        tracker.resume_sweep(marker.parent_run_id)
+        parent_run_id = marker.parent_run_id
+    else:
+        tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
+        parent_run_id = tracker.start_sweep(
+            run_name=f"{spec.name}-{sweep_id}",
+            tags=_sweep_tags(spec, sweep_id),
+            params=_sweep_params(spec, data),
+            spec_text=spec_text,
+            spec_filename=spec_filename,
+        )
+    marker = SweepMarker(
+        sweep_id, "running", parent_run_id, tracker.uri, tracker.experiment, spec.spec_hash()
     )
+    write_marker(run_dir, marker)
+    verb = "resuming" if resume else "sweep"
     print(
-        f"caviar: sweep {spec.name} ({sweep_id}): {spec.num_trials()} trials, "
+        f"caviar: {verb} {spec.name} ({sweep_id}): {spec.num_trials()} trials, "
         f"data {spec.data.source} {data.sizes()}; MLflow run {parent_run_id} "
-        f"in experiment {spec.experiment_name!r} at {tracker.uri}",
+        f"in experiment {tracker.experiment!r} at {tracker.uri}",
         file=stream,
         flush=True,
     )
@@ -114,10 +150,10 @@ def run_sweep(
     result = SweepResult(
         name=spec.name,
         sweep_id=sweep_id,
-        experiment=spec.experiment_name,
+        experiment=tracker.experiment,
         tracking_uri=tracker.uri,
         parent_run_id=parent_run_id,
-        storage_dir=storage_root / sweep_id,
+        storage_dir=run_dir,
         metric=spec.objective.metric,
         mode=spec.mode,
         records=[],
@@ -129,7 +165,7 @@ def run_sweep(
     try:
         started_ray = _ensure_ray()
         # 3. The sweep itself.
-        observer = _fit(spec, data, tracker, storage_root, sweep_id, stream)
+        observer = _fit(spec, data, tracker, run_dir, sweep_id, stream, resume)
         result.records = sorted(observer.records.values(), key=lambda r: r.index)
         # 4. The best trial, ranked ASHA-aware, evaluated once on the held-out test split.
         best = ranked(result.records, spec.objective.metric, spec.mode, _milestones(spec))
@@ -143,15 +179,79 @@ def run_sweep(
         status = "KILLED"
         raise
     finally:
+        observer = _live_observer(sweep_id) or observer
         if observer is not None and not result.records:
             result.records = sorted(observer.records.values(), key=lambda r: r.index)
         result.wall_seconds = time.monotonic() - started
         tracker.close()
-        tracker.finish_sweep(_summary_metrics(result), _summary_tags(result), status)
+        if observer is not None and status == "FINISHED":
+            tracker.finalize_children({r.trial_id: r.outcome for r in result.records})
+        tracker.log_summary(_summary_metrics(result), _summary_tags(result))
+        if status == "FINISHED":
+            _report(result, tracker, stream)
+        tracker.end_sweep(status)
         result.undelivered = tracker.undelivered
+        marker.status = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
+        write_marker(run_dir, marker)
+        live.unregister(sweep_id)
         if started_ray:
             ray.shutdown()
     return result
+
+
+def _live_observer(sweep_id: str) -> SweepObserver | None:
+    found = live.lookup(sweep_id)
+    return found.observer if found is not None else None
+
+
+def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
+    """Importance, each round's best and the report's plots, on the parent run.
+
+    Built from what MLflow now holds (the same path as ``caviar report``), so what the UI
+    shows and what the command writes cannot disagree. A failure here costs the report, never
+    the sweep: everything it would summarise is already logged.
+    """
+    import tempfile
+
+    from orchestrator.report import write_report
+    from orchestrator.tracking import read_sweep, ui_base
+
+    try:
+        history = read_sweep(tracker.uri, result.parent_run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            report = write_report(history, Path(tmp), ui_base(tracker.uri))
+            for path in report.files:
+                tracker.log_parent_file(path, "report")
+        metrics = {f"importance.{k}": v for k, v in report.importance.items()}
+        tags: dict[str, str] = {}
+        for round_number, best in report.best_by_round.items():
+            if best.last_value is not None:
+                metrics[f"round{round_number}.best_{history.metric}"] = best.last_value
+            tags[f"caviar.round{round_number}.best_run_id"] = best.run_id
+        for round_number, median in report.median_by_round.items():
+            metrics[f"round{round_number}.median_completed_{history.metric}"] = median
+        for round_number, importance in report.importance_by_round.items():
+            for name, share in importance.items():
+                metrics[f"round{round_number}.importance.{name}"] = share
+        tracker.log_summary(metrics, tags)
+        result.importance = report.importance
+        result.best_by_round = {
+            r: (b.index, b.last_value) for r, b in report.best_by_round.items()
+        }
+        result.median_by_round = report.median_by_round
+    except Exception as error:  # the sweep is logged; a broken plot must not fail it
+        print(f"caviar: warning: the report could not be built ({error})", file=stream)
+
+
+def storage_path(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> str:
+    """The spec's ``storage.path`` if it sets one, else ``$CAVIAR_STORAGE_PATH``, else the default.
+
+    On a multi-node cluster every node writes checkpoints the driver reads back, so they must
+    land on a volume all nodes share; the cluster names it in ``CAVIAR_STORAGE_PATH``.
+    """
+    if "path" in spec.storage.model_fields_set:
+        return spec.storage.path
+    return environ.get("CAVIAR_STORAGE_PATH") or spec.storage.path
 
 
 def _ensure_ray() -> bool:
@@ -191,52 +291,81 @@ def _fit(
     spec: SweepSpec,
     data: DataSplits,
     tracker: SweepTracker,
-    storage_root: Path,
+    run_dir: Path,
     sweep_id: str,
     stream: TextIO,
+    resume: bool,
 ) -> SweepObserver:
+    """Run (or continue) the Tuner; returns the observer Tune called, with every record."""
     slots = concurrent_slots(
         ray.cluster_resources(), spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
     )
-    search_alg, planned = build_searcher(spec, slots)
+
+    def on_round(round_number: int, space: SearchSpace, notes: tuple[str, ...]) -> None:
+        sampled = {f"round{round_number}.{d.name}": d.describe() for d in space.sampled}
+        tracker.parent_update(
+            params=sampled,
+            json_artifacts={f"regions/round_{round_number}.json": region_as_dict(space)},
+            tags={f"caviar.round{round_number}.notes": "; ".join(notes)} if notes else None,
+        )
+        if spec.search.rounds_count() > 1:
+            text = ", ".join(f"{d.name} {d.describe()}" for d in space.sampled)
+            print(f"\ncaviar: round {round_number}: {text}", file=stream, flush=True)
+            for note in notes:
+                print(f"caviar:   {note}", file=stream, flush=True)
+
     progress = ProgressLine(
         spec.num_trials(), spec.objective.metric, spec.mode, _milestones(spec), stream
     )
-    observer = SweepObserver(
-        planned, tracker, progress, spec.max_epochs, set(spec.search_space().fixed)
-    )
+    # Registered before the searcher exists: it announces round 1 as it is built.
+    live.register(sweep_id, live.LiveSweep(tracker, progress, on_round))
     trainable = tune.with_resources(
         tune.with_parameters(CaviarTrainable, data=data, trainable_name=spec.trainable),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=spec.objective.metric,
-            mode=spec.mode,
-            search_alg=search_alg,
-            scheduler=_scheduler(spec),
-            num_samples=spec.num_trials(),
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=sweep_id,
-            storage_path=str(storage_root),
-            callbacks=[observer],
-            verbose=0,
-            checkpoint_config=tune.CheckpointConfig(
-                checkpoint_frequency=spec.storage.checkpoint_every,
-                checkpoint_at_end=True,
-                num_to_keep=1,
+    if resume:
+        # Searcher, observer (records, ASHA rungs) and trials come back from the folder.
+        tuner = tune.Tuner.restore(
+            str(run_dir), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep_id)
+        scheduler = _scheduler(spec)
+        observer = SweepObserver(
+            sweep_id, searcher, scheduler, spec.max_epochs, set(spec.search_space().fixed)
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric,
+                mode=spec.mode,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=spec.num_trials(),
+                reuse_actors=True,
             ),
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
-    )
+            run_config=tune.RunConfig(
+                name=run_dir.name,
+                storage_path=str(run_dir.parent),
+                callbacks=[observer],
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=spec.storage.checkpoint_every,
+                    checkpoint_at_end=True,
+                    num_to_keep=1,
+                ),
+                failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
+            ),
+        )
     try:
         tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
     finally:
-        progress.close(observer.records.values())
-    return observer
+        current = _live_observer(sweep_id)
+        progress.close(current.records.values() if current is not None else [])
+    current = _live_observer(sweep_id)
+    if current is None:
+        raise SweepError("Ray Tune never started the sweep's observer")
+    return current
 
 
 def _scheduler(spec: SweepSpec) -> TrialScheduler:
@@ -297,6 +426,7 @@ def _sweep_params(spec: SweepSpec, data: DataSplits) -> dict[str, Any]:
     params: dict[str, Any] = {
         "data.source": spec.data.source,
         "data.sizes": data.sizes(),
+        "data.classes": class_names_param(data),  # output k of the model is classes[k]
         "trainable": spec.trainable,
         "search.strategy": spec.search.strategy,
         "search.num_trials": spec.num_trials(),

@@ -11,21 +11,25 @@ and what could not be written is reported at the end instead of silently dropped
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import TrackingError
+from orchestrator.history import SweepHistory
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 from mlflow import MlflowClient  # noqa: E402
@@ -45,6 +49,13 @@ def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI for this store answers (the address ``ui_command`` serves)."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return "http://127.0.0.1:5000"
 
 
 def absolute_uri(uri: str) -> str:
@@ -112,10 +123,16 @@ class SweepTracker:
             raise TrackingError(f"MLflow store {self.uri} refused: {error.message}") from None
         self.experiment = experiment
         self.parent_run_id: str | None = None
+        self.flush_timeout_s = float(os.environ.get("CAVIAR_TRACKING_FLUSH_TIMEOUT_S", "300"))
         self._child_runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
         self._queue: queue.Queue[_Op | None] = queue.Queue()
+        self._backlog: deque[_Op] = deque()
         self._undelivered: list[tuple[_Op, str]] = []
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._deadline = math.inf
+        self.outage_seconds = 0.0
 
     # --- parent run (synchronous: it must exist before any trial) ----------------------
 
@@ -136,14 +153,47 @@ class SweepTracker:
             raise TrackingError(
                 f"cannot create the sweep's run in {self.uri}: {error.message}"
             ) from None
-        self._thread = threading.Thread(target=self._drain, name="caviar-mlflow", daemon=True)
-        self._thread.start()
+        self._start_writer()
         return self.parent_run_id
 
-    def finish_sweep(
-        self, metrics: Mapping[str, float], tags: Mapping[str, str], status: str
-    ) -> None:
-        self.close()
+    def resume_sweep(self, parent_run_id: str) -> None:
+        """Continue writing to an interrupted sweep: its parent, its children, their steps."""
+        try:
+            parent = self._client.get_run(parent_run_id)
+            self.parent_run_id = parent.info.run_id
+            self._client.update_run(parent_run_id, status="RUNNING")
+            for child in self._children():
+                trial = child.data.tags.get("caviar.trial_id")
+                if trial is None:
+                    continue
+                self._child_runs[trial] = child.info.run_id
+                history = self._client.get_metric_history(child.info.run_id, "epoch_seconds")
+                self._last_step[trial] = max((int(m.step) for m in history), default=0)
+        except MlflowException as error:
+            raise TrackingError(
+                f"cannot continue sweep run {parent_run_id} in {self.uri}: {error.message}"
+            ) from None
+        self._start_writer()
+
+    def finalize_children(self, outcomes: Mapping[str, str]) -> None:
+        """After the last write: no duplicate and no RUNNING child is left behind.
+
+        A child whose trial the (resumed) experiment does not know was created after Ray's
+        last snapshot and its configuration ran again under a new trial id: it is deleted.
+        A child still RUNNING (its end was never written) is closed with its trial's outcome.
+        """
+        for child in self._children():
+            trial = child.data.tags.get("caviar.trial_id")
+            if trial not in outcomes:
+                self._with_retry(lambda r=child.info.run_id: self._client.delete_run(r))
+            elif child.info.status == "RUNNING":
+                status = "FAILED" if outcomes[trial] in ("failed", "running") else "FINISHED"
+                self._with_retry(
+                    lambda r=child.info.run_id, s=status: self._client.set_terminated(r, s)
+                )
+
+    def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+        """Write the sweep's summary on the parent run (after :meth:`close`)."""
         assert self.parent_run_id is not None
         self._with_retry(
             lambda: self._client.log_batch(
@@ -152,6 +202,9 @@ class SweepTracker:
                 tags=[RunTag(k, str(v)) for k, v in tags.items()],
             )
         )
+
+    def end_sweep(self, status: str) -> None:
+        assert self.parent_run_id is not None
         self._with_retry(lambda: self._client.set_terminated(self.parent_run_id, status))
 
     def log_model(self, model: Any, input_example: Any, code_dir: Path) -> str:
@@ -180,39 +233,71 @@ class SweepTracker:
     def trial_started(
         self, trial: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
     ) -> None:
-        self._queue.put(
-            _Op(
-                "start",
-                trial,
-                payload={"name": run_name, "params": dict(params), "tags": dict(tags)},
-            )
-        )
+        if trial in self._child_runs:  # a resumed sweep: the run exists, open it again
+            self._queue.put(_Op("reopen", trial))
+            return
+        payload = {"name": run_name, "params": dict(params), "tags": dict(tags)}
+        self._queue.put(_Op("start", trial, payload=payload))
 
     def trial_metrics(self, trial: str, metrics: Mapping[str, float], step: int) -> None:
+        """Queue one epoch's metrics; an epoch already logged (a replay after a restore or a
+        worker restart, which reproduces the same values) is not logged twice."""
+        if step <= self._last_step.get(trial, 0):
+            return
+        self._last_step[trial] = step
         stamp = _now_ms()
-        self._queue.put(
-            _Op(
-                "metrics",
-                trial,
-                payload={"metrics": [Metric(k, float(v), stamp, step) for k, v in metrics.items()]},
-            )
-        )
+        items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        self._queue.put(_Op("metrics", trial, payload={"metrics": items}))
 
     def trial_ended(self, trial: str, tags: Mapping[str, str], status: str) -> None:
         self._queue.put(_Op("end", trial, payload={"tags": dict(tags), "status": status}))
+
+    def parent_update(
+        self,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        json_artifacts: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue additions to the parent run (a new round's region, its best trial)."""
+        payload = {
+            "params": dict(params or {}),
+            "tags": dict(tags or {}),
+            "metrics": [Metric(k, float(v), _now_ms(), 0) for k, v in (metrics or {}).items()],
+            "json": dict(json_artifacts or {}),
+        }
+        self._queue.put(_Op("parent", payload=payload))
+
+    def log_parent_file(self, local_path: Path, artifact_dir: str) -> None:
+        """Upload a file (a report plot) to the parent run, synchronously."""
+        assert self.parent_run_id is not None
+        self._with_retry(
+            lambda: self._client.log_artifact(self.parent_run_id, str(local_path), artifact_dir)
+        )
 
     def child_run_id(self, trial: str) -> str | None:
         return self._child_runs.get(trial)
 
     def flush(self) -> None:
-        """Block until every queued write has been attempted."""
+        """Block until every queued write has been attempted once."""
         self._queue.join()
 
     def close(self) -> None:
+        """Deliver everything queued; while the store is away, keep trying until the deadline.
+
+        The deadline (``CAVIAR_TRACKING_FLUSH_TIMEOUT_S``, default 300 s) bounds how long a
+        finished sweep waits for a tracking server to come back; what is still undelivered
+        then is reported, never silently dropped.
+        """
         if self._thread is not None and self._thread.is_alive():
+            self._deadline = time.monotonic() + self.flush_timeout_s
+            self._closing.set()
             self._queue.put(None)
             self._thread.join()
         self._thread = None
+        for op in self._backlog:
+            self._undelivered.append((op, "tracking store unreachable until the deadline"))
+        self._backlog.clear()
         if self._undelivered:
             log.warning("%d MLflow writes could not be delivered", len(self._undelivered))
 
@@ -222,52 +307,118 @@ class SweepTracker:
 
     # --- the writer thread -------------------------------------------------------------
 
+    def _start_writer(self) -> None:
+        self._thread = threading.Thread(target=self._drain, name="caviar-mlflow", daemon=True)
+        self._thread.start()
+
     def _drain(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            batch = [first]
+        """Move queued ops to the ordered backlog and write it; back off while the store is away."""
+        stopping = False
+        delay = 0.0
+        outage_started: float | None = None
+        while True:
+            try:
+                item = self._queue.get(timeout=delay or None) if not stopping else None
+                items = [] if item is None and stopping else [item]
+            except queue.Empty:
+                items = []
             while True:  # take everything already waiting: that is what makes batches
                 try:
-                    batch.append(self._queue.get_nowait())
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            ops = [op for op in batch if op is not None]
-            stop = len(ops) != len(batch)
-            try:
-                self._write(ops)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-    def _write(self, ops: list[_Op]) -> None:
-        pending_metrics: dict[str, list[Metric]] = {}
-
-        def flush_metrics() -> None:
-            for trial, metrics in pending_metrics.items():
-                run_id = self._child_runs.get(trial)
-                if run_id is None:
-                    continue
-                for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-                    chunk = metrics[start : start + MAX_METRICS_PER_BATCH]
-                    self._deliver(
-                        _Op("metrics", trial),
-                        lambda r=run_id, c=chunk: self._client.log_batch(r, metrics=c),
+            for item in items:
+                if item is None:
+                    stopping = True
+                else:
+                    self._backlog.append(item)
+            delivered = self._write_backlog()
+            for _ in items:
+                self._queue.task_done()
+            if delivered:
+                if outage_started is not None:
+                    self.outage_seconds += time.monotonic() - outage_started
+                    log.warning("MLflow store reachable again; backlog delivered")
+                    outage_started = None
+                delay = 0.0
+                if stopping:
+                    return
+            else:
+                if outage_started is None:
+                    outage_started = time.monotonic()
+                    log.warning(
+                        "MLflow store %s unreachable; %d writes wait and will be retried",
+                        self.uri,
+                        len(self._backlog),
                     )
-            pending_metrics.clear()
+                delay = min(30.0, max(1.0, delay * 2))
+                if stopping:
+                    if time.monotonic() >= self._deadline:
+                        return
+                    time.sleep(delay)
 
-        for op in ops:
-            if op.kind == "metrics":
-                pending_metrics.setdefault(op.trial or "", []).extend(op.payload["metrics"])
+    def _write_backlog(self) -> bool:
+        """Write the backlog in order; False if the store is unreachable (the rest waits)."""
+        while self._backlog:
+            if self._backlog[0].kind == "metrics":
+                segment = []
+                while self._backlog and self._backlog[0].kind == "metrics":
+                    segment.append(self._backlog.popleft())
+                by_trial: dict[str, list[_Op]] = {}
+                for op in segment:
+                    by_trial.setdefault(op.trial or "", []).append(op)
+                for trial, ops in list(by_trial.items()):
+                    if not self._try(ops, lambda t=trial, o=ops: self._log_metrics(t, o)):
+                        remaining = [op for t in by_trial for op in by_trial[t]]
+                        self._backlog.extendleft(reversed(remaining))
+                        return False
+                    del by_trial[trial]
                 continue
-            flush_metrics()
-            if op.kind == "start":
-                self._deliver(op, lambda o=op: self._create_child(o))
-            elif op.kind == "end":
-                run_id = self._child_runs.get(op.trial or "")
-                if run_id is not None:
-                    self._deliver(op, lambda r=run_id, o=op: self._end_child(r, o))
-        flush_metrics()
+            op = self._backlog[0]
+            if not self._try([op], lambda o=op: self._apply(o)):
+                return False
+            self._backlog.popleft()
+        return True
+
+    def _try(self, ops: list[_Op], write: Callable[[], None]) -> bool:
+        """True when written or permanently refused (recorded); False when worth retrying."""
+        try:
+            write()
+            return True
+        except MlflowException as error:
+            if _is_transient(error):
+                return False
+            reason = error.message
+        except (OSError, ConnectionError):
+            return False
+        except Exception as error:  # a refused write must not kill the writer
+            reason = str(error)
+        for op in ops:
+            self._undelivered.append((op, reason[:200]))
+        return True
+
+    def _log_metrics(self, trial: str, ops: list[_Op]) -> None:
+        run_id = self._child_runs.get(trial)
+        if run_id is None:
+            raise MlflowException(f"no run for trial {trial}", error_code="INVALID_STATE")
+        metrics = [m for op in ops for m in op.payload["metrics"]]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            chunk = metrics[start : start + MAX_METRICS_PER_BATCH]
+            self._client.log_batch(run_id, metrics=chunk)
+
+    def _apply(self, op: _Op) -> None:
+        if op.kind == "start":
+            self._create_child(op)
+        elif op.kind == "parent":
+            self._update_parent(op)
+        elif op.kind in ("end", "reopen"):
+            run_id = self._child_runs.get(op.trial or "")
+            if run_id is None:
+                raise MlflowException(f"no run for trial {op.trial}", error_code="INVALID_STATE")
+            if op.kind == "end":
+                self._end_child(run_id, op)
+            else:
+                self._client.update_run(run_id, status="RUNNING")
 
     def _create_child(self, op: _Op) -> None:
         assert self.parent_run_id is not None
@@ -275,6 +426,16 @@ class SweepTracker:
         run = self._client.create_run(self.experiment_id, tags=tags, run_name=op.payload["name"])
         self._child_runs[op.trial or ""] = run.info.run_id
         self._log_params(run.info.run_id, op.payload["params"])
+
+    def _update_parent(self, op: _Op) -> None:
+        assert self.parent_run_id is not None
+        payload = op.payload
+        self._log_params(self.parent_run_id, payload["params"])
+        tags = [RunTag(k, str(v)) for k, v in payload["tags"].items()]
+        if tags or payload["metrics"]:
+            self._client.log_batch(self.parent_run_id, metrics=payload["metrics"], tags=tags)
+        for artifact_file, obj in payload["json"].items():
+            self._client.log_dict(self.parent_run_id, obj, artifact_file)
 
     def _end_child(self, run_id: str, op: _Op) -> None:
         tags = [RunTag(k, str(v)) for k, v in op.payload["tags"].items()]
@@ -286,11 +447,15 @@ class SweepTracker:
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self._client.log_batch(run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
 
-    def _deliver(self, op: _Op, write: Callable[[], None]) -> None:
-        try:
-            self._with_retry(write)
-        except Exception as error:  # a store that stays away must not stop the sweep
-            self._undelivered.append((op, str(error)[:200]))
+    def _children(self) -> list[Any]:
+        assert self.parent_run_id is not None
+        return list(
+            self._client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+                max_results=50_000,
+            )
+        )
 
     @staticmethod
     def _with_retry(write: Callable[[], Any]) -> Any:
@@ -308,8 +473,11 @@ class SweepTracker:
 
 
 def _is_transient(error: MlflowException) -> bool:
+    """Worth retrying: the store is away or overloaded, not refusing this write for good."""
     code = getattr(error, "error_code", "")
-    return code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST")
+    permanent = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
+                 "INVALID_STATE", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED")
+    return code not in permanent
 
 
 def _now_ms() -> int:
@@ -334,3 +502,128 @@ def load_model(model_uri: str, tracking_uri: str) -> Any:
 
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
     return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+# --- reading a sweep back (for reports) -----------------------------------------------------
+
+RUN_ID_PATTERN = r"[0-9a-f]{32}"
+
+
+def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
+    """Everything a report needs, from the store alone: parent, regions, trials, curves.
+
+    ``experiment_or_run`` is a parent run id, or an experiment name (its latest sweep).
+    """
+    import json
+    import re
+    import tempfile
+
+    from orchestrator.history import SweepHistory, TrialHistory
+    from orchestrator.ranking import rung_milestones
+
+    uri = absolute_uri(uri)
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        is_run_id = bool(re.fullmatch(RUN_ID_PATTERN, experiment_or_run))
+        parent = _find_parent(client, experiment_or_run, is_run_id)
+        params = dict(parent.data.params)
+        metric, mode = params.get("objective", "max val_accuracy").split(" ", 1)[::-1]
+        max_epochs = int(params.get("scheduler.max_epochs", "1"))
+        if params.get("scheduler.kind") == "asha":
+            milestones = rung_milestones(
+                int(params["scheduler.grace_period"]),
+                float(params["scheduler.reduction_factor"]),
+                max_epochs,
+            )
+        else:
+            milestones = [max_epochs]
+        regions: list[dict[str, Any]] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = client.download_artifacts(parent.info.run_id, "regions", tmp)
+                files = sorted(
+                    Path(local).glob("round_*.json"), key=lambda p: int(p.stem.split("_")[1])
+                )
+                regions = [json.loads(f.read_text()) for f in files]
+            except (MlflowException, OSError):
+                regions = []
+        children = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+            max_results=50_000,
+        )
+        trials = []
+        for child in children:
+            tags = child.data.tags
+            history = client.get_metric_history(child.info.run_id, metric)
+            curve = sorted((int(m.step), float(m.value)) for m in history)
+            config = {k: _parse_param(v) for k, v in child.data.params.items()}
+            trials.append(
+                TrialHistory(
+                    run_id=child.info.run_id,
+                    trial_id=tags.get("caviar.trial_id", child.info.run_id),
+                    index=int(tags.get("caviar.trial_index", "0")),
+                    round=int(tags.get("caviar.round", "1")),
+                    outcome=tags.get("caviar.outcome", "running"),
+                    config=config,
+                    curve=curve,
+                    diverged=tags.get("caviar.outcome") == "diverged",
+                )
+            )
+    except MlflowException as error:
+        raise TrackingError(f"cannot read the sweep from {uri}: {error.message}") from None
+    trials.sort(key=lambda t: t.index)
+    experiment = client.get_experiment(parent.info.experiment_id)
+    return SweepHistory(
+        name=experiment.name,
+        experiment_id=parent.info.experiment_id,
+        parent_run_id=parent.info.run_id,
+        tracking_uri=uri,
+        metric=metric,
+        mode=mode,
+        milestones=milestones,
+        regions=regions,
+        trials=trials,
+        params=params,
+        metrics=dict(parent.data.metrics),
+    )
+
+
+def _find_parent(client: MlflowClient, key: str, looks_like_run_id: bool) -> Any:
+    if looks_like_run_id:
+        try:
+            run = client.get_run(key)
+        except MlflowException:
+            run = None
+        if run is not None:
+            if run.data.tags.get("caviar.kind") != "sweep":
+                raise TrackingError(f"run {key} is not a caviar sweep's parent run")
+            return run
+    experiment = client.get_experiment_by_name(key)
+    if experiment is None:
+        raise TrackingError(
+            f"no experiment or sweep run named {key!r} in the store; "
+            "pass an experiment name or a parent run id (caviar run prints both)"
+        )
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`caviar.kind` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise TrackingError(f"experiment {key!r} holds no caviar sweep")
+    return runs[0]
+
+
+def _parse_param(text: str) -> Any:
+    """Params come back as strings; recover numbers and booleans for plotting."""
+    if text in ("True", "False"):
+        return text == "True"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text

@@ -31,21 +31,33 @@ class CaviarTrainable(tune.Trainable):
         self._device = _device()
         self._tensors = TensorSplits.from_splits(data, self._device)
         self._session = self._new_session(config)
+        self._last_result: dict[str, Any] = {}
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._session = self._new_session(new_config)
+        self._last_result = {}
         return True
 
     def step(self) -> dict[str, Any]:
+        if self._session.finished and self._last_result:
+            # Restored from the checkpoint a trial took as it ended (a sweep resumed after its
+            # driver died between that checkpoint and the experiment snapshot): report the
+            # last epoch again and stop; the driver does not log an epoch twice.
+            return {**self._last_result, "done": True}
         result = dict(self._session.step())
         result["node_id"] = _node_id()
         if self._session.finished:
             result["done"] = True
+        self._last_result = {k: v for k, v in result.items() if k != "done"}
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         torch.save(
-            {"config": dict(self.config), "session": self._session.state_dict()},
+            {
+                "config": dict(self.config),
+                "session": self._session.state_dict(),
+                "last_result": self._last_result,
+            },
             Path(checkpoint_dir) / STATE_FILE,
         )
 
@@ -54,6 +66,7 @@ class CaviarTrainable(tune.Trainable):
             Path(str(checkpoint)) / STATE_FILE, map_location=self._device, weights_only=False
         )
         self._session.load_state_dict(state["session"])
+        self._last_result = dict(state.get("last_result", {}))
 
     def _new_session(self, config: dict[str, Any]) -> TrainingSession:
         return self._definition.make_session(config, self._tensors, self._device)

@@ -7,6 +7,7 @@ reused on its own. Importing it registers the built-in trainables.
 
 from __future__ import annotations
 
+from trainables.arrays import load_npz
 from trainables.config import MlpConfig
 from trainables.data import (
     BUNDLED_DATASETS,
@@ -15,7 +16,10 @@ from trainables.data import (
     load_bundled,
     make_synthetic,
     split_and_scale,
+    split_and_scale_with_test,
 )
+from trainables.idx import read_idx
+from trainables.images import IMAGE_DATASETS, ImageData, load_images
 from trainables.model import BnSoftmaxMLP, recompute_population_statistics
 from trainables.registry import (
     TrainableDefinition,
@@ -24,6 +28,7 @@ from trainables.registry import (
     register,
     trainable_names,
 )
+from trainables.tabular import TABLE_FORMATS, load_table
 from trainables.train import TensorSplits, TrainingSession, fit, learning_rate_at
 
 __all__ = [
@@ -31,7 +36,10 @@ __all__ = [
     "BnSoftmaxMLP",
     "DataError",
     "DataSplits",
+    "IMAGE_DATASETS",
+    "ImageData",
     "MlpConfig",
+    "TABLE_FORMATS",
     "TensorSplits",
     "TrainableDefinition",
     "TrainingSession",
@@ -40,9 +48,14 @@ __all__ = [
     "get_trainable",
     "learning_rate_at",
     "load_bundled",
+    "load_images",
+    "load_npz",
+    "load_table",
     "make_synthetic",
+    "read_idx",
     "recompute_population_statistics",
     "register",
     "split_and_scale",
+    "split_and_scale_with_test",
     "trainable_names",
 ]

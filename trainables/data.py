@@ -2,9 +2,10 @@
 
 Trials only ever see the arrays produced here, so every sweep over one dataset
 trains and validates on exactly the same rows: the split and the scaling are a
-property of the dataset spec (fractions + seed), never of a trial. Only data
-that needs no network is offered (scikit-learn's bundled sets and generated
-data), so a sweep runs on an air-gapped cluster.
+property of the dataset spec (fractions + seed), never of a trial. Nothing is
+ever downloaded (scikit-learn's bundled sets, generated data, and the user's own
+files, read by ``tabular``, ``arrays`` and ``images``), so a sweep runs on an
+air-gapped cluster.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "load_bundled",
     "make_synthetic",
     "split_and_scale",
+    "split_and_scale_with_test",
 ]
 
 Dataset = tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]
@@ -178,41 +180,129 @@ def split_and_scale(
     n_val, n_test = _split_counts(len(y_index), n_classes, val_fraction, test_fraction)
     x_rest, x_test, y_rest, y_test = _split(x, y_index, n_test, seed)
     x_train, x_val, y_train, y_val = _split(x_rest, y_rest, n_val, seed)
-
-    x_train, x_val, x_test = (a.astype(np.float64) for a in (x_train, x_val, x_test))
-    if standardize:
-        mean = x_train.mean(axis=0)
-        std = x_train.std(axis=0)
-        # A constant feature has std 0; dividing by 1 leaves it at 0 instead of nan.
-        std[std == 0] = 1.0
-        x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
-
-    return DataSplits(
-        x_train=np.ascontiguousarray(x_train, dtype=np.float32),
-        y_train=np.ascontiguousarray(y_train, dtype=np.int64),
-        x_val=np.ascontiguousarray(x_val, dtype=np.float32),
-        y_val=np.ascontiguousarray(y_val, dtype=np.int64),
-        x_test=np.ascontiguousarray(x_test, dtype=np.float32),
-        y_test=np.ascontiguousarray(y_test, dtype=np.int64),
+    return _scaled_splits(
+        (x_train, y_train),
+        (x_val, y_val),
+        (x_test, y_test),
+        standardize=standardize,
         class_names=class_names_out,
         feature_names=feature_names_out,
     )
 
 
-def _check_shapes(x: np.ndarray, y: np.ndarray) -> None:
+def split_and_scale_with_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    val_fraction: float,
+    seed: int,
+    standardize: bool,
+    class_names: Sequence[str] = (),
+    feature_names: Sequence[str] = (),
+) -> DataSplits:
+    """Like split_and_scale for a dataset that comes with its own test set (MNIST, CIFAR-10).
+
+    The published test set stays the test split, so results compare with everyone else's on
+    that dataset; validation is carved out of the training rows (stratified, seeded), and
+    the scaler is again fitted on the training rows only. Labels are mapped over both sets
+    together, so an index means the same class in each.
+    """
+    x, y, x_test, y_test = (np.asarray(a) for a in (x, y, x_test, y_test))
+    _check_shapes(x, y)
+    _check_shapes(x_test, y_test, "test ")
+    if x.shape[1] != x_test.shape[1]:
+        raise DataError(
+            f"training rows have {x.shape[1]} features but test rows have {x_test.shape[1]}"
+        )
+    y_all, class_names_out = _remap_labels(np.concatenate([y, y_test]), class_names)
+    y_index, y_test_index = y_all[: len(y)], y_all[len(y) :]
+    feature_names_out = _feature_names(feature_names, x.shape[1])
+    n_classes = len(class_names_out)
+    if n_classes < 2:
+        raise DataError(
+            f"need at least 2 classes to train a classifier, got {n_classes} "
+            f"({', '.join(class_names_out)})"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = max(1, round(val_fraction * len(y_index)))
+    n_train_needed = max(2, n_classes)
+    if len(y_index) - n_val < n_train_needed:
+        raise DataError(
+            f"{len(y_index)} training rows are too few: val takes {n_val}, leaving "
+            f"{max(len(y_index) - n_val, 0)} for training, but training needs at least "
+            f"{n_train_needed} (at least 2, and one per class for {n_classes} classes)"
+        )
+    x_train, x_val, y_train, y_val = _split(x, y_index, n_val, seed)
+    return _scaled_splits(
+        (x_train, y_train),
+        (x_val, y_val),
+        (x_test, y_test_index),
+        standardize=standardize,
+        class_names=class_names_out,
+        feature_names=feature_names_out,
+    )
+
+
+def _scaled_splits(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    standardize: bool,
+    class_names: tuple[str, ...],
+    feature_names: tuple[str, ...],
+) -> DataSplits:
+    """Standardize with training statistics and fix the dtypes torch wants.
+
+    Float32 input (images) is scaled in float32 so a large image set is not copied at
+    twice its size; anything else is scaled in float64 for precision. The statistics are
+    accumulated in float64 either way.
+    """
+    work = np.float32 if train[0].dtype == np.float32 else np.float64
+    # Train and val are fresh arrays from the split; test may be the caller's, so it is copied
+    # before being scaled in place.
+    xs = [np.asarray(train[0], dtype=work), np.asarray(val[0], dtype=work)]
+    xs.append(np.array(test[0], dtype=work, copy=True))
+    if standardize:
+        mean = xs[0].mean(axis=0, dtype=np.float64)
+        std = xs[0].std(axis=0, dtype=np.float64)
+        # A constant feature has std 0; dividing by 1 leaves it at 0 instead of nan.
+        std[std == 0] = 1.0
+        for array in xs:
+            array -= mean.astype(work)
+            array /= std.astype(work)
+    x_train, x_val, x_test = xs
+    return DataSplits(
+        x_train=np.ascontiguousarray(x_train, dtype=np.float32),
+        y_train=np.ascontiguousarray(train[1], dtype=np.int64),
+        x_val=np.ascontiguousarray(x_val, dtype=np.float32),
+        y_val=np.ascontiguousarray(val[1], dtype=np.int64),
+        x_test=np.ascontiguousarray(x_test, dtype=np.float32),
+        y_test=np.ascontiguousarray(test[1], dtype=np.int64),
+        class_names=class_names,
+        feature_names=feature_names,
+    )
+
+
+def _check_shapes(x: np.ndarray, y: np.ndarray, which: str = "") -> None:
     """Fail early with the shapes in the message, rather than deep inside sklearn."""
     if x.ndim != 2:
-        raise DataError(f"features must be a 2-D array (rows, features), got shape {x.shape}")
+        raise DataError(
+            f"{which}features must be a 2-D array (rows, features), got shape {x.shape}"
+        )
     if y.ndim != 1:
-        raise DataError(f"labels must be a 1-D array, got shape {y.shape}")
+        raise DataError(f"{which}labels must be a 1-D array, got shape {y.shape}")
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"features have {x.shape[0]} rows but labels have {y.shape[0]}")
+        raise DataError(f"{which}features have {x.shape[0]} rows but labels have {y.shape[0]}")
     if x.shape[1] < 1:
-        raise DataError("features have no columns")
+        raise DataError(f"{which}features have no columns")
     if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"features must be numeric, got dtype {x.dtype}")
+        raise DataError(f"{which}features must be numeric, got dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
-        raise DataError("features contain nan or infinite values")
+        raise DataError(f"{which}features contain nan or infinite values")
 
 
 def _remap_labels(y: np.ndarray, class_names: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -12,6 +12,7 @@ from trainables import (
     load_bundled,
     make_synthetic,
     split_and_scale,
+    split_and_scale_with_test,
 )
 
 EXPECTED_SHAPES = {
@@ -238,3 +239,75 @@ def test_synthetic_handles_few_features(n_features: int, n_classes: int) -> None
 def test_synthetic_impossible_raises(args: tuple[int, int, int], match: str) -> None:
     with pytest.raises(DataError, match=match):
         make_synthetic(*args, seed=0)
+
+
+def _with_test(n_train: int = 200, n_test: int = 50, **overrides: object) -> DataSplits:
+    rng = np.random.default_rng(8)
+    y = np.arange(n_train) % 4
+    y_test = np.arange(n_test) % 4
+    x = (rng.normal(size=(n_train, 3)) + y[:, None]).astype(np.float32)
+    x_test = (rng.normal(size=(n_test, 3)) + 10.0).astype(np.float32)  # shifted: own scale
+    kwargs: dict[str, object] = {"val_fraction": 0.25, "seed": 0, "standardize": True}
+    kwargs.update(overrides)
+    return split_and_scale_with_test(x, y, x_test, y_test, **kwargs)  # type: ignore[arg-type]
+
+
+def test_own_test_set_is_kept_and_val_is_carved_from_train() -> None:
+    splits = _with_test()
+    assert splits.sizes() == {"train": 150, "val": 50, "test": 50}
+    np.testing.assert_array_equal(splits.y_test, np.arange(50) % 4)
+    # Stratified: every class keeps its share in val.
+    counts = np.bincount(splits.y_val)
+    assert counts.sum() == 50 and set(counts) <= {12, 13}
+
+
+def test_own_test_set_is_scaled_with_train_statistics_only() -> None:
+    splits = _with_test()
+    np.testing.assert_allclose(splits.x_train.mean(axis=0), 0.0, atol=1e-5)
+    assert splits.x_test.mean() > 5  # the shifted test set was not re-centred on itself
+
+
+def test_own_test_set_labels_share_one_mapping() -> None:
+    x = np.random.default_rng(0).normal(size=(40, 2))
+    y = np.array(["b", "c"] * 20)
+    splits = split_and_scale_with_test(
+        x, y, x[:6], np.array(["a", "b", "c"] * 2), val_fraction=0.2, seed=0, standardize=False
+    )
+    assert splits.class_names == ("a", "b", "c")
+    assert list(splits.y_test[:3]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [({"n_train": 4}, "training rows are too few"), ({"val_fraction": 1.0}, "val_fraction")],
+)
+def test_own_test_set_errors(overrides: dict[str, object], match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        _with_test(**overrides)
+
+
+def test_own_test_set_needs_matching_features_and_two_classes() -> None:
+    x = np.ones((20, 3))
+    with pytest.raises(DataError, match="3 features but test rows have 2"):
+        split_and_scale_with_test(
+            x,
+            np.arange(20) % 2,
+            np.ones((4, 2)),
+            np.arange(4) % 2,
+            val_fraction=0.2,
+            seed=0,
+            standardize=True,
+        )
+    with pytest.raises(DataError, match="at least 2 classes"):
+        split_and_scale_with_test(
+            x, np.zeros(20), x[:4], np.zeros(4), val_fraction=0.2, seed=0, standardize=True
+        )
+
+
+def test_float32_input_is_scaled_in_float32_to_the_same_values() -> None:
+    x = np.random.default_rng(9).normal(loc=3.0, size=(100, 5))
+    y = np.arange(100) % 2
+    wide = _split(x, y)
+    narrow = _split(x.astype(np.float32), y)
+    np.testing.assert_allclose(narrow.x_val, wide.x_val, rtol=1e-5, atol=1e-5)
+    assert narrow.x_train.dtype == np.float32

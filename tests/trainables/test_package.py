@@ -16,6 +16,7 @@ ALLOWED_TOP_LEVEL = {
     "numpy",
     "sklearn",
     "pydantic",
+    "pandas",  # CSV/Parquet, imported lazily; it always comes with mlflow
 }
 FORBIDDEN = {"orchestrator", "ray", "mlflow"}
 

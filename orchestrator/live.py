@@ -1,0 +1,40 @@
+"""The parts of a running sweep that live only in this process: tracker, terminal, listeners.
+
+Ray Tune pickles its callbacks and search algorithm into the experiment folder, and a
+resumed sweep gets those unpickled copies back. An MLflow writer thread or a terminal cannot
+travel that way, so the pickled objects carry only the sweep's id and look the live objects
+up here; ``run_sweep`` registers them before Tune starts (or restores) the experiment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.progress import ProgressLine
+    from orchestrator.tracking import SweepTracker
+
+
+@dataclass
+class LiveSweep:
+    tracker: SweepTracker
+    progress: ProgressLine
+    on_round: Callable[..., Any] | None = None
+    observer: Any = None  # the SweepObserver Tune actually calls (a restored copy on resume)
+
+
+_LIVE: dict[str, LiveSweep] = {}
+
+
+def register(sweep_id: str, live: LiveSweep) -> None:
+    _LIVE[sweep_id] = live
+
+
+def unregister(sweep_id: str) -> None:
+    _LIVE.pop(sweep_id, None)
+
+
+def lookup(sweep_id: str | None) -> LiveSweep | None:
+    return _LIVE.get(sweep_id) if sweep_id else None

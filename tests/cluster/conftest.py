@@ -1,0 +1,248 @@
+"""The compose topology as local processes on loopback: Ray head, Ray worker, MLflow server.
+
+Every service starts exactly as ``docker-compose.yml`` starts it, through
+``python -m orchestrator.services SERVICE``; only the environment differs (free loopback
+ports, a short per-test Ray temp folder, SQLite instead of PostgreSQL). Each service runs in
+its own process group (``start_new_session``), and teardown kills those groups, then any
+straggler whose command line names this cluster's temp folder, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import clean_env
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = [sys.executable, "-m", "orchestrator.services"]
+START_TIMEOUT_S = 120.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports nothing listens on now (all held open until all are chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class LocalCluster:
+    """Start, wait for, and always tear down the three services."""
+
+    root: Path
+    token: str = field(default_factory=lambda: secrets.token_hex(24))
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        (
+            self.gcs_port,
+            self.dashboard_port,
+            self.client_port,
+            self.mlflow_port,
+            *self.agent_ports,
+        ) = free_ports(12)
+        self.storage = self.root / "shared" / "caviar_runs"  # the compose file's shared volume
+        self.storage.mkdir(parents=True)
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def base_env(self) -> dict[str, str]:
+        """What every service gets: the token, explicit auth mode, this venv's tools first."""
+        return clean_env(
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            CAVIAR_NODE_IP="127.0.0.1",
+        )
+
+    def service_env(self, service: str) -> dict[str, str]:
+        env = self.base_env()
+        ports = iter(self.agent_ports)
+        if service == "mlflow":
+            env.pop("RAY_AUTH_TOKEN")  # least privilege, as in the compose file
+            env.update(
+                CAVIAR_MLFLOW_PORT=str(self.mlflow_port),
+                CAVIAR_MLFLOW_WORKERS="1",
+                CAVIAR_MLFLOW_ARTIFACTS=str(self.root / "mlartifacts"),
+                MLFLOW_BACKEND_STORE_URI=f"sqlite:///{self.root / 'mlflow.db'}",
+            )
+            return env
+        env.update(
+            CAVIAR_NUM_CPUS="1",
+            CAVIAR_OBJECT_STORE_MEMORY=str(150 * 1024 * 1024),
+            CAVIAR_RAY_TEMP_DIR=str(self.root / ("h" if service == "ray-head" else "w")),
+        )
+        if service == "ray-worker":
+            for _ in range(4):  # the head keeps Ray's defaults for these; the worker cannot
+                next(ports)
+        env.update(
+            CAVIAR_DASHBOARD_AGENT_PORT=str(next(ports)),
+            CAVIAR_DASHBOARD_AGENT_GRPC_PORT=str(next(ports)),
+            CAVIAR_METRICS_PORT=str(next(ports)),
+            CAVIAR_RUNTIME_ENV_AGENT_PORT=str(next(ports)),
+        )
+        if service == "ray-head":
+            env.update(
+                CAVIAR_RAY_PORT=str(self.gcs_port),
+                CAVIAR_DASHBOARD_HOST="127.0.0.1",
+                CAVIAR_DASHBOARD_PORT=str(self.dashboard_port),
+                CAVIAR_RAY_CLIENT_PORT=str(self.client_port),
+                MLFLOW_TRACKING_URI=self.mlflow_uri,  # the cluster's store, as in compose
+                CAVIAR_STORAGE_PATH=str(self.storage),
+            )
+        else:
+            env["CAVIAR_RAY_HEAD"] = f"127.0.0.1:{self.gcs_port}"
+        return env
+
+    def start_service(self, service: str) -> None:
+        log = open(self.root / f"{service}.log", "wb")  # noqa: SIM115 (closed by the child)
+        self.processes[service] = subprocess.Popen(
+            [*SERVICE, service],
+            cwd=self.root,
+            env=self.service_env(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def start(self) -> None:
+        self.start_service("mlflow")  # the slowest to answer; it starts while Ray does
+        self.start_service("ray-head")
+        self.wait_for(lambda: self.healthy("ray-head"), "the Ray head's dashboard")
+        self.start_service("ray-worker")
+        self.wait_for(lambda: len(self.alive_nodes()) == 2, "two alive Ray nodes")
+        self.wait_for(lambda: self.healthy("ray-worker"), "the Ray worker's health check")
+        self.wait_for(lambda: self.healthy("mlflow"), "the MLflow server")
+
+    def healthy(self, service: str) -> bool:
+        result = subprocess.run(
+            [*SERVICE, "health", service], env=self.service_env(service), cwd=REPO, check=False
+        )
+        return result.returncode == 0
+
+    def alive_nodes(self) -> list[dict[str, object]]:
+        """The Ray nodes the head reports alive (the state API needs the token)."""
+        request = urllib.request.Request(
+            f"{self.address}/api/v0/nodes?limit=100",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                body = json.load(reply)
+        except (urllib.error.URLError, OSError, ValueError):
+            return []
+        nodes = body.get("data", {}).get("result", {}).get("result", [])
+        return [n for n in nodes if n.get("state") == "ALIVE"]
+
+    def wait_for(self, ready: object, what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({process.returncode}):\n{self.log(name)}")
+            if ready():  # type: ignore[operator]
+                return
+            time.sleep(1.0)
+        raise RuntimeError(f"timed out waiting for {what}:\n{self.logs()}")
+
+    def log(self, service: str, tail: int = 4000) -> str:
+        path = self.root / f"{service}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{self.log(name)}" for name in self.processes)
+
+    def stop(self) -> None:
+        """SIGTERM every group (the worker first), SIGKILL what is left, then stragglers."""
+        for name in ("ray-worker", "ray-head", "mlflow"):
+            if name in self.processes:
+                _signal_group(self.processes[name].pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(
+            _group_alive(p.pid) for p in self.processes.values()
+        ):
+            time.sleep(0.5)
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGKILL)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in leftover_pids(self.root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def leftover_pids(root: Path) -> list[int]:
+    """Processes whose command line names this cluster's folder: ours, by construction."""
+    found = []
+    marker = str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[LocalCluster]:
+    """One cluster for a module's tests; torn down whatever happens."""
+    root = Path(tempfile.mkdtemp(prefix="cvr-", dir="/tmp"))  # short: Unix sockets live here
+    cluster = LocalCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

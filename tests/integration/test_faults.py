@@ -1,0 +1,220 @@
+"""Faults during a sweep: a Ray worker killed mid-trial, a tracking server that goes away.
+
+Real processes only: the worker is a real Ray actor process killed with SIGKILL, the tracking
+server a real `mlflow server` stopped and started again on the same port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CAVIAR, clean_env
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(name: str, max_failures: int, tracking: str = "") -> str:
+    return f"""
+name: {name}
+data: {{source: digits, seed: 0}}
+space:
+  learning_rate: {{values: [0.05, 0.1]}}
+fixed: {{optimizer: sgd, momentum: 0.9, batch_size: 16, hidden_units: 256, layers: 3}}
+search: {{num_trials: 2, seed: 0}}
+scheduler: {{kind: fifo, max_epochs: 12}}
+storage: {{checkpoint_every: 2, max_failures: {max_failures}}}
+{tracking}
+"""
+
+
+def _max_steps(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            rows = conn.execute(
+                "SELECT run_uuid, MAX(step) FROM metrics WHERE key = 'epoch_seconds' "
+                "GROUP BY run_uuid"
+            ).fetchall()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+def _trial_workers(session: int) -> list[int]:
+    """Trial actor processes of this sweep only (other sweeps may run on the machine)."""
+    out = subprocess.run(
+        ["pgrep", "-s", str(session), "-f", "ray::CaviarTrainable"], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def _start(folder: Path, spec: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [CAVIAR, "run", spec],
+        cwd=folder,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(process: subprocess.Popen[str], timeout: float = 300) -> str:
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return out
+
+
+def _kill_a_worker_mid_trial(folder: Path, session: int) -> int:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        steps = _max_steps(folder / "mlflow.db")
+        workers = _trial_workers(session)
+        if steps and max(steps.values()) >= 3 and workers:
+            os.kill(workers[0], signal.SIGKILL)
+            return workers[0]
+        time.sleep(0.2)
+    raise AssertionError("no trial reached epoch 3 with a live worker")
+
+
+def _children(folder: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags], client
+
+
+def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(_spec("retry", max_failures=2))
+    process = _start(tmp_path, "s.yaml")
+    _kill_a_worker_mid_trial(tmp_path, process.pid)
+    out = _finish(process)
+    assert process.returncode == 0, out[-3000:]
+    children, client = _children(tmp_path, "retry")
+    assert len(children) == 2
+    for child in children:
+        assert child.data.tags["caviar.outcome"] == "completed"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, 13))  # replayed epochs are not logged twice
+
+
+def test_after_its_retries_a_trial_fails_with_the_error_and_the_sweep_goes_on(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "s.yaml").write_text(_spec("noretry", max_failures=0))
+    process = _start(tmp_path, "s.yaml")
+    _kill_a_worker_mid_trial(tmp_path, process.pid)
+    out = _finish(process)
+    assert process.returncode == 0, out[-3000:]
+    assert "1 failed" in out
+    children, _ = _children(tmp_path, "noretry")
+    outcomes = sorted(c.data.tags["caviar.outcome"] for c in children)
+    assert outcomes == ["completed", "failed"]
+    failed = next(c for c in children if c.data.tags["caviar.outcome"] == "failed")
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags.get("caviar.error")
+
+
+# --- the tracking server goes away mid-sweep -----------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_mlflow(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    process = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        cwd=folder,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return process
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("mlflow server did not come up")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def server_port() -> Iterator[int]:
+    yield _free_port()
+
+
+def test_tracking_server_outage_loses_nothing(tmp_path: Path, server_port: int) -> None:
+    uri = f"http://127.0.0.1:{server_port}"
+    (tmp_path / "s.yaml").write_text(_spec("outage", 2, f"tracking: {{uri: '{uri}'}}"))
+    server = _start_mlflow(tmp_path, server_port)
+    process = None
+    try:
+        process = _start(tmp_path, "s.yaml")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not _max_steps(tmp_path / "server.db"):
+            time.sleep(0.3)
+        _stop(server)  # gone mid-sweep ...
+        time.sleep(6)
+        server = _start_mlflow(tmp_path, server_port)  # ... and back
+        out = _finish(process)
+        assert process.returncode == 0, out[-3000:]
+        assert "WARNING" not in out  # nothing left undelivered
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("outage")
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+        parent = next(r for r in runs if r.data.tags.get("caviar.kind") == "sweep")
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 2
+        logged = 0
+        for child in children:
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+            assert sorted(steps) == list(range(1, 13))
+            logged += len(steps)
+        assert logged == parent.data.metrics["epochs_trained"] == 24
+        assert {r.info.status for r in runs} == {"FINISHED"}
+    finally:
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        _stop(server)

@@ -1,0 +1,114 @@
+"""Kill `caviar run` with SIGKILL at three points, resume each time, and check that MLflow
+ends up with the shape of an uninterrupted sweep: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import CAVIAR, clean_env, run_caviar
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+N_TRIALS = 24
+SPEC = f"""
+name: digits-resume
+data: {{source: digits, seed: 0}}
+space:
+  learning_rate: {{scale: log, low: 1.0e-3, high: 1.0}}
+  momentum: {{scale: log1m, low: 0.8, high: 0.99}}
+  hidden_units: {{scale: log, low: 16, high: 128, integer: true}}
+fixed: {{optimizer: sgd, batch_size: 32, layers: 2}}
+search: {{num_trials: {N_TRIALS}, seed: 4}}
+scheduler: {{kind: asha, grace_period: 2, reduction_factor: 3, max_epochs: 20}}
+storage: {{checkpoint_every: 3}}
+"""
+
+
+def _children_ended(db: Path) -> tuple[int, int]:
+    """(child runs, child runs ended) straight from the SQLite file, cheap enough to poll."""
+    if not db.exists():
+        return 0, 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            rows = conn.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE t.key = 'mlflow.parentRunId' AND r.lifecycle_stage = 'active'"
+            ).fetchall()
+    except sqlite3.Error:
+        return 0, 0
+    return len(rows), sum(1 for (status,) in rows if status != "RUNNING")
+
+
+def _run_until(folder: Path, args: list[str], kill_when, timeout: float = 240) -> bool:
+    """Start caviar; SIGKILL its whole process group once ``kill_when`` holds. True if killed."""
+    process = subprocess.Popen(
+        [CAVIAR, *args], cwd=folder, env=clean_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if kill_when(*_children_ended(folder / "mlflow.db")):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        subprocess.run(["pkill", "-9", "-f", f"ray.*{folder.name}"], check=False)
+
+
+def test_sigkill_three_times_then_resume_leaves_one_clean_sweep(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    killed = [
+        _run_until(tmp_path, ["run", "spec.yaml"], lambda runs, ended: runs >= 1),
+        _run_until(tmp_path, ["run", "spec.yaml", "--resume"], lambda r, ended: ended >= 8),
+        _run_until(tmp_path, ["run", "spec.yaml", "--resume"], lambda r, ended: ended >= 18),
+    ]
+    assert killed[0], "the first run finished before it could be killed"
+
+    # A plain run now refuses to start beside the unfinished sweep, and names both choices.
+    refused = run_caviar("run", "spec.yaml", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--resume" in refused.stderr and "Traceback" not in refused.stderr
+
+    final = run_caviar("run", "spec.yaml", "--resume", cwd=tmp_path)
+    assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("digits-resume")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == N_TRIALS
+    assert len({c.data.tags["caviar.trial_id"] for c in children}) == N_TRIALS
+    assert sorted(int(c.data.tags["caviar.trial_index"]) for c in children) == list(range(N_TRIALS))
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
+    assert parent.info.status == "FINISHED"
+
+    for child in children:
+        last = int(child.data.tags["caviar.last_epoch"])
+        for key in ("val_accuracy", "epoch_seconds"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert sorted(steps) == list(range(1, last + 1)), (key, child.data.tags)
+
+    outcomes = Counter(c.data.tags["caviar.outcome"] for c in children)
+    assert sum(outcomes.values()) == N_TRIALS
+    for outcome in ("completed", "stopped_early", "diverged", "failed"):
+        assert parent.data.metrics[f"trials_{outcome}"] == outcomes[outcome]
+    assert outcomes["failed"] == 0
+    assert 1 <= outcomes["completed"] <= N_TRIALS // 2  # ASHA still stopped most trials
+    assert "test_accuracy" in parent.data.metrics
