@@ -564,15 +564,19 @@ class StorageSpec(StrictModel):
     path: Annotated[
         str, Field(description="Folder for Ray results and checkpoints (relative to the cwd).")
     ] = "caviar_runs"
-    checkpoint_every: Annotated[
-        int,
+    checkpoint_every_s: Annotated[
+        float,
         Field(
             ge=0,
+            le=86_400,
             description=(
-                "Checkpoint each trial every N epochs so it can resume (0: only when it ends)."
+                "Checkpoint a running trial when this many seconds have passed since its last "
+                "checkpoint, so a lost worker or a resumed sweep continues instead of starting "
+                "over (0: only when the trial ends). Time, not epochs: a 40 ms epoch needs no "
+                "checkpoint of its own."
             ),
         ),
-    ] = 5
+    ] = 10.0
     max_failures: Annotated[
         int,
         Field(

@@ -320,7 +320,12 @@ def _fit(
     # Registered before the searcher exists: it announces round 1 as it is built.
     live.register(sweep_id, live.LiveSweep(tracker, progress, on_round))
     trainable = tune.with_resources(
-        tune.with_parameters(CaviarTrainable, data=data, trainable_name=spec.trainable),
+        tune.with_parameters(
+            CaviarTrainable,
+            data=data,
+            trainable_name=spec.trainable,
+            checkpoint_every_s=spec.storage.checkpoint_every_s,
+        ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     if resume:
@@ -350,9 +355,11 @@ def _fit(
                 callbacks=[observer],
                 verbose=0,
                 checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=spec.storage.checkpoint_every,
+                    checkpoint_frequency=0,  # the trial asks for one by time
                     checkpoint_at_end=True,
-                    num_to_keep=1,
+                    # 2, not 1: Tune forces an experiment snapshot whenever a trial has saved
+                    # num_to_keep checkpoints since the last one; at 1, one per trial.
+                    num_to_keep=2,
                 ),
                 failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
             ),

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
@@ -131,6 +133,9 @@ class SweepTracker:
         self._undelivered: list[tuple[_Op, str]] = []
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        # Wait this long after a write arrives before writing: a second of results per trial
+        # costs one transaction instead of one per epoch.
+        self.batch_interval_s = float(os.environ.get("CAVIAR_TRACKING_BATCH_S", "1.0"))
         self._deadline = math.inf
         self.outage_seconds = 0.0
 
@@ -332,6 +337,18 @@ class SweepTracker:
                     stopping = True
                 else:
                     self._backlog.append(item)
+            if items and not stopping and delay == 0.0:
+                self._closing.wait(self.batch_interval_s)  # let a batch form; close cuts it short
+                while True:
+                    try:
+                        extra = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    items.append(extra)
+                    if extra is None:
+                        stopping = True
+                    else:
+                        self._backlog.append(extra)
             delivered = self._write_backlog()
             for _ in items:
                 self._queue.task_done()
@@ -358,27 +375,58 @@ class SweepTracker:
                     time.sleep(delay)
 
     def _write_backlog(self) -> bool:
-        """Write the backlog in order; False if the store is unreachable (the rest waits)."""
+        """Write the backlog in order; False if the store is unreachable (the rest waits).
+
+        Trial ops between two parent updates are grouped per trial, and each group costs at
+        most three calls however many epochs it holds: create the run, one ``log_batch`` with
+        its params, metrics and tags, and ``set_terminated``. Every call is safe to repeat,
+        so a group that failed half-way is simply retried whole.
+        """
         while self._backlog:
-            if self._backlog[0].kind == "metrics":
-                segment = []
-                while self._backlog and self._backlog[0].kind == "metrics":
-                    segment.append(self._backlog.popleft())
-                by_trial: dict[str, list[_Op]] = {}
-                for op in segment:
-                    by_trial.setdefault(op.trial or "", []).append(op)
-                for trial, ops in list(by_trial.items()):
-                    if not self._try(ops, lambda t=trial, o=ops: self._log_metrics(t, o)):
-                        remaining = [op for t in by_trial for op in by_trial[t]]
-                        self._backlog.extendleft(reversed(remaining))
-                        return False
-                    del by_trial[trial]
-                continue
-            op = self._backlog[0]
-            if not self._try([op], lambda o=op: self._apply(o)):
-                return False
-            self._backlog.popleft()
+            segment: list[_Op] = []
+            while self._backlog and self._backlog[0].kind != "parent":
+                segment.append(self._backlog.popleft())
+            groups: dict[str, list[_Op]] = {}
+            for op in segment:
+                groups.setdefault(op.trial or "", []).append(op)
+            for trial, ops in list(groups.items()):
+                if not self._try(ops, lambda t=trial, o=ops: self._apply_trial(t, o)):
+                    unwritten = [op for op in segment if (op.trial or "") in groups]
+                    self._backlog.extendleft(reversed(unwritten))
+                    return False
+                del groups[trial]
+            if self._backlog:
+                op = self._backlog[0]
+                if not self._try([op], lambda o=op: self._update_parent(o)):
+                    return False
+                self._backlog.popleft()
         return True
+
+    def _apply_trial(self, trial: str, ops: list[_Op]) -> None:
+        assert self.parent_run_id is not None
+        starts = [op for op in ops if op.kind == "start"]
+        if starts and trial not in self._child_runs:
+            payload = starts[0].payload
+            tags = {"mlflow.parentRunId": self.parent_run_id, **payload["tags"]}
+            run = self._client.create_run(self.experiment_id, tags=tags, run_name=payload["name"])
+            self._child_runs[trial] = run.info.run_id
+        run_id = self._child_runs.get(trial)
+        if run_id is None:
+            raise MlflowException(f"no run for trial {trial}", error_code="INVALID_STATE")
+        if any(op.kind == "reopen" for op in ops):
+            self._client.update_run(run_id, status="RUNNING")
+        params = [
+            Param(k, str(v)[:MAX_PARAM_LENGTH])
+            for op in starts
+            for k, v in op.payload["params"].items()
+        ]
+        metrics = [m for op in ops if op.kind == "metrics" for m in op.payload["metrics"]]
+        ends = [op for op in ops if op.kind == "end"]
+        tags = [RunTag(k, str(v)) for op in ends for k, v in op.payload["tags"].items()]
+        for call in _batches(params, metrics, tags):
+            self._client.log_batch(run_id, **call)
+        if ends:
+            self._client.set_terminated(run_id, ends[-1].payload["status"])
 
     def _try(self, ops: list[_Op], write: Callable[[], None]) -> bool:
         """True when written or permanently refused (recorded); False when worth retrying."""
@@ -397,36 +445,6 @@ class SweepTracker:
             self._undelivered.append((op, reason[:200]))
         return True
 
-    def _log_metrics(self, trial: str, ops: list[_Op]) -> None:
-        run_id = self._child_runs.get(trial)
-        if run_id is None:
-            raise MlflowException(f"no run for trial {trial}", error_code="INVALID_STATE")
-        metrics = [m for op in ops for m in op.payload["metrics"]]
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            chunk = metrics[start : start + MAX_METRICS_PER_BATCH]
-            self._client.log_batch(run_id, metrics=chunk)
-
-    def _apply(self, op: _Op) -> None:
-        if op.kind == "start":
-            self._create_child(op)
-        elif op.kind == "parent":
-            self._update_parent(op)
-        elif op.kind in ("end", "reopen"):
-            run_id = self._child_runs.get(op.trial or "")
-            if run_id is None:
-                raise MlflowException(f"no run for trial {op.trial}", error_code="INVALID_STATE")
-            if op.kind == "end":
-                self._end_child(run_id, op)
-            else:
-                self._client.update_run(run_id, status="RUNNING")
-
-    def _create_child(self, op: _Op) -> None:
-        assert self.parent_run_id is not None
-        tags = {"mlflow.parentRunId": self.parent_run_id, **op.payload["tags"]}
-        run = self._client.create_run(self.experiment_id, tags=tags, run_name=op.payload["name"])
-        self._child_runs[op.trial or ""] = run.info.run_id
-        self._log_params(run.info.run_id, op.payload["params"])
-
     def _update_parent(self, op: _Op) -> None:
         assert self.parent_run_id is not None
         payload = op.payload
@@ -436,11 +454,6 @@ class SweepTracker:
             self._client.log_batch(self.parent_run_id, metrics=payload["metrics"], tags=tags)
         for artifact_file, obj in payload["json"].items():
             self._client.log_dict(self.parent_run_id, obj, artifact_file)
-
-    def _end_child(self, run_id: str, op: _Op) -> None:
-        tags = [RunTag(k, str(v)) for k, v in op.payload["tags"].items()]
-        self._client.log_batch(run_id, tags=tags)
-        self._client.set_terminated(run_id, op.payload["status"])
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
@@ -470,6 +483,22 @@ class SweepTracker:
                     raise
             time.sleep(delay)
         return None
+
+
+def _batches(
+    params: list[Param], metrics: list[Metric], tags: list[RunTag]
+) -> list[dict[str, Any]]:
+    """Split one run's writes into ``log_batch`` calls within MLflow's per-call limits."""
+    calls: list[dict[str, Any]] = []
+    while params or metrics or tags:
+        p, params = params[:MAX_PARAMS_PER_BATCH], params[MAX_PARAMS_PER_BATCH:]
+        t, tags = tags[:MAX_TAGS_PER_BATCH], tags[MAX_TAGS_PER_BATCH:]
+        room = MAX_ENTITIES_PER_BATCH - len(p) - len(t)
+        m, metrics = metrics[: min(room, MAX_METRICS_PER_BATCH)], metrics[
+            min(room, MAX_METRICS_PER_BATCH) :
+        ]
+        calls.append({"params": p, "metrics": m, "tags": t})
+    return calls
 
 
 def _is_transient(error: MlflowException) -> bool:

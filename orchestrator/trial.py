@@ -10,6 +10,7 @@ object store once per actor, and a trial never reloads it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,16 @@ STATE_FILE = "state.pt"
 class CaviarTrainable(tune.Trainable):
     """Runs one trial of a registered trainable, one epoch per ``step``."""
 
-    def setup(self, config: dict[str, Any], data: DataSplits, trainable_name: str) -> None:
+    def setup(
+        self,
+        config: dict[str, Any],
+        data: DataSplits,
+        trainable_name: str,
+        checkpoint_every_s: float = 0.0,
+    ) -> None:
         self._definition = get_trainable(trainable_name)
+        self._checkpoint_every_s = checkpoint_every_s
+        self._last_checkpoint = time.monotonic()
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
         torch.set_num_threads(max(1, int(cpus)))
         self._device = _device()
@@ -36,6 +45,7 @@ class CaviarTrainable(tune.Trainable):
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._session = self._new_session(new_config)
         self._last_result = {}
+        self._last_checkpoint = time.monotonic()
         return True
 
     def step(self) -> dict[str, Any]:
@@ -49,9 +59,13 @@ class CaviarTrainable(tune.Trainable):
         if self._session.finished:
             result["done"] = True
         self._last_result = {k: v for k, v in result.items() if k != "done"}
+        interval = self._checkpoint_every_s
+        if interval > 0 and time.monotonic() - self._last_checkpoint >= interval:
+            result["should_checkpoint"] = True
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self._last_checkpoint = time.monotonic()
         torch.save(
             {
                 "config": dict(self.config),

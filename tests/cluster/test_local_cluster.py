@@ -35,7 +35,7 @@ fixed: {optimizer: sgd, momentum: 0.9, batch_size: 8, layers: 1}
 search: {num_trials: 6, seed: 1}
 scheduler: {kind: fifo, max_epochs: 24}
 resources: {cpus_per_trial: 1}
-storage: {checkpoint_every: 0}
+storage: {checkpoint_every_s: 0}
 """
 N_TRIALS = 6
 
@@ -150,6 +150,9 @@ def test_status_logs_and_jobs_describe_the_job(sweep: dict[str, Any], local_clus
     assert f"job {job}: SUCCEEDED" in status.stdout and "caviar run sweep.yaml" in status.stdout
     logs = caviar(local_cluster, "logs", job, cwd=folder)
     assert logs.returncode == 0 and "Sweep cluster-sweep" in logs.stdout
+    followed = caviar(local_cluster, "logs", job, "--follow", cwd=folder)
+    assert followed.returncode == 0, followed.stderr
+    assert "Sweep cluster-sweep" in followed.stdout and f"job {job} SUCCEEDED" in followed.stdout
     listed = caviar(local_cluster, "jobs", cwd=folder)
     assert listed.returncode == 0
     (row,) = [line for line in listed.stdout.splitlines() if line.startswith(job)]

@@ -33,7 +33,7 @@ space:
 fixed: {{optimizer: sgd, momentum: 0.9, batch_size: 16, hidden_units: 256, layers: 3}}
 search: {{num_trials: 2, seed: 0}}
 scheduler: {{kind: fifo, max_epochs: 12}}
-storage: {{checkpoint_every: 2, max_failures: {max_failures}}}
+storage: {{checkpoint_every_s: 0.3, max_failures: {max_failures}}}
 {tracking}
 """
 

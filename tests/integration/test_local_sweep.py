@@ -30,7 +30,7 @@ fixed: {optimizer: sgd, batch_size: 16, layers: 2}
 search: {strategy: random, num_trials: 2, seed: 5}
 scheduler: {kind: asha, grace_period: 1, reduction_factor: 2, max_epochs: 6}
 resources: {cpus_per_trial: 1}
-storage: {checkpoint_every: 2}
+storage: {checkpoint_every_s: 0.2}
 """
 N_TRIALS = 8
 OUTCOMES = {"completed", "stopped_early", "diverged", "failed"}

@@ -28,7 +28,7 @@ space:
 fixed: {{optimizer: sgd, batch_size: 32, layers: 2}}
 search: {{num_trials: {N_TRIALS}, seed: 4}}
 scheduler: {{kind: asha, grace_period: 2, reduction_factor: 3, max_epochs: 20}}
-storage: {{checkpoint_every: 3}}
+storage: {{checkpoint_every_s: 0.5}}
 """
 
 
