@@ -216,6 +216,9 @@ def mlflow_server(environ: Mapping[str, str]) -> ServiceCommand:
     allowed_hosts = settings.text("CAVIAR_MLFLOW_ALLOWED_HOSTS")
     if allowed_hosts:  # a hostname such as `mlflow` is not in MLflow's default allow-list
         argv += ["--allowed-hosts", allowed_hosts]
+    app = settings.text("CAVIAR_MLFLOW_APP")
+    if app:  # e.g. basic-auth: MLflow's own login; clients send MLFLOW_TRACKING_USERNAME/PASSWORD
+        argv += ["--app-name", app]
     return ServiceCommand(argv, {"MLFLOW_BACKEND_STORE_URI": backend_store_uri(settings)})
 
 

@@ -138,6 +138,7 @@ class SweepTracker:
         self.batch_interval_s = float(os.environ.get("CAVIAR_TRACKING_BATCH_S", "1.0"))
         self._deadline = math.inf
         self.outage_seconds = 0.0
+        self.last_error = ""
 
     # --- parent run (synchronous: it must exist before any trial) ----------------------
 
@@ -364,8 +365,9 @@ class SweepTracker:
                 if outage_started is None:
                     outage_started = time.monotonic()
                     log.warning(
-                        "MLflow store %s unreachable; %d writes wait and will be retried",
+                        "MLflow store %s unreachable (%s); %d writes wait and will be retried",
                         self.uri,
+                        self.last_error,
                         len(self._backlog),
                     )
                 delay = min(30.0, max(1.0, delay * 2))
@@ -435,9 +437,11 @@ class SweepTracker:
             return True
         except MlflowException as error:
             if _is_transient(error):
+                self.last_error = error.message[:200]
                 return False
             reason = error.message
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError) as error:
+            self.last_error = str(error)[:200]
             return False
         except Exception as error:  # a refused write must not kill the writer
             reason = str(error)
@@ -501,12 +505,28 @@ def _batches(
     return calls
 
 
+TRANSIENT_HINTS = (
+    "connection",
+    "timed out",
+    "timeout",
+    "max retries",
+    "database is locked",
+    "temporarily",
+    "unavailable",
+    "bad gateway",
+    " 502",
+    " 503",
+    " 504",
+)
+
+
 def _is_transient(error: MlflowException) -> bool:
-    """Worth retrying: the store is away or overloaded, not refusing this write for good."""
-    code = getattr(error, "error_code", "")
-    permanent = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
-                 "INVALID_STATE", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED")
-    return code not in permanent
+    """Worth retrying: the store is away or busy. Anything else is refused for good, recorded
+    and reported; retrying it would only stall the writer until the flush deadline."""
+    if getattr(error, "error_code", "") == "TEMPORARILY_UNAVAILABLE":
+        return True
+    message = str(getattr(error, "message", error)).lower()
+    return any(hint in message for hint in TRANSIENT_HINTS)
 
 
 def _now_ms() -> int:

@@ -163,3 +163,14 @@ def test_entrypoint_dry_run_and_errors_without_traceback() -> None:
     assert "CAVIAR_RAY_HEAD is not set" in bad.stderr and "Traceback" not in bad.stderr
     down = run("health", "ray-head", CAVIAR_DASHBOARD_PORT="1")
     assert down.returncode == 1
+
+
+def test_mlflow_basic_auth_app_is_opt_in() -> None:
+    from orchestrator.services import mlflow_server
+
+    plain = mlflow_server({"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"}).argv
+    assert "--app-name" not in plain
+    secured = mlflow_server(
+        {"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db", "CAVIAR_MLFLOW_APP": "basic-auth"}
+    ).argv
+    assert secured[secured.index("--app-name") + 1] == "basic-auth"

@@ -32,7 +32,7 @@ space:
   learning_rate: {{values: [0.05, 0.1]}}
 fixed: {{optimizer: sgd, momentum: 0.9, batch_size: 16, hidden_units: 256, layers: 3}}
 search: {{num_trials: 2, seed: 0}}
-scheduler: {{kind: fifo, max_epochs: 12}}
+scheduler: {{kind: fifo, max_epochs: 30}}
 storage: {{checkpoint_every_s: 0.3, max_failures: {max_failures}}}
 {tracking}
 """
@@ -111,7 +111,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
     for child in children:
         assert child.data.tags["caviar.outcome"] == "completed"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
-        assert sorted(steps) == list(range(1, 13))  # replayed epochs are not logged twice
+        assert sorted(steps) == list(range(1, 31))  # replayed epochs are not logged twice
 
 
 def test_after_its_retries_a_trial_fails_with_the_error_and_the_sweep_goes_on(
@@ -210,9 +210,9 @@ def test_tracking_server_outage_loses_nothing(tmp_path: Path, server_port: int) 
         logged = 0
         for child in children:
             steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
-            assert sorted(steps) == list(range(1, 13))
+            assert sorted(steps) == list(range(1, 31))
             logged += len(steps)
-        assert logged == parent.data.metrics["epochs_trained"] == 24
+        assert logged == parent.data.metrics["epochs_trained"] == 60
         assert {r.info.status for r in runs} == {"FINISHED"}
     finally:
         if process is not None and process.poll() is None:
