@@ -181,7 +181,7 @@ class SweepTracker:
             ) from None
         self._start_writer()
 
-    def finalize_children(self, outcomes: Mapping[str, str]) -> None:
+    def finalize_children(self, outcomes: Mapping[str, str]) -> None:  # noqa: C901
         """After the last write: no duplicate and no RUNNING child is left behind.
 
         A child whose trial the (resumed) experiment does not know was created after Ray's
@@ -192,10 +192,19 @@ class SweepTracker:
             trial = child.data.tags.get("caviar.trial_id")
             if trial not in outcomes:
                 self._with_retry(lambda r=child.info.run_id: self._client.delete_run(r))
-            elif child.info.status == "RUNNING":
+                continue
+            if child.info.status == "RUNNING":
                 status = "FAILED" if outcomes[trial] in ("failed", "running") else "FINISHED"
                 self._with_retry(
                     lambda r=child.info.run_id, s=status: self._client.set_terminated(r, s)
+                )
+            # An incarnation rolled back by a resume may have logged epochs past the end its
+            # final incarnation recorded: the tag follows what the run's history holds.
+            logged = self._last_step.get(trial, 0)
+            if logged > int(child.data.tags.get("caviar.last_epoch", "0")):
+                tag = RunTag("caviar.last_epoch", str(logged))
+                self._with_retry(
+                    lambda r=child.info.run_id, t=tag: self._client.log_batch(r, tags=[t])
                 )
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:

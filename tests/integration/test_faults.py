@@ -55,7 +55,7 @@ def _max_steps(db: Path) -> dict[str, int]:
 def _trial_workers(session: int) -> list[int]:
     """Trial actor processes of this sweep only (other sweeps may run on the machine)."""
     out = subprocess.run(
-        ["pgrep", "-s", str(session), "-f", "ray::CaviarTrainable"], capture_output=True, text=True
+        ["pgrep", "-s", str(session), "-f", "ray::CaviarTrainable.train"], capture_output=True, text=True
     )
     return [int(p) for p in out.stdout.split()]
 
