@@ -24,14 +24,14 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.integration
 
 
-def _spec(name: str, max_failures: int, tracking: str = "") -> str:
+def _spec(name: str, max_failures: int, tracking: str = "", trials: int = 2) -> str:
     return f"""
 name: {name}
 data: {{source: digits, seed: 0}}
 space:
   learning_rate: {{values: [0.05, 0.1]}}
 fixed: {{optimizer: sgd, momentum: 0.9, batch_size: 16, hidden_units: 256, layers: 3}}
-search: {{num_trials: 2, seed: 0}}
+search: {{num_trials: {trials}, seed: 0, max_concurrent: 2}}
 scheduler: {{kind: fifo, max_epochs: 30}}
 storage: {{checkpoint_every_s: 0.3, max_failures: {max_failures}}}
 {tracking}
@@ -55,7 +55,7 @@ def _max_steps(db: Path) -> dict[str, int]:
 def _trial_workers(session: int) -> list[int]:
     """Trial actor processes of this sweep only (other sweeps may run on the machine)."""
     out = subprocess.run(
-        ["pgrep", "-s", str(session), "-f", "ray::CaviarTrainable.train"], capture_output=True, text=True
+        ["pgrep", "-s", str(session), "-f", "ray::CaviarTrainable"], capture_output=True, text=True
     )
     return [int(p) for p in out.stdout.split()]
 
@@ -87,8 +87,9 @@ def _kill_a_worker_mid_trial(folder: Path, session: int) -> int:
         steps = _max_steps(folder / "mlflow.db")
         workers = _trial_workers(session)
         if steps and max(steps.values()) >= 3 and workers:
-            os.kill(workers[0], signal.SIGKILL)
-            return workers[0]
+            for pid in workers:  # every trial actor of this sweep: an idle one may be cached
+                os.kill(pid, signal.SIGKILL)
+            return len(workers)
         time.sleep(0.2)
     raise AssertionError("no trial reached epoch 3 with a live worker")
 
@@ -117,15 +118,15 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
 def test_after_its_retries_a_trial_fails_with_the_error_and_the_sweep_goes_on(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "s.yaml").write_text(_spec("noretry", max_failures=0))
+    (tmp_path / "s.yaml").write_text(_spec("noretry", max_failures=0, trials=3))
     process = _start(tmp_path, "s.yaml")
     _kill_a_worker_mid_trial(tmp_path, process.pid)
     out = _finish(process)
     assert process.returncode == 0, out[-3000:]
-    assert "1 failed" in out
     children, _ = _children(tmp_path, "noretry")
     outcomes = sorted(c.data.tags["caviar.outcome"] for c in children)
-    assert outcomes == ["completed", "failed"]
+    assert len(outcomes) == 3 and "failed" in outcomes and "completed" in outcomes
+    assert f"{outcomes.count('failed')} failed" in out
     failed = next(c for c in children if c.data.tags["caviar.outcome"] == "failed")
     assert failed.info.status == "FAILED"
     assert failed.data.tags.get("caviar.error")
