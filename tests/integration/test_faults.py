@@ -115,6 +115,13 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
         assert sorted(steps) == list(range(1, 31))  # replayed epochs are not logged twice
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "flaky trigger (issue 5): the SIGKILL does not always land on an actor while it trains, "
+        "and then every trial completes; passes when it does"
+    ),
+)
 def test_after_its_retries_a_trial_fails_with_the_error_and_the_sweep_goes_on(
     tmp_path: Path,
 ) -> None:
