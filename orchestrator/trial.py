@@ -38,6 +38,7 @@ class CaviarTrainable(tune.Trainable):
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
         torch.set_num_threads(max(1, int(cpus)))
         self._device = _device()
+        self._node = _node_id()  # an actor never moves: ask Ray once, not every epoch
         self._tensors = TensorSplits.from_splits(data, self._device)
         self._session = self._new_session(config)
         self._last_result: dict[str, Any] = {}
@@ -55,7 +56,7 @@ class CaviarTrainable(tune.Trainable):
             # last epoch again and stop; the driver does not log an epoch twice.
             return {**self._last_result, "done": True}
         result = dict(self._session.step())
-        result["node_id"] = _node_id()
+        result["node_id"] = self._node
         if self._session.finished:
             result["done"] = True
         self._last_result = {k: v for k, v in result.items() if k != "done"}
