@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,24 +26,12 @@ from pathlib import Path
 
 import pytest
 from conftest import clean_env
+from ports import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = [sys.executable, "-m", "orchestrator.services"]
 START_TIMEOUT_S = 120.0
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports nothing listens on now (all held open until all are chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+WORKER_ATTEMPTS = 3  # a worker that fails to join is started again, on fresh ports
 
 
 @dataclass
@@ -61,8 +48,9 @@ class LocalCluster:
             self.dashboard_port,
             self.client_port,
             self.mlflow_port,
-            *self.agent_ports,
-        ) = free_ports(12)
+            *self.head_agent_ports,
+        ) = free_ports(8)
+        self.worker_agent_ports = free_ports(4)
         self.storage = self.root / "shared" / "caviar_runs"  # the compose file's shared volume
         self.storage.mkdir(parents=True)
 
@@ -85,7 +73,6 @@ class LocalCluster:
 
     def service_env(self, service: str) -> dict[str, str]:
         env = self.base_env()
-        ports = iter(self.agent_ports)
         if service == "mlflow":
             env.pop("RAY_AUTH_TOKEN")  # least privilege, as in the compose file
             env.update(
@@ -99,10 +86,11 @@ class LocalCluster:
             CAVIAR_NUM_CPUS="1",
             CAVIAR_OBJECT_STORE_MEMORY=str(150 * 1024 * 1024),
             CAVIAR_RAY_TEMP_DIR=str(self.root / ("h" if service == "ray-head" else "w")),
+            # Ray's default (30 s) for a raylet to register is short on a loaded 2-core box.
+            RAY_raylet_start_wait_time_s="90",
         )
-        if service == "ray-worker":
-            for _ in range(4):  # the head keeps Ray's defaults for these; the worker cannot
-                next(ports)
+        # Each node gets its own agent ports: the defaults collide when two share a host.
+        ports = iter(self.head_agent_ports if service == "ray-head" else self.worker_agent_ports)
         env.update(
             CAVIAR_DASHBOARD_AGENT_PORT=str(next(ports)),
             CAVIAR_DASHBOARD_AGENT_GRPC_PORT=str(next(ports)),
@@ -138,10 +126,34 @@ class LocalCluster:
         self.start_service("mlflow")  # the slowest to answer; it starts while Ray does
         self.start_service("ray-head")
         self.wait_for(lambda: self.healthy("ray-head"), "the Ray head's dashboard")
-        self.start_service("ray-worker")
-        self.wait_for(lambda: len(self.alive_nodes()) == 2, "two alive Ray nodes")
+        self.start_worker()
         self.wait_for(lambda: self.healthy("ray-worker"), "the Ray worker's health check")
         self.wait_for(lambda: self.healthy("mlflow"), "the MLflow server")
+
+    def start_worker(self) -> None:
+        """Start the worker until it joins; each failed try's logs go into the final error."""
+        failures = []
+        for attempt in range(1, WORKER_ATTEMPTS + 1):
+            self.start_service("ray-worker")
+            try:
+                self.wait_for(lambda: len(self.alive_nodes()) == 2, "two alive Ray nodes")
+                return
+            except RuntimeError as error:
+                failures.append(f"attempt {attempt}: {error}\n{self.ray_logs('w')}")
+                _signal_group(self.processes["ray-worker"].pid, signal.SIGKILL)
+                self.processes["ray-worker"].wait(timeout=30)
+                self.worker_agent_ports = free_ports(4)
+        raise RuntimeError("the Ray worker never joined:\n" + "\n".join(failures))
+
+    def ray_logs(self, node: str, tail: int = 1500) -> str:
+        """Tails of a node's raylet and agent logs: why a node failed to start is there."""
+        logs = self.root / node / "session_latest" / "logs"
+        parts = []
+        for name in ("raylet.out", "raylet.err", "dashboard_agent.log", "runtime_env_agent.log"):
+            path = logs / name
+            if path.exists():
+                parts.append(f"--- {node}/{name}\n{path.read_text(errors='replace')[-tail:]}")
+        return "\n".join(parts)
 
     def healthy(self, service: str) -> bool:
         result = subprocess.run(
@@ -168,7 +180,10 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({process.returncode}):\n{self.log(name)}")
+                    raise RuntimeError(
+                        f"{name} exited ({process.returncode}):\n{self.log(name)}\n"
+                        f"{self.ray_logs('h')}"
+                    )
             if ready():  # type: ignore[operator]
                 return
             time.sleep(1.0)

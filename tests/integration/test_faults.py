@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CAVIAR, clean_env
+from ports import free_port
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration
@@ -142,12 +142,6 @@ def test_after_its_retries_a_trial_fails_with_the_error_and_the_sweep_goes_on(
 # --- the tracking server goes away mid-sweep -----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_mlflow(folder: Path, port: int) -> subprocess.Popen[bytes]:
     mlflow = str(Path(sys.executable).parent / "mlflow")
     process = subprocess.Popen(
@@ -190,7 +184,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def server_port() -> Iterator[int]:
-    yield _free_port()
+    yield free_port()
 
 
 def test_tracking_server_outage_loses_nothing(tmp_path: Path, server_port: int) -> None:
