@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CAVIAR, clean_env
-from ports import free_port
 from mlflow import MlflowClient
+from ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -50,8 +50,12 @@ def _children_ended(db: Path) -> tuple[int, int]:
 def _run_until(folder: Path, args: list[str], kill_when, timeout: float = 240) -> bool:
     """Start caviar; SIGKILL its whole process group once ``kill_when`` holds. True if killed."""
     process = subprocess.Popen(
-        [CAVIAR, *args], cwd=folder, env=clean_env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        [CAVIAR, *args],
+        cwd=folder,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
     try:
