@@ -8,14 +8,13 @@ progress line at most a few times a second.
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-from ray.tune.schedulers import TrialScheduler
+from ray.tune import Callback, Checkpoint
 
 from orchestrator import live
+from orchestrator.journal import RESUME_FROM, Journal, JournaledTrial
 from orchestrator.progress import ProgressLine
 from orchestrator.records import TrialRecord, classify_finished
 from orchestrator.search import RoundSearcher
@@ -34,26 +33,33 @@ RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id")
 
 
 class SweepObserver(Callback):
-    """Keeps a :class:`TrialRecord` per trial and forwards events to tracking and progress.
+    """Keeps a :class:`TrialRecord` per trial and forwards events to journal, MLflow, progress.
 
-    Tune pickles this object with the experiment; the tracker and the progress line are looked
-    up by sweep id (``orchestrator.live``), so a restored copy writes to the live ones.
+    Records are keyed by the trial's caviar index, which a trial keeps when a resumed sweep
+    runs it again under a new Ray trial id. Every event is journaled before it is queued for
+    MLflow, so the journal always holds at least what MLflow holds.
     """
 
     def __init__(
         self,
         sweep_id: str,
         searcher: RoundSearcher,
-        scheduler: TrialScheduler,
         budget: int,
         fixed_names: set[str],
+        journal: Journal | None = None,
     ) -> None:
         self.sweep_id = sweep_id
         self.searcher = searcher
-        self.scheduler = scheduler
         self.budget = budget
         self.fixed_names = fixed_names
-        self.records: dict[str, TrialRecord] = {}
+        self.journal = journal
+        self.records: dict[int, TrialRecord] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the Tuner; the journal's open file stays here."""
+        state = dict(self.__dict__)
+        state["journal"] = None
+        return state
 
     @property
     def tracker(self) -> SweepTracker:
@@ -69,54 +75,110 @@ class SweepObserver(Callback):
             raise RuntimeError(f"sweep {self.sweep_id} has no live progress line registered")
         return found.progress
 
-    def get_state(self) -> dict[str, Any]:
-        """Saved with every experiment snapshot; a resumed sweep starts from this state.
-
-        The scheduler's state rides along: Tune restores searchers and callbacks but not
-        schedulers, and an ASHA that forgot its rungs would promote trials an uninterrupted
-        sweep would have stopped.
-        """
-        return {"records": self.records, "scheduler": pickle.dumps(self.scheduler.__dict__)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.records = dict(state.get("records", {}))
-        if "scheduler" in state:
-            self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))
-
     def setup(self, **info: Any) -> None:
-        """Tune starts (or restores) the experiment: make this copy the live observer."""
+        """Tune starts the experiment: make this copy the live observer."""
         found = live.lookup(self.sweep_id)
         if found is not None:
             found.observer = self
 
+    # --- a resumed sweep: the journal's events, through the same paths as live ones ----
+
+    def replay(self, trials: dict[int, JournaledTrial]) -> None:
+        """Rebuild the records of a killed sweep, and give MLflow whatever it missed.
+
+        MLflow skips epochs it already has and reopens runs that have not ended, so writes
+        the killed process still had queued are delivered now, and nothing is written twice.
+        """
+        for trial in sorted(trials.values(), key=lambda t: t.index):
+            record = self._start_record(trial.index, trial.trial_id, trial.config, trial.round)
+            for entry in trial.history:
+                self._record_result(record, entry)
+            if trial.checkpoint:
+                record.checkpoint = Checkpoint.from_directory(trial.checkpoint)
+            if trial.outcome is not None:
+                record.outcome = trial.outcome  # type: ignore[assignment]
+                record.error = trial.error
+                self._end(record, "FAILED" if trial.outcome == "failed" else "FINISHED")
+
+    # --- Tune's events -----------------------------------------------------------------
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.records:
-            return  # restarted after a failure: same record, same MLflow run
-        index = self.searcher.index_of.get(trial.trial_id, len(self.records))
-        config = dict(trial.config)
+        index = self.searcher.index_of.get(trial.trial_id)
+        if index is None:
+            return
+        known = self.records.get(index)
+        if known is not None:  # restarted after a failure, or continued after a resume
+            known.trial_id = trial.trial_id
+            return
+        config = {k: v for k, v in trial.config.items() if k != RESUME_FROM}
         round_number = self.searcher.round_of.get(trial.trial_id, 1)
-        record = TrialRecord(trial.trial_id, index, config, round=round_number)
-        self.records[trial.trial_id] = record
+        self._journal("trial", i=index, id=trial.trial_id, round=round_number, config=config)
+        self._start_record(index, trial.trial_id, config, round_number)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        record = self._record_of(trial)
+        if record is None:
+            return
+        entry = {k: result[k] for k in RECORDED_KEYS if k in result}
+        self._journal("result", i=record.index, r=entry)
+        self._record_result(record, entry)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self._record_of(trial)
+        if record is None:
+            return
+        record.outcome = classify_finished(record, self.budget)
+        self._journal("end", i=record.index, outcome=record.outcome)
+        self._end(record, status="FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self._record_of(trial)
+        if record is None:
+            return
+        record.outcome = "failed"
+        record.error = _error_summary(trial)
+        self._journal("end", i=record.index, outcome="failed", error=record.error)
+        self._end(record, status="FAILED")
+
+    def on_checkpoint(
+        self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
+    ) -> None:
+        record = self._record_of(trial)
+        if record is not None:
+            self._journal("checkpoint", i=record.index, path=str(checkpoint.path))
+            record.checkpoint = checkpoint
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.progress.update(self.records.values())
+
+    # --- shared by live events and replay ----------------------------------------------
+
+    def _record_of(self, trial: Any) -> TrialRecord | None:
+        index = self.searcher.index_of.get(trial.trial_id)
+        return self.records.get(index) if index is not None else None
+
+    def _start_record(
+        self, index: int, trial_id: str, config: dict[str, Any], round_number: int
+    ) -> TrialRecord:
+        record = TrialRecord(trial_id, index, config, round=round_number)
+        self.records[index] = record
         self.tracker.trial_started(
-            trial.trial_id,
+            str(index),
             run_name=f"trial-{index:03d}",
             params=config,
             tags={
-                "caviar.trial_id": trial.trial_id,
+                "caviar.trial_id": trial_id,
                 "caviar.trial_index": str(index),
                 "caviar.round": str(round_number),
                 "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),
             },
         )
         self.progress.update(self.records.values())
+        return record
 
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
-        record = self.records.get(trial.trial_id)
-        if record is None:
-            return
-        entry = {k: result[k] for k in RECORDED_KEYS if k in result}
+    def _record_result(self, record: TrialRecord, entry: dict[str, Any]) -> None:
         epoch = int(entry.get("epoch", 0))
         # A trial restored from a checkpoint replays the epochs after it (same values: the
         # session resumes exactly); keep one entry per epoch.
@@ -128,32 +190,7 @@ class SweepObserver(Callback):
             for k, v in entry.items()
             if k in EPOCH_METRICS and isinstance(v, (int, float)) and math.isfinite(float(v))
         }
-        self.tracker.trial_metrics(trial.trial_id, metrics, step=int(entry.get("epoch", 0)))
-        self.progress.update(self.records.values())
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self.records.get(trial.trial_id)
-        if record is None:
-            return
-        record.outcome = classify_finished(record, self.budget)
-        self._end(record, status="FINISHED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self.records.get(trial.trial_id)
-        if record is None:
-            return
-        record.outcome = "failed"
-        record.error = _error_summary(trial)
-        self._end(record, status="FAILED")
-
-    def on_checkpoint(
-        self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
-    ) -> None:
-        record = self.records.get(trial.trial_id)
-        if record is not None:
-            record.checkpoint = checkpoint
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.tracker.trial_metrics(str(record.index), metrics, step=epoch)
         self.progress.update(self.records.values())
 
     def _end(self, record: TrialRecord, status: str) -> None:
@@ -162,8 +199,12 @@ class SweepObserver(Callback):
             tags["caviar.node_id"] = record.node_id
         if record.error:
             tags["caviar.error"] = record.error
-        self.tracker.trial_ended(record.trial_id, tags=tags, status=status)
+        self.tracker.trial_ended(str(record.index), tags=tags, status=status)
         self.progress.update(self.records.values())
+
+    def _journal(self, event: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.append(event, **fields)
 
 
 def _error_summary(trial: Any) -> str:

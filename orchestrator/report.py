@@ -78,10 +78,15 @@ def analyse(history: SweepHistory) -> Report:
     mode = "max" if history.mode == "max" else "min"
     rounds = sorted({t.round for t in history.trials})
     importance = parameter_importance(scored(history.trials), domains, mode)
-    by_round = {
-        r: parameter_importance(scored([t for t in history.trials if t.round == r]), domains, mode)
-        for r in rounds
-    }
+    by_round: dict[int, dict[str, float]] = {}
+    for r in rounds:
+        members = [t for t in history.trials if t.round == r]
+        if len(members) == len(history.trials):
+            # One round holding every trial: the same trials in the same order with the same
+            # seed, so the whole sweep's importance, already computed (the forest is the cost).
+            by_round[r] = dict(importance)
+        else:
+            by_round[r] = parameter_importance(scored(members), domains, mode)
     best = {}
     for r in rounds:
         ranked = rank_trials(history, [t for t in history.trials if t.round == r])

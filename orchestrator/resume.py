@@ -85,9 +85,4 @@ def pick_for_resume(storage_root: Path, spec_hash: str) -> tuple[Path, SweepMark
             f"now {spec_hash}); a resumed sweep must run the same spec. Restore the spec, or "
             "run the new one under another name"
         )
-    if not (run_dir / "tuner.pkl").exists():
-        raise ResumeError(
-            f"sweep {marker.sweep_id} in {run_dir} was interrupted before Ray saved any state; "
-            f"remove {run_dir} and run without --resume"
-        )
     return run_dir, marker

@@ -10,7 +10,7 @@ of the round has ended, then narrows the region around the round's best trials
 
 from __future__ import annotations
 
-import pickle
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +18,8 @@ from typing import Any, Literal
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from orchestrator import live
+from orchestrator.errors import CaviarError
+from orchestrator.journal import RESUME_FROM, JournaledTrial
 from orchestrator.ranking import ranked
 from orchestrator.records import TrialRecord, classify_finished
 from orchestrator.space import SearchSpace, sample_configs
@@ -43,6 +45,22 @@ class RoundPlan:
     budget: int
 
 
+class ReplayError(CaviarError):
+    """The journal does not match what the spec plans: resuming would mix two sweeps."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A trial of the killed sweep that had not ended: run it again under a new Ray id."""
+
+    index: int
+    round: int
+    config: dict[str, Any]
+    checkpoint: str | None
+
+
 class RoundSearcher(Searcher):
     """Serves each round's configurations in order; narrows the region between rounds."""
 
@@ -66,6 +84,8 @@ class RoundSearcher(Searcher):
         self.round_of: dict[str, int] = {}
         self.config_of: dict[str, dict[str, Any]] = {}
         self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}
+        self.next_index = 0
+        self.continuations: list[Continuation] = []
         self._queue: list[dict[str, Any]] = []
         self._start_round(())
 
@@ -80,6 +100,8 @@ class RoundSearcher(Searcher):
         return self.plan.rounds * len(self._round_configs(self.original))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.continuations:
+            return self._continue(trial_id, self.continuations.pop(0))
         if not self._queue:
             if self.round >= self.plan.rounds:
                 return Searcher.FINISHED
@@ -89,10 +111,76 @@ class RoundSearcher(Searcher):
             self.space = step.space
             self._start_round(step.notes)
         config = self._queue.pop(0)
-        self.index_of[trial_id] = len(self.index_of)
+        self.index_of[trial_id] = self.next_index
+        self.next_index += 1
         self.round_of[trial_id] = self.round
         self.config_of[trial_id] = config
         return dict(config)
+
+    @property
+    def remaining(self) -> int:
+        """Trials still to run: continuations, this round's rest and the rounds to come."""
+        per_round = len(self._round_configs(self.original))
+        return len(self.continuations) + self.plan.rounds * per_round - self.next_index
+
+    def replay(self, trials: dict[int, JournaledTrial]) -> None:
+        """Become the searcher of a killed sweep: same rounds, same regions, same indices.
+
+        The journal's trials are suggested again in index order, and each round's ended
+        trials are reported before the next round is planned, exactly as they were; a
+        configuration that differs from the journal's means the plan changed, and stops the
+        resume. Trials that had not ended become continuations, served before anything new.
+        """
+        top = max(trials, default=-1)
+        fed: set[int] = set()
+
+        def feed_ended(round_number: int) -> None:
+            for trial in trials.values():
+                if trial.round == round_number and trial.outcome and trial.index not in fed:
+                    last = trial.history[-1] if trial.history else None
+                    self.on_trial_complete(trial.trial_id, last, trial.outcome == "failed")
+                    fed.add(trial.index)
+
+        for index in range(top + 1):
+            journaled = trials.get(index)
+            trial_id = journaled.trial_id if journaled else f"unstarted-{index}"
+            if not self._queue:
+                feed_ended(self.round)
+            config = self.suggest(trial_id)
+            if not isinstance(config, dict):
+                raise ReplayError(
+                    f"trial {index} of the journal has no place in the spec's plan (round "
+                    f"{self.round} has not ended); the sweep cannot be resumed"
+                )
+            if journaled is not None and _plain(config) != journaled.config:
+                raise ReplayError(
+                    f"trial {index} ran {journaled.config}, but the spec now plans {config}; "
+                    "a resumed sweep must run the same plan"
+                )
+        feed_ended(self.round)
+        for index in range(top + 1):
+            journaled = trials.get(index)
+            if journaled is not None and journaled.outcome:
+                continue
+            trial_id = journaled.trial_id if journaled else f"unstarted-{index}"
+            self.continuations.append(
+                Continuation(
+                    index,
+                    self.round_of.pop(trial_id),
+                    self.config_of.pop(trial_id),
+                    journaled.checkpoint if journaled else None,
+                )
+            )
+            del self.index_of[trial_id]
+
+    def _continue(self, trial_id: str, continuation: Continuation) -> dict[str, Any]:
+        self.index_of[trial_id] = continuation.index
+        self.round_of[trial_id] = continuation.round
+        self.config_of[trial_id] = continuation.config
+        config = dict(continuation.config)
+        if continuation.checkpoint:
+            config[RESUME_FROM] = continuation.checkpoint
+        return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -147,14 +235,13 @@ class RoundSearcher(Searcher):
         return [r.config for r in best[: keep_count(self.plan.keep_top, len(best))]]
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__getstate__(), file)
+        """Nothing: a resumed sweep rebuilds the searcher from caviar's journal (``replay``),
+        never from Tune's snapshot, so pickling it at every snapshot would be wasted time."""
 
-    def restore(self, checkpoint_path: str) -> None:
-        on_round = self.on_round
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
-        self.on_round = on_round
+
+def _plain(config: dict[str, Any]) -> Any:
+    """A configuration as it reads back from the journal's JSON."""
+    return json.loads(json.dumps(config))
 
 
 def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
@@ -181,9 +268,7 @@ def build_searcher(
     trial pending unless a limiter says how many may run, which on a 2-core machine meant one
     trial at a time. ``slots`` is how many trials the cluster fits at once.
     """
-    searcher = RoundSearcher(
-        spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id
-    )
+    searcher = RoundSearcher(spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id)
     limit = spec.search.max_concurrent or slots
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, limit)), searcher
 

@@ -453,8 +453,9 @@ class SearchSpec(StrictModel):
                 f"(this spec uses strategy: {self.strategy})"
             )
         if self.strategy == "zoom" and self.num_trials is not None:
-            raise ValueError("strategy: zoom counts trials with rounds x trials_per_round; "
-                             "remove num_trials")
+            raise ValueError(
+                "strategy: zoom counts trials with rounds x trials_per_round; remove num_trials"
+            )
         if self.keep_top is not None and self.keep_top >= 1 and self.keep_top != int(self.keep_top):
             raise ValueError(f"keep_top >= 1 is a count and must be whole, got {self.keep_top:g}")
         return self

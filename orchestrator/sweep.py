@@ -28,13 +28,14 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 
 import trainables  # noqa: E402
 from orchestrator import live  # noqa: E402
 from orchestrator.callbacks import SweepObserver  # noqa: E402
 from orchestrator.datasets import class_names_param, load_data  # noqa: E402
 from orchestrator.errors import SweepError  # noqa: E402
+from orchestrator.journal import JOURNAL, Journal, read_journal  # noqa: E402
 from orchestrator.progress import ProgressLine  # noqa: E402
 from orchestrator.ranking import ranked, rung_milestones  # noqa: E402
 from orchestrator.records import FINAL_OUTCOMES, TrialRecord  # noqa: E402
@@ -44,6 +45,7 @@ from orchestrator.resume import (  # noqa: E402
     refuse_if_unfinished,
     write_marker,
 )
+from orchestrator.scheduler import JournaledASHA  # noqa: E402
 from orchestrator.search import build_searcher, concurrent_slots  # noqa: E402
 from orchestrator.space import SearchSpace  # noqa: E402
 from orchestrator.spec import AshaScheduler, SweepSpec  # noqa: E402
@@ -172,20 +174,23 @@ def run_sweep(
         if best:
             result.best = best[0]
             tracker.flush()
-            result.best_run_id = tracker.child_run_id(result.best.trial_id)
+            result.best_run_id = tracker.child_run_id(str(result.best.index))
             _test_best(spec, data, result, tracker)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        # Nothing below needs Ray (the best checkpoint is read inside the try; the report
+        # reads MLflow): its shutdown overlaps the summary and the report.
+        ray_down = _shutdown_ray_in_background() if started_ray else None
         observer = _live_observer(sweep_id) or observer
         if observer is not None and not result.records:
             result.records = sorted(observer.records.values(), key=lambda r: r.index)
         result.wall_seconds = time.monotonic() - started
         tracker.close()
         if observer is not None and status == "FINISHED":
-            tracker.finalize_children({r.trial_id: r.outcome for r in result.records})
+            tracker.finalize_children({str(r.index): r.outcome for r in result.records})
         tracker.log_summary(_summary_metrics(result), _summary_tags(result))
         if status == "FINISHED":
             _report(result, tracker, stream)
@@ -194,8 +199,8 @@ def run_sweep(
         marker.status = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
         write_marker(run_dir, marker)
         live.unregister(sweep_id)
-        if started_ray:
-            ray.shutdown()
+        if ray_down is not None:
+            ray_down.result()
     return result
 
 
@@ -235,9 +240,7 @@ def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
                 metrics[f"round{round_number}.importance.{name}"] = share
         tracker.log_summary(metrics, tags)
         result.importance = report.importance
-        result.best_by_round = {
-            r: (b.index, b.last_value) for r, b in report.best_by_round.items()
-        }
+        result.best_by_round = {r: (b.index, b.last_value) for r, b in report.best_by_round.items()}
         result.median_by_round = report.median_by_round
     except Exception as error:  # the sweep is logged; a broken plot must not fail it
         print(f"caviar: warning: the report could not be built ({error})", file=stream)
@@ -255,36 +258,29 @@ def storage_path(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> st
 
 
 def _ensure_ray() -> bool:
-    """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback."""
+    """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback.
+
+    True when this sweep started (so owns) Ray. ``caviar run`` begins the start on a thread
+    before the heavy imports (``orchestrator.raystart``); it is claimed here, and whatever
+    ``ray.init`` raised is raised here, as if it had been called now.
+    """
+    from orchestrator import raystart
+
+    claimed = raystart.claim()
+    if claimed is not None:
+        return claimed
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, logging_level="WARNING")
-    else:
-        # The embedded cluster's GCS port listens on every interface, so it must not run
-        # open: token auth with a fresh token per sweep, held only in this process tree's
-        # environment (nothing is written to ~/.ray, which would change `ray start` for good).
-        if os.environ.setdefault("RAY_AUTH_MODE", "token") == "token":
-            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        _refresh_ray_config()
-        ray.init(
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            _node_ip_address="127.0.0.1",
-        )
+    raystart.prepare_environment()  # token auth for an embedded cluster
+    raystart.init_ray()
     return True
 
 
 def _refresh_ray_config() -> None:
-    """Make an already imported Ray see the auth settings just put in the environment.
+    """Make an already imported Ray see the auth settings just put in the environment."""
+    from orchestrator import raystart
 
-    Ray reads ``RAY_AUTH_MODE`` into a cached config when it is imported; Ray's own
-    ``_enable_token_auth`` refreshes it the same way.
-    """
-    from ray._raylet import Config
-
-    Config.initialize("")
+    raystart.refresh_ray_config()
 
 
 def _fit(
@@ -296,7 +292,13 @@ def _fit(
     stream: TextIO,
     resume: bool,
 ) -> SweepObserver:
-    """Run (or continue) the Tuner; returns the observer Tune called, with every record."""
+    """Run (or continue) the sweep's trials; returns the observer, with every record.
+
+    A resumed sweep does not use Tune's restore (see ``orchestrator/journal.py``): the
+    searcher, the scheduler and the records are rebuilt from caviar's journal, trials that
+    had not ended continue from their last journaled checkpoint, and a fresh Tuner (its own
+    folder under the sweep's) runs what is left.
+    """
     slots = concurrent_slots(
         ray.cluster_resources(), spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
     )
@@ -318,7 +320,8 @@ def _fit(
         spec.num_trials(), spec.objective.metric, spec.mode, _milestones(spec), stream
     )
     # Registered before the searcher exists: it announces round 1 as it is built.
-    live.register(sweep_id, live.LiveSweep(tracker, progress, on_round))
+    registered = live.LiveSweep(tracker, progress, on_round)
+    live.register(sweep_id, registered)
     trainable = tune.with_resources(
         tune.with_parameters(
             CaviarTrainable,
@@ -328,56 +331,78 @@ def _fit(
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    if resume:
-        # Searcher, observer (records, ASHA rungs) and trials come back from the folder.
-        tuner = tune.Tuner.restore(
-            str(run_dir), trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep_id)
-        scheduler = _scheduler(spec)
-        observer = SweepObserver(
-            sweep_id, searcher, scheduler, spec.max_epochs, set(spec.search_space().fixed)
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=spec.objective.metric,
-                mode=spec.mode,
-                search_alg=search_alg,
-                scheduler=scheduler,
-                num_samples=spec.num_trials(),
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=run_dir.name,
-                storage_path=str(run_dir.parent),
-                callbacks=[observer],
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=0,  # the trial asks for one by time
-                    checkpoint_at_end=True,
-                    # 2, not 1: Tune forces an experiment snapshot whenever a trial has saved
-                    # num_to_keep checkpoints since the last one; at 1, one per trial.
-                    num_to_keep=2,
-                ),
-                failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
-            ),
-        )
+    search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep_id)
+    scheduler = _scheduler(spec, searcher.index_of)
+    observer = SweepObserver(sweep_id, searcher, spec.max_epochs, set(spec.search_space().fixed))
+    registered.observer = observer
+    journal = Journal(run_dir / JOURNAL)
     try:
-        tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
+        if resume:
+            state = read_journal(journal.path)
+            searcher.replay(state.trials)
+            if isinstance(scheduler, JournaledASHA):
+                scheduler.replay(state.scheduler_calls)
+            observer.replay(state.trials)
+        observer.journal = journal
+        if isinstance(scheduler, JournaledASHA):
+            scheduler.journal = journal
+        remaining = searcher.remaining
+        if remaining > 0:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    metric=spec.objective.metric,
+                    mode=spec.mode,
+                    search_alg=search_alg,
+                    scheduler=scheduler,
+                    num_samples=remaining,
+                    reuse_actors=True,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=_tune_session_name(run_dir),
+                    storage_path=str(run_dir),
+                    callbacks=[observer],
+                    verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(
+                        checkpoint_frequency=0,  # the trial asks for one by time
+                        checkpoint_at_end=True,
+                        # 2, not 1: Tune forces an experiment snapshot whenever a trial has
+                        # saved num_to_keep checkpoints since the last one; at 1, one per trial.
+                        # The journal names the newest, which is never the one removed.
+                        num_to_keep=2,
+                    ),
+                    failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
+                ),
+            )
+            tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
     finally:
-        current = _live_observer(sweep_id)
-        progress.close(current.records.values() if current is not None else [])
-    current = _live_observer(sweep_id)
-    if current is None:
-        raise SweepError("Ray Tune never started the sweep's observer")
-    return current
+        journal.close()
+        current = _live_observer(sweep_id) or observer
+        progress.close(current.records.values())
+    return _live_observer(sweep_id) or observer
 
 
-def _scheduler(spec: SweepSpec) -> TrialScheduler:
+def _trial_dirname(trial: Any) -> str:
+    """Short and free of configuration values (which may hold paths): the trial's id."""
+    return f"trial_{trial.trial_id}"
+
+
+def _tune_session_name(run_dir: Path) -> str:
+    """Each run of the sweep (the first, then one per resume) gets its own Tune folder."""
+    taken = {p.name for p in run_dir.glob("tune-*")}
+    number = 1
+    while f"tune-{number}" in taken:
+        number += 1
+    return f"tune-{number}"
+
+
+def _scheduler(spec: SweepSpec, index_of: Mapping[str, int]) -> TrialScheduler:
     if isinstance(spec.scheduler, AshaScheduler):
-        return ASHAScheduler(
+        return JournaledASHA(
+            index_of,
+            metric=spec.objective.metric,
+            mode=spec.mode,
             time_attr="epoch",
             max_t=spec.max_epochs,
             grace_period=spec.scheduler.grace_period,
@@ -398,18 +423,9 @@ def _milestones(spec: SweepSpec) -> list[int]:
 def _test_best(
     spec: SweepSpec, data: DataSplits, result: SweepResult, tracker: SweepTracker
 ) -> None:
-    """Rebuild the best trial from its last checkpoint and score it once on the test split."""
-    assert result.best is not None
-    checkpoint = result.best.checkpoint
-    if checkpoint is None:
-        raise SweepError(f"the best trial {result.best.trial_id} left no checkpoint to test")
-    with checkpoint.as_directory() as directory:
-        state = load_trial_state(directory)
-    tensors = TensorSplits.from_splits(data, "cpu")
-    session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
-    session.load_state_dict(state["session"])
-    result.test_loss, result.test_accuracy = session.evaluate(tensors.x_test, tensors.y_test)
-    model = session.model.eval()
+    """Rebuild the best trial from its last checkpoint, score it once on the test split and
+    log it on the parent run."""
+    model = _score_best(spec, data, result)
     result.model_uri = tracker.log_model(model, data.x_test[:5], Path(trainables.__file__).parent)
 
 
@@ -503,3 +519,56 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+# --- the end of a sweep, overlapped -------------------------------------------------------
+# Helpers for run_sweep: Ray's shutdown, mostly waiting for its processes to exit, runs on a
+# thread while the driver writes the summary and the report.
+
+
+def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:
+    """The best trial rebuilt from its last checkpoint and scored once on the test split
+    (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode."""
+    assert result.best is not None
+    checkpoint = result.best.checkpoint
+    if checkpoint is None:
+        raise SweepError(f"the best trial {result.best.trial_id} left no checkpoint to test")
+    with checkpoint.as_directory() as directory:
+        state = load_trial_state(directory)
+    tensors = TensorSplits.from_splits(data, "cpu")
+    session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
+    session.load_state_dict(state["session"])
+    result.test_loss, result.test_accuracy = session.evaluate(tensors.x_test, tensors.y_test)
+    return session.model.eval()
+
+
+class _Background:
+    """One call on a daemon thread; :meth:`result` waits for it and re-raises its error."""
+
+    def __init__(self, name: str, call: Any) -> None:
+        import threading
+
+        self._call = call
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as error:  # re-raised on the caller's thread by result()
+            self._error = error
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _shutdown_ray_in_background() -> _Background:
+    """``ray.shutdown()`` on a thread; ``.result()`` waits for it (and raises what it raised).
+
+    Call it once nothing needs Ray any more (after the best model's checkpoint is read)."""
+    return _Background("caviar-ray-shutdown", ray.shutdown)

@@ -132,7 +132,8 @@ class SweepTracker:
         self._backlog: deque[_Op] = deque()
         self._undelivered: list[tuple[_Op, str]] = []
         self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._hurry = threading.Event()  # set: write without waiting for a batch to form
+        self._closed = False
         # Wait this long after a write arrives before writing: a second of results per trial
         # costs one transaction instead of one per epoch.
         self.batch_interval_s = float(os.environ.get("CAVIAR_TRACKING_BATCH_S", "1.0"))
@@ -163,48 +164,44 @@ class SweepTracker:
         return self.parent_run_id
 
     def resume_sweep(self, parent_run_id: str) -> None:
-        """Continue writing to an interrupted sweep: its parent, its children, their steps."""
+        """Continue writing to an interrupted sweep: its parent, its children, their steps.
+
+        Children are known by their trial index (``caviar.trial_index``), which a trial
+        keeps when the resumed sweep runs it under a new Ray trial id.
+        """
         try:
             parent = self._client.get_run(parent_run_id)
             self.parent_run_id = parent.info.run_id
             self._client.update_run(parent_run_id, status="RUNNING")
-            for child in self._children():
-                trial = child.data.tags.get("caviar.trial_id")
-                if trial is None:
-                    continue
-                self._child_runs[trial] = child.info.run_id
+            for child in sorted(self._children(), key=lambda c: c.info.start_time or 0):
+                key = child.data.tags.get("caviar.trial_index")
+                if key is None or key in self._child_runs:
+                    continue  # a duplicate (a create retried after a lost reply) is left out
+                self._child_runs[key] = child.info.run_id
                 history = self._client.get_metric_history(child.info.run_id, "epoch_seconds")
-                self._last_step[trial] = max((int(m.step) for m in history), default=0)
+                self._last_step[key] = max((int(m.step) for m in history), default=0)
         except MlflowException as error:
             raise TrackingError(
                 f"cannot continue sweep run {parent_run_id} in {self.uri}: {error.message}"
             ) from None
         self._start_writer()
 
-    def finalize_children(self, outcomes: Mapping[str, str]) -> None:  # noqa: C901
+    def finalize_children(self, outcomes: Mapping[str, str]) -> None:
         """After the last write: no duplicate and no RUNNING child is left behind.
 
-        A child whose trial the (resumed) experiment does not know was created after Ray's
-        last snapshot and its configuration ran again under a new trial id: it is deleted.
-        A child still RUNNING (its end was never written) is closed with its trial's outcome.
+        ``outcomes`` maps each trial's key (its index) to its outcome. A child that is not
+        the run this tracker wrote for its key (a duplicate, or a trial the sweep does not
+        know) is deleted; a child still RUNNING is closed with its trial's outcome.
         """
         for child in self._children():
-            trial = child.data.tags.get("caviar.trial_id")
-            if trial not in outcomes:
+            key = child.data.tags.get("caviar.trial_index")
+            if key not in outcomes or self._child_runs.get(key) != child.info.run_id:
                 self._with_retry(lambda r=child.info.run_id: self._client.delete_run(r))
                 continue
             if child.info.status == "RUNNING":
-                status = "FAILED" if outcomes[trial] in ("failed", "running") else "FINISHED"
+                status = "FAILED" if outcomes[key] in ("failed", "running") else "FINISHED"
                 self._with_retry(
                     lambda r=child.info.run_id, s=status: self._client.set_terminated(r, s)
-                )
-            # An incarnation rolled back by a resume may have logged epochs past the end its
-            # final incarnation recorded: the tag follows what the run's history holds.
-            logged = self._last_step.get(trial, 0)
-            if logged > int(child.data.tags.get("caviar.last_epoch", "0")):
-                tag = RunTag("caviar.last_epoch", str(logged))
-                self._with_retry(
-                    lambda r=child.info.run_id, t=tag: self._client.log_batch(r, tags=[t])
                 )
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
@@ -294,8 +291,14 @@ class SweepTracker:
         return self._child_runs.get(trial)
 
     def flush(self) -> None:
-        """Block until every queued write has been attempted once."""
-        self._queue.join()
+        """Block until every queued write has been attempted once (without waiting out the
+        batching window: whoever flushes wants the writes now)."""
+        self._hurry.set()
+        try:
+            self._queue.join()
+        finally:
+            if not self._closed:
+                self._hurry.clear()
 
     def close(self) -> None:
         """Deliver everything queued; while the store is away, keep trying until the deadline.
@@ -306,7 +309,8 @@ class SweepTracker:
         """
         if self._thread is not None and self._thread.is_alive():
             self._deadline = time.monotonic() + self.flush_timeout_s
-            self._closing.set()
+            self._closed = True
+            self._hurry.set()
             self._queue.put(None)
             self._thread.join()
         self._thread = None
@@ -348,7 +352,7 @@ class SweepTracker:
                 else:
                     self._backlog.append(item)
             if items and not stopping and delay == 0.0:
-                self._closing.wait(self.batch_interval_s)  # let a batch form; close cuts it short
+                self._hurry.wait(self.batch_interval_s)  # a batch forms; flush/close cut it short
                 while True:
                     try:
                         extra = self._queue.get_nowait()
@@ -424,7 +428,8 @@ class SweepTracker:
         run_id = self._child_runs.get(trial)
         if run_id is None:
             raise MlflowException(f"no run for trial {trial}", error_code="INVALID_STATE")
-        if any(op.kind == "reopen" for op in ops):
+        ends = [op for op in ops if op.kind == "end"]
+        if any(op.kind == "reopen" for op in ops) and not ends:
             self._client.update_run(run_id, status="RUNNING")
         params = [
             Param(k, str(v)[:MAX_PARAM_LENGTH])
@@ -432,7 +437,6 @@ class SweepTracker:
             for k, v in op.payload["params"].items()
         ]
         metrics = [m for op in ops if op.kind == "metrics" for m in op.payload["metrics"]]
-        ends = [op for op in ops if op.kind == "end"]
         tags = [RunTag(k, str(v)) for op in ends for k, v in op.payload["tags"].items()]
         for call in _batches(params, metrics, tags):
             self._client.log_batch(run_id, **call)
@@ -507,9 +511,10 @@ def _batches(
         p, params = params[:MAX_PARAMS_PER_BATCH], params[MAX_PARAMS_PER_BATCH:]
         t, tags = tags[:MAX_TAGS_PER_BATCH], tags[MAX_TAGS_PER_BATCH:]
         room = MAX_ENTITIES_PER_BATCH - len(p) - len(t)
-        m, metrics = metrics[: min(room, MAX_METRICS_PER_BATCH)], metrics[
-            min(room, MAX_METRICS_PER_BATCH) :
-        ]
+        m, metrics = (
+            metrics[: min(room, MAX_METRICS_PER_BATCH)],
+            metrics[min(room, MAX_METRICS_PER_BATCH) :],
+        )
         calls.append({"params": p, "metrics": m, "tags": t})
     return calls
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from orchestrator.journal import RESUME_FROM
 from trainables import DataSplits, TensorSplits, TrainingSession, get_trainable
 
 STATE_FILE = "state.pt"
@@ -40,20 +41,28 @@ class CaviarTrainable(tune.Trainable):
         self._device = _device()
         self._node = _node_id()  # an actor never moves: ask Ray once, not every epoch
         self._tensors = TensorSplits.from_splits(data, self._device)
-        self._session = self._new_session(config)
         self._last_result: dict[str, Any] = {}
+        self._start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        self._session = self._new_session(new_config)
         self._last_result = {}
         self._last_checkpoint = time.monotonic()
+        self._start(new_config)
         return True
+
+    def _start(self, config: dict[str, Any]) -> None:
+        """A new trial, or one a resumed sweep continues from the checkpoint it names."""
+        config = dict(config)
+        resume_from = config.pop(RESUME_FROM, None)
+        self._session = self._new_session(config)
+        if resume_from:
+            self.load_checkpoint(resume_from)
 
     def step(self) -> dict[str, Any]:
         if self._session.finished and self._last_result:
-            # Restored from the checkpoint a trial took as it ended (a sweep resumed after its
-            # driver died between that checkpoint and the experiment snapshot): report the
-            # last epoch again and stop; the driver does not log an epoch twice.
+            # Continued from the checkpoint a trial took as it ended (its driver died before
+            # journaling the end): report the last epoch again and stop; the driver does not
+            # log an epoch twice.
             return {**self._last_result, "done": True}
         result = dict(self._session.step())
         result["node_id"] = self._node
@@ -69,7 +78,7 @@ class CaviarTrainable(tune.Trainable):
         self._last_checkpoint = time.monotonic()
         torch.save(
             {
-                "config": dict(self.config),
+                "config": {k: v for k, v in self.config.items() if k != RESUME_FROM},
                 "session": self._session.state_dict(),
                 "last_result": self._last_result,
             },

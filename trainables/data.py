@@ -171,11 +171,7 @@ def split_and_scale(
     y_index, class_names_out = _remap_labels(y, class_names)
     feature_names_out = _feature_names(feature_names, x.shape[1])
     n_classes = len(class_names_out)
-    if n_classes < 2:
-        raise DataError(
-            f"need at least 2 classes to train a classifier, got {n_classes} "
-            f"({', '.join(class_names_out)})"
-        )
+    _require_two_classes(class_names_out)
 
     n_val, n_test = _split_counts(len(y_index), n_classes, val_fraction, test_fraction)
     x_rest, x_test, y_rest, y_test = _split(x, y_index, n_test, seed)
@@ -220,11 +216,7 @@ def split_and_scale_with_test(
     y_index, y_test_index = y_all[: len(y)], y_all[len(y) :]
     feature_names_out = _feature_names(feature_names, x.shape[1])
     n_classes = len(class_names_out)
-    if n_classes < 2:
-        raise DataError(
-            f"need at least 2 classes to train a classifier, got {n_classes} "
-            f"({', '.join(class_names_out)})"
-        )
+    _require_two_classes(class_names_out)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_val = max(1, round(val_fraction * len(y_index)))
@@ -244,6 +236,14 @@ def split_and_scale_with_test(
         class_names=class_names_out,
         feature_names=feature_names_out,
     )
+
+
+def _require_two_classes(class_names: Sequence[str]) -> None:
+    if len(class_names) < 2:
+        raise DataError(
+            f"need at least 2 classes to train a classifier, got {len(class_names)} "
+            f"({', '.join(class_names)})"
+        )
 
 
 def _scaled_splits(

@@ -1,0 +1,168 @@
+"""Starting Ray for a sweep, optionally on a background thread.
+
+``ray.init`` takes seconds, most of them spent waiting for the GCS and the raylet to come up.
+``caviar run`` begins it on a thread right after the spec is checked, so the wait overlaps the
+driver's heavy imports (torch, Tune, MLflow), the data load and the MLflow parent run's
+creation; ``run_sweep`` then claims the started Ray where it used to start it. Anything that
+fails before the claim (a bad data file, an unreachable store) shuts the unclaimed Ray down
+again, and an error raised by ``ray.init`` itself reaches the caller at the claim, exactly
+where a synchronous start would have raised it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+from types import FrameType
+
+# The defaults orchestrator.sweep and orchestrator.tracking set before anything imports Ray or
+# MLflow. Set here too, before Ray starts: its processes (and so the trial workers) inherit the
+# driver's environment as it is when Ray starts.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# ... and what importing scikit-learn (trainables.data) sets, as it did before Ray started.
+os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "True")
+os.environ.setdefault("KMP_INIT_AT_FORK", "FALSE")
+
+import ray  # noqa: E402
+
+# What ray.init logs when it runs off the main thread (it then skips its SIGTERM handler,
+# which start_in_background installs itself).
+_NOT_MAIN_THREAD_WARNING = "SIGTERM handler is not set"
+
+
+def prepare_environment() -> None:
+    """Token auth for an embedded cluster; a no-op when joining the one in ``RAY_ADDRESS``.
+
+    The embedded cluster's GCS port listens on every interface, so it must not run open: token
+    auth with a fresh token per sweep, held only in this process tree's environment (nothing
+    is written to ~/.ray, which would change `ray start` for good).
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    if os.environ.setdefault("RAY_AUTH_MODE", "token") == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    refresh_ray_config()
+
+
+def refresh_ray_config() -> None:
+    """Make an already imported Ray see the auth settings just put in the environment.
+
+    Ray reads ``RAY_AUTH_MODE`` into a cached config when it is imported; Ray's own
+    ``_enable_token_auth`` refreshes it the same way.
+    """
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
+def init_ray() -> None:
+    """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback.
+
+    Call :func:`prepare_environment` first.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            _node_ip_address="127.0.0.1",
+        )
+
+
+class _BackgroundStart:
+    """``ray.init`` on a thread that then stays parked for the rest of the process.
+
+    The thread must never end: Ray starts the GCS, the raylet and its agents with
+    ``PR_SET_PDEATHSIG`` (they die with their parent), and on Linux the "parent" is the
+    thread that forked them. A daemon thread parked on an event lives exactly as long as the
+    process, which is what the main thread gives a synchronous start.
+    """
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="caviar-ray-init", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            init_ray()
+        except BaseException as error:  # handed to whoever claims or discards the start
+            self.error = error
+        finally:
+            self.done.set()
+        threading.Event().wait()  # parked for good: Ray's processes are this thread's children
+
+    def wait(self) -> None:
+        self.done.wait()
+        _worker_log.removeFilter(_drop_thread_warning)
+
+
+def _drop_thread_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_NOT_MAIN_THREAD_WARNING)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:  # ray.init's own handler
+    sys.exit(signum)
+
+
+_worker_log = logging.getLogger("ray._private.worker")
+_pending: _BackgroundStart | None = None
+
+
+def start_in_background() -> None:
+    """Begin ``ray.init`` on a thread; :func:`claim` waits for it, :func:`discard` undoes it.
+
+    Call it on the main thread. Nothing happens when Ray is already initialized or a start is
+    already under way.
+    """
+    global _pending
+    if _pending is not None or ray.is_initialized():
+        return
+    prepare_environment()
+    # ray.init installs this SIGTERM handler (SIGTERM -> SystemExit, so `finally` blocks end
+    # the MLflow runs) only when called on the main thread, and logs a warning otherwise.
+    from ray._private.utils import set_sigterm_handler
+
+    set_sigterm_handler(_sigterm)
+    _worker_log.addFilter(_drop_thread_warning)
+    _pending = _BackgroundStart()
+    _pending.thread.start()
+
+
+def claim() -> bool | None:
+    """Wait for the background start, if there is one, and take it over.
+
+    Returns None when no start was begun (the caller starts Ray itself), True once Ray is up
+    (the caller owns it and shuts it down); re-raises what ``ray.init`` raised.
+    """
+    global _pending
+    started, _pending = _pending, None
+    if started is None:
+        return None
+    started.wait()
+    if started.error is not None:
+        raise started.error
+    return True
+
+
+def discard() -> None:
+    """Shut down a background start nobody claimed (the sweep failed before it needed Ray)."""
+    global _pending
+    started, _pending = _pending, None
+    if started is None:
+        return
+    started.wait()
+    if started.error is None:
+        ray.shutdown()

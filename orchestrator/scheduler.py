@@ -1,0 +1,102 @@
+"""ASHA that knows trials by their caviar index and journals every call it receives.
+
+Ray Tune does not restore schedulers, and a resumed sweep runs its unfinished trials under
+new Ray trial ids. An ASHA that forgot its rungs, or that met a continued trial as a stranger,
+would promote trials an uninterrupted sweep would have stopped. Keyed by the trial's index
+(stable across resumes) and fed the journaled calls again in their order, the rebuilt
+scheduler holds exactly the rungs it held when the sweep was killed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+
+from orchestrator.journal import Journal
+
+
+@dataclass(frozen=True)
+class _Key:
+    """What ASHA looks at in a trial: only its id, here the caviar index."""
+
+    trial_id: str
+
+
+class JournaledASHA(ASHAScheduler):
+    """``ASHAScheduler`` whose bookkeeping survives a resume."""
+
+    def __init__(self, index_of: Mapping[str, int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index_of = index_of  # the searcher's live map: Ray trial id -> caviar index
+        self.journal: Journal | None = None
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        """Tune passes the sweep's objective again; this scheduler was built with it (its
+        rungs are rebuilt before Tune starts), so the same objective is accepted."""
+        if metric in (None, self._metric) and mode in (None, self._mode):
+            return True
+        return bool(super().set_search_properties(metric, mode, **spec))
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        key = self._key(trial)
+        self._log("add", key)
+        if key.trial_id not in self._trial_info:  # a continued trial keeps its bracket
+            super().on_trial_add(tune_controller, key)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        key = self._key(trial)
+        decision = str(super().on_trial_result(tune_controller, key, result))
+        # Journaled after deciding (a kill in between re-presents the epoch, decided alike);
+        # the decision rides along so a test can check a replay decides the same.
+        self._log("result", key, result, decision)
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        key = self._key(trial)
+        self._log("complete", key, result)
+        if key.trial_id in self._trial_info:
+            super().on_trial_complete(tune_controller, key, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        key = self._key(trial)
+        self._log("remove", key)
+        self._trial_info.pop(key.trial_id, None)
+
+    def replay(self, calls: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Receive again, in order, the calls a killed sweep's scheduler received.
+
+        Returns (journaled, replayed) decision pairs: equal when the rebuild is exact.
+        """
+        decisions = []
+        for call in calls:
+            key, op, result = _Key(str(call["k"])), call["op"], call.get("r") or {}
+            if op == "add":
+                if key.trial_id not in self._trial_info:
+                    super().on_trial_add(None, key)
+            elif op == "result" and key.trial_id in self._trial_info:
+                decision = str(super().on_trial_result(None, key, result))
+                decisions.append((str(call.get("d", decision)), decision))
+            elif op == "complete" and key.trial_id in self._trial_info:
+                super().on_trial_complete(None, key, result)
+            elif op == "remove":
+                self._trial_info.pop(key.trial_id, None)
+        return decisions
+
+    def _key(self, trial: Any) -> _Key:
+        index = self.index_of.get(trial.trial_id)
+        return _Key(str(index) if index is not None else trial.trial_id)
+
+    def _log(
+        self, op: str, key: _Key, result: dict | None = None, decision: str | None = None
+    ) -> None:
+        if self.journal is None:
+            return
+        fields: dict[str, Any] = {"op": op, "k": key.trial_id}
+        if result is not None:
+            fields["r"] = {k: result[k] for k in (self._time_attr, self._metric) if k in result}
+        if decision is not None:
+            fields["d"] = decision
+        self.journal.append("sched", **fields)
