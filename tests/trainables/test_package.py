@@ -47,3 +47,13 @@ def test_imports_only_allowed_libraries() -> None:
         assert not imported & FORBIDDEN, (path.name, imported & FORBIDDEN)
         third_party = imported - set(sys.stdlib_module_names)
         assert third_party <= ALLOWED_TOP_LEVEL, (path.name, third_party - ALLOWED_TOP_LEVEL)
+
+
+def test_a_trial_worker_does_not_import_scikit_learn() -> None:
+    """Workers only train; scikit-learn (data loading and splitting, on the driver) would add
+    most of a second to every actor start."""
+    import subprocess
+
+    code = "import sys, trainables; print('sklearn' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
