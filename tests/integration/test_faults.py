@@ -22,6 +22,8 @@ from mlflow import MlflowClient
 from mlflow_db import query
 from ports import free_port
 
+from orchestrator.journal import read_journal
+
 pytestmark = pytest.mark.integration
 
 
@@ -211,11 +213,18 @@ def test_tracking_server_outage_loses_nothing(tmp_path: Path, server_port: int) 
         parent = next(r for r in runs if r.data.tags.get("caviar.kind") == "sweep")
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert len(children) == 2
+        # The trials' own results (the driver's journal) against what MLflow holds.
+        (journal_path,) = tmp_path.glob("caviar_runs/outage/*/journal.jsonl")
+        reported = read_journal(journal_path).trials
         logged = 0
         for child in children:
-            steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
-            assert sorted(steps) == list(range(1, 31))
-            logged += len(steps)
+            history = client.get_metric_history(child.info.run_id, "val_accuracy")
+            assert sorted(m.step for m in history) == list(range(1, 31))
+            own = reported[int(child.data.tags["caviar.trial_index"])].history
+            assert {m.step: m.value for m in history} == {
+                e["epoch"]: pytest.approx(e["val_accuracy"]) for e in own
+            }
+            logged += len(history)
         assert logged == parent.data.metrics["epochs_trained"] == 60
         assert {r.info.status for r in runs} == {"FINISHED"}
     finally:
