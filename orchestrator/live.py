@@ -1,9 +1,9 @@
 """The parts of a running sweep that live only in this process: tracker, terminal, listeners.
 
-Ray Tune pickles its callbacks and search algorithm into the experiment folder, and a
-resumed sweep gets those unpickled copies back. An MLflow writer thread or a terminal cannot
-travel that way, so the pickled objects carry only the sweep's id and look the live objects
-up here; ``run_sweep`` registers them before Tune starts (or restores) the experiment.
+Ray Tune pickles its callbacks and search algorithm (into the Tuner's state file, and when it
+snapshots the experiment), and may hand a copy back. An MLflow writer thread or a terminal
+cannot travel that way, so the pickled objects carry only the sweep's id and look the live
+objects up here; ``run_sweep`` registers them before Tune starts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class LiveSweep:
     tracker: SweepTracker
     progress: ProgressLine
     on_round: Callable[..., Any] | None = None
-    observer: Any = None  # the SweepObserver Tune actually calls (a restored copy on resume)
+    observer: Any = None  # the SweepObserver Tune actually calls
 
 
 _LIVE: dict[str, LiveSweep] = {}

@@ -72,7 +72,7 @@ class RoundSearcher(Searcher):
         sweep_id: str | None = None,
     ) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
-        self.sweep_id = sweep_id  # a restored copy finds its listener through orchestrator.live
+        self.sweep_id = sweep_id  # a pickled copy finds its listener through orchestrator.live
         self.plan = plan
         self.original = space
         self.space = space
