@@ -1,8 +1,8 @@
 """The Ray Tune callback that turns trial events into records, MLflow writes and progress.
 
-It runs on the driver, in Tune's event loop, so everything it does must be cheap: it updates
-in-memory records, queues MLflow writes for the tracker's background thread, and redraws the
-progress line at most a few times a second.
+It runs on the driver, in Tune's event loop, so everything it does must be cheap: it appends a
+line to the sweep's journal, updates in-memory records, queues MLflow writes for the tracker's
+background thread, and redraws the progress line at most a few times a second.
 """
 
 from __future__ import annotations
