@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from orchestrator.journal import Journal
 
@@ -41,29 +41,16 @@ class JournaledASHA(ASHAScheduler):
         return bool(super().set_search_properties(metric, mode, **spec))
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        key = self._key(trial)
-        self._log("add", key)
-        if key.trial_id not in self._trial_info:  # a continued trial keeps its bracket
-            super().on_trial_add(tune_controller, key)
+        self._handle("add", trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        key = self._key(trial)
-        decision = str(super().on_trial_result(tune_controller, key, result))
-        # Journaled after deciding (a kill in between re-presents the epoch, decided alike);
-        # the decision rides along so a test can check a replay decides the same.
-        self._log("result", key, result, decision)
-        return decision
+        return self._handle("result", trial, result) or TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        key = self._key(trial)
-        self._log("complete", key, result)
-        if key.trial_id in self._trial_info:
-            super().on_trial_complete(tune_controller, key, result)
+        self._handle("complete", trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        key = self._key(trial)
-        self._log("remove", key)
-        self._trial_info.pop(key.trial_id, None)
+        self._handle("remove", trial)
 
     def replay(self, calls: list[dict[str, Any]]) -> list[tuple[str, str]]:
         """Receive again, in order, the calls a killed sweep's scheduler received.
@@ -72,18 +59,34 @@ class JournaledASHA(ASHAScheduler):
         """
         decisions = []
         for call in calls:
-            key, op, result = _Key(str(call["k"])), call["op"], call.get("r") or {}
-            if op == "add":
-                if key.trial_id not in self._trial_info:
-                    super().on_trial_add(None, key)
-            elif op == "result" and key.trial_id in self._trial_info:
-                decision = str(super().on_trial_result(None, key, result))
+            decision = self._receive(call["op"], _Key(str(call["k"])), call.get("r") or {})
+            if decision is not None:
                 decisions.append((str(call.get("d", decision)), decision))
-            elif op == "complete" and key.trial_id in self._trial_info:
-                super().on_trial_complete(None, key, result)
-            elif op == "remove":
-                self._trial_info.pop(key.trial_id, None)
         return decisions
+
+    def _handle(self, op: str, trial: Any, result: dict | None = None) -> str | None:
+        """A live call: apply it, then journal it with its decision. Journaled after
+        deciding: a kill in between loses the in-memory effect too, and Tune re-presents
+        the epoch to the rebuilt scheduler, which decides alike."""
+        key = self._key(trial)
+        decision = self._receive(op, key, result or {})
+        self._log(op, key, result, decision)
+        return decision
+
+    def _receive(self, op: str, key: _Key, result: dict) -> str | None:
+        """What a call does to ASHA's bookkeeping, live or replayed (ASHA ignores the
+        controller); returns the decision for a result."""
+        if op == "add":
+            if key.trial_id not in self._trial_info:  # a continued trial keeps its bracket
+                super().on_trial_add(None, key)
+        elif op == "result":
+            return str(super().on_trial_result(None, key, result))
+        elif op == "complete":
+            if key.trial_id in self._trial_info:
+                super().on_trial_complete(None, key, result)
+        elif op == "remove":
+            self._trial_info.pop(key.trial_id, None)
+        return None
 
     def _key(self, trial: Any) -> _Key:
         index = self.index_of.get(trial.trial_id)
