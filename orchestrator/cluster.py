@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from orchestrator.defaults import apply_environment_defaults
+
+apply_environment_defaults()  # before Ray's job SDK is imported
 
 import aiohttp  # noqa: E402  (installed with ray[default], which the job SDK needs)
 import requests  # noqa: E402

@@ -18,20 +18,10 @@ import sys
 import threading
 from types import FrameType
 
-# The defaults orchestrator.sweep and orchestrator.tracking set before anything imports Ray or
-# MLflow. Set here too, before Ray starts: its processes (and so the trial workers) inherit the
-# driver's environment as it is when Ray starts.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-# ... and what importing scikit-learn (trainables.data) sets, as it did before Ray started.
-os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "True")
-os.environ.setdefault("KMP_INIT_AT_FORK", "FALSE")
+from orchestrator.defaults import apply_environment_defaults
+
+# Before Ray starts: its processes (and so the trial workers) inherit this environment.
+apply_environment_defaults()
 
 import ray  # noqa: E402
 

@@ -21,10 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TBX per result
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+from orchestrator.defaults import apply_environment_defaults
+
+apply_environment_defaults()  # before Ray and Tune are imported
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -274,13 +273,6 @@ def _ensure_ray() -> bool:
     raystart.prepare_environment()  # token auth for an embedded cluster
     raystart.init_ray()
     return True
-
-
-def _refresh_ray_config() -> None:
-    """Make an already imported Ray see the auth settings just put in the environment."""
-    from orchestrator import raystart
-
-    raystart.refresh_ray_config()
 
 
 def _fit(

@@ -1,0 +1,34 @@
+"""The environment caviar's driver sets before it imports Ray, Tune or MLflow.
+
+One list, applied by each module that may be the first to import them (``sweep``,
+``tracking``, ``raystart``, ``cluster``): those libraries read these variables at import, and
+Ray's processes, and so the trial workers, inherit the driver's environment as it is when Ray
+starts. A variable the user set wins (``setdefault``).
+"""
+
+from __future__ import annotations
+
+import os
+
+ENVIRONMENT_DEFAULTS = {
+    # No traffic leaves the machine.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # caviar keeps its own records and MLflow: no CSV/JSON/TensorBoard file per result.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # A tracking server that is away fails a write fast; caviar's writer retries it later.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # What importing scikit-learn sets; set before Ray starts (possibly before that import)
+    # so the workers see the same environment either way.
+    "KMP_DUPLICATE_LIB_OK": "True",
+    "KMP_INIT_AT_FORK": "FALSE",
+}
+
+
+def apply_environment_defaults() -> None:
+    for name, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
