@@ -16,7 +16,7 @@ from ray.tune import Callback, Checkpoint
 from orchestrator import live
 from orchestrator.journal import RESUME_FROM, Journal, JournaledTrial
 from orchestrator.progress import ProgressLine
-from orchestrator.records import TrialRecord, classify_finished
+from orchestrator.records import TrialRecord, classify_finished, with_epoch
 from orchestrator.search import RoundSearcher
 from orchestrator.tracking import SweepTracker
 
@@ -180,10 +180,7 @@ class SweepObserver(Callback):
 
     def _record_result(self, record: TrialRecord, entry: dict[str, Any]) -> None:
         epoch = int(entry.get("epoch", 0))
-        # A trial restored from a checkpoint replays the epochs after it (same values: the
-        # session resumes exactly); keep one entry per epoch.
-        record.history = [e for e in record.history if int(e.get("epoch", 0)) < epoch]
-        record.history.append(entry)
+        record.history = with_epoch(record.history, entry)
         record.node_id = entry.get("node_id", record.node_id)
         metrics = {
             k: float(v)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.errors import CaviarError
+from orchestrator.records import with_epoch
 
 JOURNAL = "journal.jsonl"
 # The configuration key that hands a continued trial the checkpoint it restarts from. The
@@ -131,11 +132,7 @@ def _apply(state: JournalState, event: dict[str, Any]) -> None:
     if trial is None:
         return
     if kind == "result":
-        entry = dict(event["r"])
-        epoch = int(entry.get("epoch", 0))
-        # A trial restarted from a checkpoint reports the epochs after it again: keep one.
-        trial.history = [e for e in trial.history if int(e.get("epoch", 0)) < epoch]
-        trial.history.append(entry)
+        trial.history = with_epoch(trial.history, dict(event["r"]))
     elif kind == "checkpoint":
         trial.checkpoint = str(event["path"])
     elif kind == "end":

@@ -44,6 +44,14 @@ class TrialRecord:
         return value if math.isfinite(value) else None
 
 
+def with_epoch(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """``history`` with ``entry`` as its newest epoch. A trial restarted from a checkpoint
+    reports the epochs after it again (same values: the session resumes exactly), so an entry
+    replaces the one for its epoch and any after it: one entry per epoch, in order."""
+    epoch = int(entry.get("epoch", 0))
+    return [e for e in history if int(e.get("epoch", 0)) < epoch] + [entry]
+
+
 def classify_finished(record: TrialRecord, budget: int) -> Outcome:
     """How a trial that ended without an error ended: diverged, completed or stopped early."""
     if record.last.get("diverged"):
