@@ -16,7 +16,7 @@ from ray.tune import Callback, Checkpoint
 from orchestrator import live
 from orchestrator.journal import RESUME_FROM, Journal, JournaledTrial
 from orchestrator.progress import ProgressLine
-from orchestrator.records import TrialRecord, classify_finished, with_epoch
+from orchestrator.records import EPOCH_RESULTS, TrialRecord, classify_finished, with_epoch
 from orchestrator.search import RoundSearcher
 from orchestrator.tracking import SweepTracker
 
@@ -29,7 +29,7 @@ EPOCH_METRICS = (
     "epoch_seconds",
     "learning_rate",
 )
-RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id")
+RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "ended_at")
 
 
 class SweepObserver(Callback):
@@ -121,9 +121,10 @@ class SweepObserver(Callback):
         record = self._record_of(trial)
         if record is None:
             return
-        entry = {k: result[k] for k in RECORDED_KEYS if k in result}
-        self._journal("result", i=record.index, r=entry)
-        self._record_result(record, entry)
+        for epoch in result.get(EPOCH_RESULTS) or [result]:
+            entry = {k: epoch[k] for k in RECORDED_KEYS if k in epoch}
+            self._journal("result", i=record.index, r=entry)
+            self._record_result(record, entry)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record_of(trial)
@@ -187,7 +188,10 @@ class SweepObserver(Callback):
             for k, v in entry.items()
             if k in EPOCH_METRICS and isinstance(v, (int, float)) and math.isfinite(float(v))
         }
-        self.tracker.trial_metrics(str(record.index), metrics, step=epoch)
+        ended_at = entry.get("ended_at")
+        self.tracker.trial_metrics(
+            str(record.index), metrics, step=epoch, timestamp=float(ended_at) if ended_at else None
+        )
         self.progress.update(self.records.values())
 
     def _end(self, record: TrialRecord, status: str) -> None:

@@ -4,7 +4,8 @@ Resuming from Ray Tune's experiment snapshot proved unreliable under SIGKILL: th
 staged and copied file by file in a background thread, so a kill can leave the trial table,
 the searcher and the callbacks from different moments (or a file cut short), and the trial
 checkpoints it names may already be rotated away. caviar therefore keeps its own record, one
-JSON line per event, written by the driver before the event is passed on to MLflow:
+JSON line per event, written by the driver before the event is passed on to MLflow, each with
+its wall-clock time ``t`` (seconds since the epoch):
 
 - ``trial``: a trial started (its index, round, Ray trial id and configuration);
 - ``result``: one epoch's result of a trial;
@@ -15,12 +16,14 @@ JSON line per event, written by the driver before the event is passed on to MLfl
 An append of one short line survives the writer being killed (the OS holds it); a kill in the
 middle of a write can cut only the last line, which the reader drops. The journal is the
 single source of truth on resume: the searcher, the scheduler, the records and any MLflow
-writes lost with the killed process are all rebuilt from it (``orchestrator/replay.py``).
+writes lost with the killed process are all rebuilt from it (the ``replay`` methods of
+``RoundSearcher``, ``JournaledASHA`` and ``SweepObserver``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -58,7 +61,8 @@ class Journal:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
-        line = json.dumps({"e": event, **fields}, separators=(",", ":"), default=_plain)
+        record = {"e": event, "t": round(time.time(), 3), **fields}
+        line = json.dumps(record, separators=(",", ":"), default=_plain)
         self._file.write(line + "\n")
         self._file.flush()
 

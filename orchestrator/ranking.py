@@ -7,22 +7,35 @@ rung they reached, then by the objective there. Diverged and failed trials never
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Literal
 
 from orchestrator.records import TrialRecord
 
 
+def asha_rung_epochs(
+    grace_period: int, reduction_factor: float, max_epochs: int
+) -> tuple[int, ...]:
+    """The epochs at which Ray's ``ASHAScheduler`` records a trial, whatever its bracket.
+
+    Ray's bracket ``s`` has rungs ``grace * rf ** (k + s)``, a subset of bracket 0's, and
+    records a result at the first epoch that reaches a rung (13 for a rung at 12.5). A trial
+    that reports at these epochs, and sends the epochs between them in batches, is judged
+    exactly as one that reports every epoch.
+    """
+    if grace_period < 1 or reduction_factor <= 1 or max_epochs < grace_period:
+        return ()
+    count = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) + 1)
+    return tuple(sorted({math.ceil(grace_period * reduction_factor**k) for k in range(count)}))
+
+
 def rung_milestones(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
     """The epochs at which ASHA compares trials, ending with the full budget."""
-    milestones: list[int] = []
-    epoch = float(grace_period)
-    while epoch < max_epochs:
-        if not milestones or int(epoch) > milestones[-1]:
-            milestones.append(int(epoch))
-        epoch *= reduction_factor
-    milestones.append(max_epochs)
-    return milestones
+    rungs = [
+        e for e in asha_rung_epochs(grace_period, reduction_factor, max_epochs) if e < max_epochs
+    ]
+    return [*rungs, max_epochs]
 
 
 def rung_reached(epochs: int, milestones: list[int]) -> int:

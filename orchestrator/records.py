@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 Outcome = Literal["running", "completed", "stopped_early", "diverged", "failed"]
 FINAL_OUTCOMES: tuple[Outcome, ...] = ("completed", "stopped_early", "diverged", "failed")
+# The key of a trial's step result that holds every epoch the step trained, oldest first. A
+# step may train several epochs between reports; its top-level metrics are the last epoch's,
+# which is what Tune and the scheduler look at.
+EPOCH_RESULTS = "epoch_results"
 
 
 @dataclass

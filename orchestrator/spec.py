@@ -578,6 +578,19 @@ class StorageSpec(StrictModel):
             ),
         ),
     ] = 10.0
+    report_every_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=3_600,
+            description=(
+                "A trial sends its epochs to the driver (progress, journal, MLflow) at least "
+                "this often. Shorter epochs travel in batches, each still logged as its own "
+                "step; an ASHA rung epoch and the last epoch are sent at once, so early "
+                "stopping decides exactly as with a report per epoch (0: report every epoch)."
+            ),
+        ),
+    ] = 1.0
     max_failures: Annotated[
         int,
         Field(

@@ -36,7 +36,7 @@ from orchestrator.datasets import class_names_param, load_data  # noqa: E402
 from orchestrator.errors import SweepError  # noqa: E402
 from orchestrator.journal import JOURNAL, Journal, read_journal  # noqa: E402
 from orchestrator.progress import ProgressLine  # noqa: E402
-from orchestrator.ranking import ranked, rung_milestones  # noqa: E402
+from orchestrator.ranking import asha_rung_epochs, ranked, rung_milestones  # noqa: E402
 from orchestrator.records import FINAL_OUTCOMES, TrialRecord  # noqa: E402
 from orchestrator.resume import (  # noqa: E402
     SweepMarker,
@@ -320,6 +320,8 @@ def _fit(
             data=data,
             trainable_name=spec.trainable,
             checkpoint_every_s=spec.storage.checkpoint_every_s,
+            report_every_s=spec.storage.report_every_s,
+            report_at=_report_at(spec),
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
@@ -402,6 +404,15 @@ def _scheduler(spec: SweepSpec, index_of: Mapping[str, int]) -> TrialScheduler:
             brackets=spec.scheduler.brackets,
         )
     return FIFOScheduler()
+
+
+def _report_at(spec: SweepSpec) -> tuple[int, ...]:
+    """The epochs a trial reports at once, whatever ``report_every_s``: ASHA's rungs."""
+    if isinstance(spec.scheduler, AshaScheduler):
+        return asha_rung_epochs(
+            spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_epochs
+        )
+    return ()
 
 
 def _milestones(spec: SweepSpec) -> list[int]:

@@ -249,13 +249,18 @@ class SweepTracker:
         payload = {"name": run_name, "params": dict(params), "tags": dict(tags)}
         self._queue.put(_Op("start", trial, payload=payload))
 
-    def trial_metrics(self, trial: str, metrics: Mapping[str, float], step: int) -> None:
+    def trial_metrics(
+        self, trial: str, metrics: Mapping[str, float], step: int, timestamp: float | None = None
+    ) -> None:
         """Queue one epoch's metrics; an epoch already logged (a replay after a restore or a
-        worker restart, which reproduces the same values) is not logged twice."""
+        worker restart, which reproduces the same values) is not logged twice.
+
+        ``timestamp`` (seconds since the epoch) is when the trial finished that epoch; epochs
+        that reached the driver together keep their own times. Default: now."""
         if step <= self._last_step.get(trial, 0):
             return
         self._last_step[trial] = step
-        stamp = _now_ms()
+        stamp = int(timestamp * 1000) if timestamp is not None else _now_ms()
         items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         self._queue.put(_Op("metrics", trial, payload={"metrics": items}))
 

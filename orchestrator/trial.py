@@ -1,10 +1,17 @@
 """The thin adapter between a trainable's training session and Ray Tune.
 
-A class ``Trainable`` rather than a function: one ``step()`` is one epoch, so Ray asks for the
-next epoch only when the scheduler wants it (no thread blocking on ``tune.report``), and
-``reset_config`` lets one actor run trial after trial. An actor keeps the dataset it was
-given, already converted to tensors on its device, for its whole life: the data crosses the
-object store once per actor, and a trial never reloads it.
+A class ``Trainable`` rather than a function: Ray asks for the next epochs only when the
+scheduler wants them (no thread blocking on ``tune.report``), and ``reset_config`` lets one
+actor run trial after trial.
+
+One ``step()`` trains until the next epoch the driver must see at once (an ASHA rung, the
+last epoch, divergence) or until ``report_every_s`` has passed, and returns every epoch it
+trained in ``EPOCH_RESULTS``: a round trip through Ray costs milliseconds of driver and
+actor time, as much as a whole epoch of a small network, while ASHA only decides at its
+rungs. The driver still logs and journals each epoch as its own step.
+
+An actor keeps the dataset it was given, already converted to tensors on its device, for its
+whole life: the data crosses the object store once per actor, and a trial never reloads it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 from ray import tune
 
 from orchestrator.journal import RESUME_FROM
+from orchestrator.records import EPOCH_RESULTS
 from trainables import DataSplits, TensorSplits, TrainingSession, get_trainable
 
 STATE_FILE = "state.pt"
@@ -32,9 +40,13 @@ class CaviarTrainable(tune.Trainable):
         data: DataSplits,
         trainable_name: str,
         checkpoint_every_s: float = 0.0,
+        report_every_s: float = 0.0,
+        report_at: tuple[int, ...] = (),
     ) -> None:
         self._definition = get_trainable(trainable_name)
         self._checkpoint_every_s = checkpoint_every_s
+        self._report_every_s = report_every_s
+        self._report_at = frozenset(report_at)
         self._last_checkpoint = time.monotonic()
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
         torch.set_num_threads(max(1, int(cpus)))
@@ -63,16 +75,29 @@ class CaviarTrainable(tune.Trainable):
             # Continued from the checkpoint a trial took as it ended (its driver died before
             # journaling the end): report the last epoch again and stop; the driver does not
             # log an epoch twice.
-            return {**self._last_result, "done": True}
-        result = dict(self._session.step())
-        result["node_id"] = self._node
+            return {**self._last_result, EPOCH_RESULTS: [self._last_result], "done": True}
+        deadline = time.monotonic() + self._report_every_s
+        epochs: list[dict[str, Any]] = []
+        while True:
+            epoch = dict(self._session.step())
+            epoch["node_id"] = self._node
+            epoch["ended_at"] = time.time()
+            epochs.append(epoch)
+            if self._must_report(epoch) or time.monotonic() >= deadline:
+                break
+        self._last_result = epochs[-1]
+        result: dict[str, Any] = {**epochs[-1], EPOCH_RESULTS: epochs}
         if self._session.finished:
             result["done"] = True
-        self._last_result = {k: v for k, v in result.items() if k != "done"}
         interval = self._checkpoint_every_s
         if interval > 0 and time.monotonic() - self._last_checkpoint >= interval:
             result["should_checkpoint"] = True
         return result
+
+    def _must_report(self, epoch: dict[str, Any]) -> bool:
+        """An epoch the driver must see before the next one trains: a rung (ASHA decides
+        there whether the trial goes on), or the trial's end."""
+        return self._session.finished or int(epoch.get("epoch", 0)) in self._report_at
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self._last_checkpoint = time.monotonic()
