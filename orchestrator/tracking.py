@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from orchestrator.defaults import apply_environment_defaults
 from orchestrator.errors import TrackingError
@@ -125,6 +126,9 @@ class SweepTracker:
         self.parent_run_id: str | None = None
         self.flush_timeout_s = float(os.environ.get("CAVIAR_TRACKING_FLUSH_TIMEOUT_S", "300"))
         self._child_runs: dict[str, str] = {}
+        self._ended: set[str] = set()  # trials whose run this tracker has ended
+        self._resumed = False
+        self._had_errors = False  # any write failed, even if a retry then succeeded
         self._last_step: dict[str, int] = {}
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._backlog: deque[_Op] = deque()
@@ -168,6 +172,7 @@ class SweepTracker:
         keeps when the resumed sweep runs it under a new Ray trial id.
         """
         try:
+            self._resumed = True
             parent = self._client.get_run(parent_run_id)
             self.parent_run_id = parent.info.run_id
             self._client.update_run(parent_run_id, status="RUNNING")
@@ -191,6 +196,8 @@ class SweepTracker:
         the run this tracker wrote for its key (a duplicate, or a trial the sweep does not
         know) is deleted; a child still RUNNING is closed with its trial's outcome.
         """
+        if self._nothing_to_repair(outcomes):
+            return
         for child in self._children():
             key = child.data.tags.get("caviar.trial_index")
             if key not in outcomes or self._child_runs.get(key) != child.info.run_id:
@@ -201,6 +208,19 @@ class SweepTracker:
                 self._with_retry(
                     lambda r=child.info.run_id, s=status: self._client.set_terminated(r, s)
                 )
+
+    def _nothing_to_repair(self, outcomes: Mapping[str, str]) -> bool:
+        """True when the store cannot hold a duplicate or a RUNNING child, so reading every
+        child back (half a second for 64 of them) is skipped: a fresh sweep, a local store
+        (no HTTP layer that may repeat a create whose reply was lost), not one failed write,
+        and every trial's run created and ended by this tracker."""
+        local = urlsplit(self.uri).scheme in ("sqlite", "file", "")
+        return (
+            local
+            and not self._resumed
+            and not self._had_errors
+            and set(outcomes) == set(self._child_runs) == self._ended
+        )
 
     def log_summary(self, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
         """Write the sweep's summary on the parent run (after :meth:`close`)."""
@@ -445,6 +465,9 @@ class SweepTracker:
             self._client.log_batch(run_id, **call)
         if ends:
             self._client.set_terminated(run_id, ends[-1].payload["status"])
+            self._ended.add(trial)
+        elif any(op.kind in ("start", "reopen") for op in ops):
+            self._ended.discard(trial)
 
     def _try(self, ops: list[_Op], write: Callable[[], None]) -> bool:
         """True when written or permanently refused (recorded); False when worth retrying."""
@@ -452,14 +475,17 @@ class SweepTracker:
             write()
             return True
         except MlflowException as error:
+            self._had_errors = True
             if _is_transient(error):
                 self.last_error = error.message[:200]
                 return False
             reason = error.message
         except (OSError, ConnectionError) as error:
+            self._had_errors = True
             self.last_error = str(error)[:200]
             return False
         except Exception as error:  # a refused write must not kill the writer
+            self._had_errors = True
             reason = str(error)
         for op in ops:
             self._undelivered.append((op, reason[:200]))

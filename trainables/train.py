@@ -197,13 +197,26 @@ class TrainingSession:
                 bn_momentum=self.config.bn_momentum,
             )
         self.model: BnSoftmaxMLP = model.to(self.device)
-        self.optimizer = build_optimizer(self.config, self.model.parameters())
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._saved_optimizer_state: Mapping[str, Any] | None = None
         # The shuffling generator lives on the CPU so the batch order is the
         # same on every device; its state advances across epochs.
         self._shuffle_generator = torch.Generator(device="cpu")
         self._shuffle_generator.manual_seed(shuffle_seed)
         self.epoch: int = 0
         self.diverged: bool = False
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built on first use. The first optimizer a process builds imports torch's compiler
+        stack (about a second on a CPU), which a session that only evaluates a checkpoint
+        (the best model's test on the driver) never needs."""
+        if self._optimizer is None:
+            self._optimizer = build_optimizer(self.config, self.model.parameters())
+            if self._saved_optimizer_state is not None:
+                _load_optimizer_state(self._optimizer, self._saved_optimizer_state)
+                self._saved_optimizer_state = None
+        return self._optimizer
 
     @property
     def finished(self) -> bool:
@@ -352,7 +365,11 @@ class TrainingSession:
         """
         return {
             "model": copy.deepcopy(self.model.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "optimizer": copy.deepcopy(
+                self._saved_optimizer_state
+                if self._optimizer is None and self._saved_optimizer_state is not None
+                else self.optimizer.state_dict()
+            ),
             "epoch": self.epoch,
             "diverged": self.diverged,
             "shuffle_rng_state": self._shuffle_generator.get_state().clone(),
@@ -371,16 +388,25 @@ class TrainingSession:
         if missing:
             raise KeyError(f"state is missing {', '.join(sorted(missing))}")
         self.model.load_state_dict(state["model"])
-        configured = [
-            {key: value for key, value in group.items() if key != "params"}
-            for group in self.optimizer.param_groups
-        ]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, hyperparameters in zip(self.optimizer.param_groups, configured, strict=True):
-            group.update(hyperparameters)
+        if self._optimizer is None:
+            self._saved_optimizer_state = state["optimizer"]  # applied when training goes on
+        else:
+            _load_optimizer_state(self._optimizer, state["optimizer"])
         self.epoch = int(state["epoch"])
         self.diverged = bool(state["diverged"])
         self._shuffle_generator.set_state(state["shuffle_rng_state"].cpu())
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load saved moments and step counts, keeping the optimizer's configured hyperparameters
+    (the session's config wins over those saved in the state; see ``load_state_dict``)."""
+    configured = [
+        {key: value for key, value in group.items() if key != "params"}
+        for group in optimizer.param_groups
+    ]
+    optimizer.load_state_dict(dict(state))
+    for group, hyperparameters in zip(optimizer.param_groups, configured, strict=True):
+        group.update(hyperparameters)
 
 
 def fit(

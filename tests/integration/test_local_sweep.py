@@ -6,6 +6,7 @@ folder); each test then reads back one aspect of what it left in MLflow.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from typing import Any
@@ -28,7 +29,7 @@ space:
   momentum: {scale: log1m, low: 0.8, high: 0.99}
 fixed: {optimizer: sgd, batch_size: 16, layers: 2}
 search: {strategy: random, num_trials: 2, seed: 5}
-scheduler: {kind: asha, grace_period: 1, reduction_factor: 2, max_epochs: 6}
+scheduler: {kind: asha, grace_period: 2, reduction_factor: 2, max_epochs: 6}
 resources: {cpus_per_trial: 1}
 storage: {checkpoint_every_s: 0.2}
 """
@@ -155,6 +156,37 @@ def test_logged_model_loads_and_reproduces_the_test_accuracy(sweep: dict[str, An
     accuracy = float(np.mean(predictions == data.y_test))
     assert math.isclose(accuracy, parent.data.metrics["test_accuracy"], abs_tol=1e-9)
     assert accuracy > 0.8
+
+
+def test_epochs_travel_in_batches_but_every_rung_is_reported_at_once(
+    sweep: dict[str, Any],
+) -> None:
+    """Epochs between ASHA's rungs reach the driver in batches (storage.report_every_s); the
+    scheduler sees each trial at every rung it reaches (2 and 4 for grace 2, factor 2) and at
+    its last epoch, and at no other epoch; MLflow gets every epoch as its own step, stamped when it was trained."""
+    journals = list(sweep["folder"].glob("caviar_runs/iris-it/*/journal.jsonl"))
+    assert len(journals) == 1
+    events = [json.loads(line) for line in journals[0].read_text().splitlines()]
+    seen: dict[int, list[int]] = {}
+    for event in events:
+        # Tune hands a trial's last result to the scheduler as "complete", the others as "result".
+        if event["e"] == "sched" and event["op"] in ("result", "complete"):
+            seen.setdefault(int(event["k"]), []).append(int(event["r"]["epoch"]))
+    results = [e for e in events if e["e"] == "result"]
+    last_epoch = {int(e["i"]): int(e["r"]["epoch"]) for e in results}
+    assert set(seen) == set(last_epoch)
+    for index, epochs in seen.items():
+        reached_rungs = {r for r in (2, 4) if r <= last_epoch[index]}
+        assert set(epochs) == reached_rungs | {last_epoch[index]}, (index, epochs)
+        assert epochs == sorted(epochs)
+    assert sum(len(e) for e in seen.values()) < len(results)  # some epochs were batched
+    client: MlflowClient = sweep["client"]
+    for child in sweep["children"]:
+        history = sorted(
+            client.get_metric_history(child.info.run_id, "val_accuracy"), key=lambda m: m.step
+        )
+        stamps = [m.timestamp for m in history]
+        assert stamps == sorted(stamps)
 
 
 def test_nothing_is_left_running(sweep: dict[str, Any]) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from orchestrator.ranking import ranked, rung_milestones, rung_reached
+import math
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler
+
+from orchestrator.ranking import asha_rung_epochs, ranked, rung_milestones, rung_reached
 from orchestrator.records import TrialRecord, classify_finished
 
 
@@ -15,6 +20,35 @@ def test_milestones_follow_the_reduction_factor_and_end_at_the_budget() -> None:
     assert rung_milestones(2, 3, 30) == [2, 6, 18, 30]
     assert rung_milestones(1, 2, 8) == [1, 2, 4, 8]
     assert rung_milestones(5, 3, 5) == [5]
+
+
+def test_milestones_are_where_asha_records_a_result_with_a_fractional_factor() -> None:
+    # Rungs at 2, 5 and 12.5: ASHA records the first epoch at or past a rung, 13.
+    assert rung_milestones(2, 2.5, 30) == [2, 5, 13, 30]
+
+
+@pytest.mark.parametrize(
+    ("grace", "factor", "max_t", "brackets"),
+    [(2, 3, 30, 1), (1, 2, 8, 1), (1, 2, 6, 1), (2, 2.5, 30, 3), (1, 3, 100, 4), (5, 3, 5, 1)],
+)
+def test_report_epochs_are_exactly_the_epochs_ray_asha_records_at(
+    grace: int, factor: float, max_t: int, brackets: int
+) -> None:
+    """A trial reports at once only at these epochs (batching the others), so they must be
+    every epoch at which Ray's own ASHA, in any of its brackets, records a result."""
+    asha = ASHAScheduler(
+        time_attr="epoch",
+        metric="val_accuracy",
+        mode="max",
+        max_t=max_t,
+        grace_period=grace,
+        reduction_factor=factor,
+        brackets=brackets,
+    )
+    ray_epochs = {
+        math.ceil(milestone) for bracket in asha._brackets for milestone, _ in bracket._rungs
+    }
+    assert set(asha_rung_epochs(grace, factor, max_t)) == ray_epochs
 
 
 def test_rung_reached_counts_passed_milestones() -> None:

@@ -163,6 +163,40 @@ def test_resume_from_state_dict_is_exact(small_tensors: TensorSplits) -> None:
     assert resumed.finished
 
 
+def test_resume_is_exact_when_the_optimizer_already_exists(small_tensors: TensorSplits) -> None:
+    """Loading into a session that has trained (its optimizer built) replaces its moments."""
+    config = {**FAST, "epochs": 4, "optimizer": "adam", "learning_rate": 0.01}
+    uninterrupted = TrainingSession(config, small_tensors)
+    uninterrupted.step()
+    snapshot = uninterrupted.state_dict()
+    expected = [_without_time(uninterrupted.step()) for _ in range(3)]
+    used = TrainingSession(config, small_tensors)
+    used.step()
+    used.step()
+    used.load_state_dict(snapshot)
+    assert [_without_time(used.step()) for _ in range(3)] == expected
+
+
+def test_evaluating_a_checkpoint_builds_no_optimizer(small_tensors: TensorSplits) -> None:
+    """The best model's test loads a checkpoint and evaluates: no optimizer (and none of the
+    compiler-stack import its first construction costs), and the state it was given survives
+    a save untouched."""
+    trained = TrainingSession({**FAST, "optimizer": "adam"}, small_tensors)
+    trained.step()
+    snapshot = trained.state_dict()
+    scored = TrainingSession({**FAST, "optimizer": "adam"}, small_tensors)
+    scored.load_state_dict(snapshot)
+    assert scored.evaluate(small_tensors.x_val, small_tensors.y_val) == trained.evaluate(
+        small_tensors.x_val, small_tensors.y_val
+    )
+    assert scored._optimizer is None
+    saved = scored.state_dict()["optimizer"]
+    assert saved["param_groups"] == snapshot["optimizer"]["param_groups"]
+    for key, moments in snapshot["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(saved["state"][key][name], value), (key, name)
+
+
 def test_state_dict_is_a_snapshot(small_tensors: TensorSplits) -> None:
     session = TrainingSession(FAST, small_tensors)
     session.step()
