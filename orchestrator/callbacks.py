@@ -137,7 +137,12 @@ class SweepObserver(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record_of(trial)
         if record is None:
-            return
+            # It failed before it started: its reused actor died while being reset for it.
+            # It still counts, and still gets its MLflow run, as a failed trial.
+            self.on_trial_start(iteration, trials, trial)
+            record = self._record_of(trial)
+            if record is None:
+                return
         record.outcome = "failed"
         record.error = _error_summary(trial)
         self._journal("end", i=record.index, outcome="failed", error=record.error)

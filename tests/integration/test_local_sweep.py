@@ -31,7 +31,8 @@ fixed: {optimizer: sgd, batch_size: 16, layers: 2}
 search: {strategy: random, num_trials: 2, seed: 5}
 scheduler: {kind: asha, grace_period: 2, reduction_factor: 2, max_epochs: 6}
 resources: {cpus_per_trial: 1}
-storage: {checkpoint_every_s: 0.2}
+# report_every_s far above any epoch: batches end only at ASHA's rungs and the last epoch
+storage: {checkpoint_every_s: 0.2, report_every_s: 60}
 """
 N_TRIALS = 8
 OUTCOMES = {"completed", "stopped_early", "diverged", "failed"}
@@ -163,7 +164,8 @@ def test_epochs_travel_in_batches_but_every_rung_is_reported_at_once(
 ) -> None:
     """Epochs between ASHA's rungs reach the driver in batches (storage.report_every_s); the
     scheduler sees each trial at every rung it reaches (2 and 4 for grace 2, factor 2) and at
-    its last epoch, and at no other epoch; MLflow gets every epoch as its own step, stamped when it was trained."""
+    its last epoch, and at no other epoch; MLflow gets every epoch as its own step, stamped
+    when it was trained."""
     journals = list(sweep["folder"].glob("caviar_runs/iris-it/*/journal.jsonl"))
     assert len(journals) == 1
     events = [json.loads(line) for line in journals[0].read_text().splitlines()]

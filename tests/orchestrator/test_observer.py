@@ -1,0 +1,63 @@
+"""The sweep observer's bookkeeping for Tune events, on a real MLflow SQLite store.
+
+Tune can report a trial's error without ever reporting its start: when the reused actor it
+was being reset onto dies, ``on_trial_error`` is the first the callbacks hear of the trial.
+Such a trial must still count as failed, with its own MLflow run, not vanish from the sweep.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+from mlflow import MlflowClient
+
+from orchestrator import live
+from orchestrator.callbacks import SweepObserver
+from orchestrator.progress import ProgressLine
+from orchestrator.search import RoundPlan, RoundSearcher
+from orchestrator.space import RangeDomain, SearchSpace
+from orchestrator.tracking import SweepTracker
+
+SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
+PLAN = RoundPlan(1, 3, 7, 0.5, 0.1, "val_accuracy", "max", (2, 4), 4)
+
+
+def _observer(tmp_path: Path) -> tuple[SweepObserver, RoundSearcher, SweepTracker]:
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "observer")
+    tracker.start_sweep("sweep", {}, {}, "name: observer\n", "spec.yaml")
+    progress = ProgressLine(3, "val_accuracy", "max", [2, 4], io.StringIO(), interval_s=3600)
+    live.register("obs", live.LiveSweep(tracker, progress))
+    searcher = RoundSearcher(SPACE, PLAN, sweep_id="obs")
+    return SweepObserver("obs", searcher, 4, {"epochs"}), searcher, tracker
+
+
+def _trial(trial_id: str, config: dict) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config=config, error_file=None)
+
+
+def test_a_trial_that_fails_before_it_starts_is_a_failed_trial_with_its_run(
+    tmp_path: Path,
+) -> None:
+    observer, searcher, tracker = _observer(tmp_path)
+    try:
+        started = _trial("a", searcher.suggest("a"))
+        unstarted = _trial("b", searcher.suggest("b"))
+        observer.on_trial_start(0, [], started)
+        observer.on_trial_result(0, [], started, {"epoch": 1, "val_accuracy": 0.5})
+        observer.on_trial_complete(0, [], started)
+        observer.on_trial_error(0, [], unstarted)  # its reset failed: no on_trial_start
+
+        outcomes = {r.trial_id: r.outcome for r in observer.records.values()}
+        assert outcomes == {"a": "stopped_early", "b": "failed"}
+        tracker.flush()
+        run_id = tracker.child_run_id(str(searcher.index_of["b"]))
+        assert run_id is not None
+    finally:
+        tracker.close()
+        live.unregister("obs")
+    run = MlflowClient(tracker.uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["caviar.outcome"] == "failed"
+    assert run.data.tags["caviar.trial_id"] == "b"
