@@ -247,6 +247,8 @@ class SweepTracker:
         output = model(_as_tensor(input_example)).detach().numpy()
         signature = infer_signature(input_example, output)
         torch_version = _torch_requirement()
+        # Its warning about pickles is for models from strangers; this one is the sweep's own.
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         with mlflow.start_run(run_id=self.parent_run_id):
             info = mlflow.pytorch.log_model(
                 model,
@@ -255,6 +257,10 @@ class SweepTracker:
                 input_example=input_example,
                 pip_requirements=[torch_version],  # skips MLflow's slow requirement inference
                 code_paths=[str(code_dir)],  # the model class loads without caviar installed
+                # MLflow 3's default, "pt2", runs torch.export: it imports torch's whole
+                # compiler stack and traces the network, 1.5-2 s at the end of every sweep.
+                # The pickled module loads with the code logged beside it.
+                serialization_format="pickle",
             )
         return str(info.model_uri)
 

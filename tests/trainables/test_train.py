@@ -267,7 +267,7 @@ def test_each_optimizer_builds_and_trains(
 ) -> None:
     config = MlpConfig.model_validate({**FAST, "learning_rate": 0.01, **values})
     optimizer = build_optimizer(config, [torch.nn.Parameter(torch.zeros(2))])
-    assert type(optimizer) is optimizer_type
+    assert isinstance(optimizer, optimizer_type)
     group = optimizer.param_groups[0]
     assert group["lr"] == 0.01
     for key, value in expected.items():
