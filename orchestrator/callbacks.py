@@ -8,6 +8,7 @@ background thread, and redraws the progress line at most a few times a second.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,9 @@ class SweepObserver(Callback):
         the killed process still had queued are delivered now, and nothing is written twice.
         """
         for trial in sorted(trials.values(), key=lambda t: t.index):
-            record = self._start_record(trial.index, trial.trial_id, trial.config, trial.round)
+            record = self._start_record(
+                trial.index, trial.trial_id, trial.config, trial.round, trial.started_at
+            )
             for entry in trial.history:
                 self._record_result(record, entry)
             if trial.checkpoint:
@@ -98,7 +101,8 @@ class SweepObserver(Callback):
             if trial.outcome is not None:
                 record.outcome = trial.outcome  # type: ignore[assignment]
                 record.error = trial.error
-                self._end(record, "FAILED" if trial.outcome == "failed" else "FINISHED")
+                status = "FAILED" if trial.outcome == "failed" else "FINISHED"
+                self._end(record, status, trial.ended_at)
 
     # --- Tune's events -----------------------------------------------------------------
 
@@ -113,7 +117,7 @@ class SweepObserver(Callback):
         config = {k: v for k, v in trial.config.items() if k != RESUME_FROM}
         round_number = self.searcher.round_of.get(trial.trial_id, 1)
         self._journal("trial", i=index, id=trial.trial_id, round=round_number, config=config)
-        self._start_record(index, trial.trial_id, config, round_number)
+        self._start_record(index, trial.trial_id, config, round_number, time.time())
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -132,7 +136,7 @@ class SweepObserver(Callback):
             return
         record.outcome = classify_finished(record, self.budget)
         self._journal("end", i=record.index, outcome=record.outcome)
-        self._end(record, status="FINISHED")
+        self._end(record, "FINISHED", time.time())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record_of(trial)
@@ -146,7 +150,7 @@ class SweepObserver(Callback):
         record.outcome = "failed"
         record.error = _error_summary(trial)
         self._journal("end", i=record.index, outcome="failed", error=record.error)
-        self._end(record, status="FAILED")
+        self._end(record, "FAILED", time.time())
 
     def on_checkpoint(
         self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
@@ -166,7 +170,12 @@ class SweepObserver(Callback):
         return self.records.get(index) if index is not None else None
 
     def _start_record(
-        self, index: int, trial_id: str, config: dict[str, Any], round_number: int
+        self,
+        index: int,
+        trial_id: str,
+        config: dict[str, Any],
+        round_number: int,
+        started_at: float | None,
     ) -> TrialRecord:
         record = TrialRecord(trial_id, index, config, round=round_number)
         self.records[index] = record
@@ -180,6 +189,7 @@ class SweepObserver(Callback):
                 "caviar.round": str(round_number),
                 "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),
             },
+            started_at=started_at,
         )
         self.progress.update(self.records.values())
         return record
@@ -199,13 +209,13 @@ class SweepObserver(Callback):
         )
         self.progress.update(self.records.values())
 
-    def _end(self, record: TrialRecord, status: str) -> None:
+    def _end(self, record: TrialRecord, status: str, ended_at: float | None) -> None:
         tags = {"caviar.outcome": record.outcome, "caviar.last_epoch": str(record.epochs)}
         if record.node_id:
             tags["caviar.node_id"] = record.node_id
         if record.error:
             tags["caviar.error"] = record.error
-        self.tracker.trial_ended(str(record.index), tags=tags, status=status)
+        self.tracker.trial_ended(str(record.index), tags=tags, status=status, ended_at=ended_at)
         self.progress.update(self.records.values())
 
     def _journal(self, event: str, **fields: Any) -> None:

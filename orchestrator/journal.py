@@ -85,6 +85,8 @@ class JournaledTrial:
     checkpoint: str | None = None
     outcome: str | None = None  # None: it had not ended when the sweep stopped
     error: str | None = None
+    started_at: float | None = None  # when the driver saw it start / end (seconds, epoch)
+    ended_at: float | None = None
 
 
 @dataclass
@@ -129,7 +131,11 @@ def _apply(state: JournalState, event: dict[str, Any]) -> None:
     index = int(event.get("i", -1))
     if kind == "trial":
         state.trials[index] = JournaledTrial(
-            index, str(event["id"]), int(event["round"]), dict(event["config"])
+            index,
+            str(event["id"]),
+            int(event["round"]),
+            dict(event["config"]),
+            started_at=_t(event),
         )
         return
     trial = state.trials.get(index)
@@ -142,6 +148,11 @@ def _apply(state: JournalState, event: dict[str, Any]) -> None:
     elif kind == "end":
         trial.outcome = str(event["outcome"])
         trial.error = event.get("error")
+        trial.ended_at = _t(event)
+
+
+def _t(event: dict[str, Any]) -> float | None:
+    return float(event["t"]) if "t" in event else None
 
 
 def _plain(value: Any) -> Any:

@@ -267,12 +267,25 @@ class SweepTracker:
     # --- child runs (asynchronous) -----------------------------------------------------
 
     def trial_started(
-        self, trial: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+        self,
+        trial: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        started_at: float | None = None,
     ) -> None:
+        """Queue a child run. ``started_at`` (seconds since the epoch; default now) is when
+        the trial started: the run gets that start time, not the moment the writer got to it,
+        so the UI's durations are the trials' own."""
         if trial in self._child_runs:  # a resumed sweep: the run exists, open it again
             self._queue.put(_Op("reopen", trial))
             return
-        payload = {"name": run_name, "params": dict(params), "tags": dict(tags)}
+        payload = {
+            "name": run_name,
+            "params": dict(params),
+            "tags": dict(tags),
+            "at_ms": int(started_at * 1000) if started_at is not None else _now_ms(),
+        }
         self._queue.put(_Op("start", trial, payload=payload))
 
     def trial_metrics(
@@ -290,8 +303,13 @@ class SweepTracker:
         items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         self._queue.put(_Op("metrics", trial, payload={"metrics": items}))
 
-    def trial_ended(self, trial: str, tags: Mapping[str, str], status: str) -> None:
-        self._queue.put(_Op("end", trial, payload={"tags": dict(tags), "status": status}))
+    def trial_ended(
+        self, trial: str, tags: Mapping[str, str], status: str, ended_at: float | None = None
+    ) -> None:
+        """Queue a child run's end; ``ended_at`` (default now) becomes the run's end time."""
+        at_ms = int(ended_at * 1000) if ended_at is not None else _now_ms()
+        payload = {"tags": dict(tags), "status": status, "at_ms": at_ms}
+        self._queue.put(_Op("end", trial, payload=payload))
 
     def parent_update(
         self,
@@ -452,7 +470,12 @@ class SweepTracker:
         if starts and trial not in self._child_runs:
             payload = starts[0].payload
             tags = {"mlflow.parentRunId": self.parent_run_id, **payload["tags"]}
-            run = self._client.create_run(self.experiment_id, tags=tags, run_name=payload["name"])
+            run = self._client.create_run(
+                self.experiment_id,
+                start_time=payload.get("at_ms"),
+                tags=tags,
+                run_name=payload["name"],
+            )
             self._child_runs[trial] = run.info.run_id
         run_id = self._child_runs.get(trial)
         if run_id is None:
@@ -470,7 +493,8 @@ class SweepTracker:
         for call in _batches(params, metrics, tags):
             self._client.log_batch(run_id, **call)
         if ends:
-            self._client.set_terminated(run_id, ends[-1].payload["status"])
+            end = ends[-1].payload
+            self._client.set_terminated(run_id, end["status"], end_time=end.get("at_ms"))
             self._ended.add(trial)
         elif any(op.kind in ("start", "reopen") for op in ops):
             self._ended.discard(trial)

@@ -61,3 +61,31 @@ def test_a_trial_that_fails_before_it_starts_is_a_failed_trial_with_its_run(
     assert run.info.status == "FAILED"
     assert run.data.tags["caviar.outcome"] == "failed"
     assert run.data.tags["caviar.trial_id"] == "b"
+
+
+def test_a_child_run_spans_its_trial_not_the_moment_the_writer_got_to_it(
+    tmp_path: Path,
+) -> None:
+    """MLflow writes are batched (about a second), so a run created when the writer gets to
+    it would start and end late; the UI's durations, and the benchmark, need the trial's own."""
+    import time
+
+    observer, searcher, tracker = _observer(tmp_path)
+    try:
+        trial = _trial("a", searcher.suggest("a"))
+        before_start = time.time()
+        observer.on_trial_start(0, [], trial)
+        after_start = time.time()
+        time.sleep(0.3)
+        observer.on_trial_result(0, [], trial, {"epoch": 1, "val_accuracy": 0.5})
+        before_end = time.time()
+        observer.on_trial_complete(0, [], trial)
+        after_end = time.time()
+        tracker.flush()
+        run_id = tracker.child_run_id(str(searcher.index_of["a"]))
+    finally:
+        tracker.close()
+        live.unregister("obs")
+    info = MlflowClient(tracker.uri).get_run(run_id).info
+    assert int(before_start * 1000) <= info.start_time <= after_start * 1000 + 1
+    assert int(before_end * 1000) <= info.end_time <= after_end * 1000 + 1
