@@ -273,3 +273,37 @@ def _optuna_step_seconds(timing_dir: Path) -> dict[int, float]:
         for number, value in data["epoch_seconds"].items():
             seconds[int(number)] = float(value)
     return seconds
+
+
+def read_caviar_journal(storage_dir: Path) -> SweepRead:
+    """A ``caviar run`` from its journal (``caviar_runs/<name>/<sweep>/journal.jsonl``).
+
+    The same spans as :func:`read_caviar` reads from MLflow: from a trial's first epoch start
+    (its first result's ``ended_at`` minus that epoch's ``epoch_seconds``) to the driver's
+    record of its end, so a sweep that logged nothing (bench/untracked.py) and one that logged
+    everything are measured alike.
+    """
+    from orchestrator.journal import read_journal
+
+    journals = sorted(storage_dir.glob("*/*/journal.jsonl"))
+    if len(journals) != 1:
+        raise BenchError(f"expected one caviar journal under {storage_dir}, found {len(journals)}")
+    state = read_journal(journals[0])
+    trials = []
+    for trial in state.trials.values():
+        if not trial.history or trial.ended_at is None:
+            raise BenchError(f"journal trial {trial.index} has no results or never ended")
+        first = trial.history[0]
+        start = float(first["ended_at"]) - float(first.get("epoch_seconds", 0.0))
+        trials.append(
+            TrialRow(
+                start_s=min(start, trial.started_at or start),
+                end_s=max(trial.ended_at, float(trial.history[-1]["ended_at"])),
+                epochs=int(trial.history[-1]["epoch"]),
+                last_val_accuracy=_finite(trial.history[-1].get("val_accuracy")),
+                epoch_seconds=sum(float(e.get("epoch_seconds", 0.0)) for e in trial.history),
+                config=dict(trial.config),
+                outcome=trial.outcome or "unknown",
+            )
+        )
+    return SweepRead(trials)

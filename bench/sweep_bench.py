@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a file (python bench/sweep_bench.py): fi
 
 from bench.common import (
     BENCH_DIR,
+    REPO_ROOT,
     RESULTS_DIR,
     SPECS_DIR,
     BenchError,
@@ -47,7 +48,16 @@ from bench.common import (
     write_json,
     write_yaml,
 )
-from bench.readers import SweepRead, TrialRow, read_caviar, read_optuna, read_ray_tune, summarize
+from bench.readers import (
+    SweepRead,
+    TrialRow,
+    read_caviar,
+    read_caviar_journal,
+    read_optuna,
+    read_ray_tune,
+    summarize,
+    sweep_wall_s,
+)
 
 SPEC_FILE = "spec.yaml"
 RAY_EXPERIMENT = "ray-tune-docs"
@@ -95,7 +105,24 @@ def run_caviar(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
         log_name="caviar.log",
         timeout_s=ctx.timeout_s,
     )
-    return timed, read_caviar(workdir / "mlflow.db", str(ctx.spec["name"]))
+    read = read_caviar(workdir / "mlflow.db", str(ctx.spec["name"]))
+    # The same span from the journal, to compare with caviar_untracked (which has no runs).
+    read.extra["sweep_wall_journal_s"] = sweep_wall_s(
+        read_caviar_journal(workdir / "caviar_runs").trials
+    )
+    return timed, read
+
+
+def run_caviar_untracked(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
+    """A0: caviar with its trials' MLflow writes dropped (bench/untracked.py), to price them."""
+    timed = run_timed(
+        [sys.executable, "-m", "bench.untracked", SPEC_FILE],
+        cwd=workdir,
+        env=clean_env(PYTHONPATH=str(REPO_ROOT)),
+        log_name="caviar_untracked.log",
+        timeout_s=ctx.timeout_s,
+    )
+    return timed, read_caviar_journal(workdir / "caviar_runs")
 
 
 def _run_ray_tune(ctx: Context, workdir: Path, reuse_actors: bool) -> tuple[Timed, SweepRead]:
@@ -163,6 +190,7 @@ def run_optuna(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
 
 SYSTEMS: dict[str, Runner] = {
     "caviar": run_caviar,
+    "caviar_untracked": run_caviar_untracked,
     "ray_tune_docs": run_ray_tune_docs,
     "ray_tune_reuse": run_ray_tune_reuse,
     "optuna": run_optuna,
@@ -223,6 +251,12 @@ def aggregate(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[st
                 "end_to_end": ratio(ref["end_to_end_s"], other["end_to_end_s"]),
             }
         ratios[f"{REFERENCE}/floor"] = {"sweep_wall": ratio(ref["sweep_wall_s"], ref["floor_s"])}
+        if "caviar_untracked" in medians:  # both spans from the journal: like for like
+            mine = [r for r in runs if r["system"] == REFERENCE]
+            tracked = median(r.get("sweep_wall_journal_s") for r in mine)
+            ratios["logging (caviar/caviar_untracked)"] = {
+                "sweep_wall": ratio(tracked, medians["caviar_untracked"]["sweep_wall_s"])
+            }
     return {"medians": medians, "ratios": ratios}
 
 
@@ -360,7 +394,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--systems",
         default=",".join(DEFAULT_SYSTEMS),
         help=f"comma-separated, in run order (default {','.join(DEFAULT_SYSTEMS)}; "
-        f"also: ray_tune_reuse)",
+        f"also: ray_tune_reuse, caviar_untracked)",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "sweep_bench.json", help="the JSON results"

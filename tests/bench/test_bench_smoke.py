@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.bench, pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIALS, EPOCHS, REPORTS = 4, 3, 5
-SYSTEMS = ("caviar", "ray_tune_docs", "optuna")
+SYSTEMS = ("caviar", "caviar_untracked", "ray_tune_docs", "optuna")
 RUN_KEYS = {
     "system",
     "rep",
@@ -62,6 +62,7 @@ def test_sweep_benchmark_runs_every_system_and_reports_sane_numbers(tmp_path: Pa
     result, stdout = run_harness(
         "sweep_bench",
         "--reps", "1", "--trials", str(TRIALS), "--max-epochs", str(EPOCHS),
+        "--systems", ",".join(SYSTEMS),
         tmp_path=tmp_path,
     )  # fmt: skip
     assert result["settings"]["systems"] == list(SYSTEMS)
@@ -87,6 +88,8 @@ def test_sweep_benchmark_runs_every_system_and_reports_sane_numbers(tmp_path: Pa
     caviar = result["runs"][0]
     assert caviar["caviar_epochs_trained"] == caviar["epochs_trained"]
     assert caviar["parent_status"] == "FINISHED"
+    # MLflow's runs and the journal are two records of the same trials: the same span.
+    assert caviar["sweep_wall_journal_s"] == pytest.approx(caviar["sweep_wall_s"], abs=0.05)
 
     floor = result["floors"][0]
     for system in SYSTEMS:
@@ -97,7 +100,13 @@ def test_sweep_benchmark_runs_every_system_and_reports_sane_numbers(tmp_path: Pa
         assert floor[system]["floor_s"] == pytest.approx(floor[system]["compute_s"] / slots)
 
     assert set(result["medians"]) == set(SYSTEMS)
-    assert set(result["ratios"]) == {"caviar/ray_tune_docs", "caviar/optuna", "caviar/floor"}
+    assert set(result["ratios"]) == {
+        "caviar/caviar_untracked",
+        "caviar/ray_tune_docs",
+        "caviar/optuna",
+        "caviar/floor",
+        "logging (caviar/caviar_untracked)",
+    }
     assert all(positive(v) for ratios in result["ratios"].values() for v in ratios.values())
     for fragment in ("sweep wall", "compute floor", "caviar/optuna", "caviar/floor"):
         assert fragment in stdout
