@@ -11,12 +11,16 @@ where a synchronous start would have raised it.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import secrets
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 from orchestrator.defaults import apply_environment_defaults
 
@@ -62,13 +66,46 @@ def init_ray() -> None:
     """
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, logging_level="WARNING")
-    else:
+        return
+    with _without_monitors():
         ray.init(
             include_dashboard=False,
             log_to_driver=False,
             logging_level="WARNING",
             _node_ip_address="127.0.0.1",
         )
+
+
+@contextlib.contextmanager
+def _without_monitors() -> Iterator[None]:
+    """``ray.init`` of a local cluster without its autoscaler monitor and its log monitor.
+
+    A one-machine sweep has nothing to autoscale, and with ``log_to_driver=False`` nobody
+    reads what the log monitor would stream; each is a Python process that imports Ray and
+    polls, and together they cost ~1 s of ``ray.init`` (3.5 s -> 2.5 s here) and a core's
+    worth of CPU while the driver and the first trial workers start. ``ray.init`` has no
+    argument for them, so its node parameters get ``no_monitor`` and ``include_log_monitor``
+    (``ray start`` has them) for the duration of the call; if Ray's parameters ever stop
+    taking them, the start goes ahead with both monitors, as before.
+    """
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+    accepted = inspect.signature(original).parameters
+    if not {"no_monitor", "include_log_monitor"} <= set(accepted):
+        yield
+        return
+
+    def lean(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("no_monitor", True)
+        kwargs.setdefault("include_log_monitor", False)
+        original(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = lean  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
 class _BackgroundStart:
