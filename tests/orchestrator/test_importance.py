@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from orchestrator.importance import ScoredTrial, parameter_importance, value_at_first_rung
 from orchestrator.space import ChoiceDomain, RangeDomain, SearchSpace, sample_configs
@@ -57,3 +58,24 @@ def test_value_at_first_rung() -> None:
     assert value_at_first_rung(history, "val_accuracy", 2) == 0.2
     assert value_at_first_rung(history[:1], "val_accuracy", 2) == 0.1
     assert value_at_first_rung([{"epoch": 1, "diverged": True}], "val_accuracy", 2) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("rows,columns", [(12, 1), (64, 5), (97, 3)])
+def test_batched_permutation_importance_is_scikit_learns_bit_for_bit(
+    seed: int, rows: int, columns: int
+) -> None:
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.inspection import permutation_importance
+
+    from orchestrator.importance import permutation_importance_means
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, columns))
+    x[:, 0] = np.round(x[:, 0])  # ties, as a categorical's indices give
+    y = 2 * x[:, 0] + np.sin(x[:, -1]) + rng.normal(scale=0.1, size=rows)
+    forest = RandomForestRegressor(n_estimators=50, min_samples_leaf=2, random_state=seed)
+    forest.fit(x, y)
+    theirs = permutation_importance(forest, x, y, n_repeats=10, random_state=seed)
+    ours = permutation_importance_means(forest, x, y, 10, seed)
+    assert np.array_equal(ours, theirs.importances_mean)
