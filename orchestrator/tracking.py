@@ -248,20 +248,25 @@ class SweepTracker:
         signature = infer_signature(input_example, output)
         torch_version = _torch_requirement()
         # Its warning about pickles is for models from strangers; this one is the sweep's own.
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with mlflow.start_run(run_id=self.parent_run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=input_example,
-                pip_requirements=[torch_version],  # skips MLflow's slow requirement inference
-                code_paths=[str(code_dir)],  # the model class loads without caviar installed
-                # MLflow 3's default, "pt2", runs torch.export: it imports torch's whole
-                # compiler stack and traces the network, 1.5-2 s at the end of every sweep.
-                # The pickled module loads with the code logged beside it.
-                serialization_format="pickle",
-            )
+        flavour_log = logging.getLogger("mlflow.pytorch")
+        level = flavour_log.level
+        flavour_log.setLevel(logging.ERROR)
+        try:
+            with mlflow.start_run(run_id=self.parent_run_id):
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    signature=signature,
+                    input_example=input_example,
+                    pip_requirements=[torch_version],  # skips MLflow's slow requirement inference
+                    code_paths=[str(code_dir)],  # the model class loads without caviar installed
+                    # MLflow 3's default, "pt2", runs torch.export: it imports torch's whole
+                    # compiler stack and traces the network, 1.5-2 s at the end of every sweep.
+                    # The pickled module loads with the code logged beside it.
+                    serialization_format="pickle",
+                )
+        finally:
+            flavour_log.setLevel(level)
         return str(info.model_uri)
 
     # --- child runs (asynchronous) -----------------------------------------------------
@@ -284,7 +289,7 @@ class SweepTracker:
             "name": run_name,
             "params": dict(params),
             "tags": dict(tags),
-            "at_ms": int(started_at * 1000) if started_at is not None else _now_ms(),
+            "at_ms": _ms(started_at),
         }
         self._queue.put(_Op("start", trial, payload=payload))
 
@@ -299,7 +304,7 @@ class SweepTracker:
         if step <= self._last_step.get(trial, 0):
             return
         self._last_step[trial] = step
-        stamp = int(timestamp * 1000) if timestamp is not None else _now_ms()
+        stamp = _ms(timestamp)
         items = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         self._queue.put(_Op("metrics", trial, payload={"metrics": items}))
 
@@ -307,8 +312,7 @@ class SweepTracker:
         self, trial: str, tags: Mapping[str, str], status: str, ended_at: float | None = None
     ) -> None:
         """Queue a child run's end; ``ended_at`` (default now) becomes the run's end time."""
-        at_ms = int(ended_at * 1000) if ended_at is not None else _now_ms()
-        payload = {"tags": dict(tags), "status": status, "at_ms": at_ms}
+        payload = {"tags": dict(tags), "status": status, "at_ms": _ms(ended_at)}
         self._queue.put(_Op("end", trial, payload=payload))
 
     def parent_update(
@@ -604,6 +608,11 @@ def _is_transient(error: MlflowException) -> bool:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _ms(seconds: float | None) -> int:
+    """MLflow's milliseconds for a time in seconds since the epoch; None means now."""
+    return int(seconds * 1000) if seconds is not None else _now_ms()
 
 
 def _as_tensor(array: Any) -> Any:
