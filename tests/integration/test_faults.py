@@ -36,7 +36,9 @@ space:
 fixed: {{optimizer: sgd, momentum: 0.9, batch_size: 16, hidden_units: 256, layers: 3}}
 search: {{num_trials: {trials}, seed: 0, max_concurrent: 2}}
 scheduler: {{kind: fifo, max_epochs: 30}}
-storage: {{checkpoint_every_s: 0.3, max_failures: {max_failures}}}
+# A report per epoch: the kill must find a trial mid-way, which a batch of epochs (the
+# default report_every_s of 1 s) can hide when a whole trial trains within one batch.
+storage: {{checkpoint_every_s: 0.3, report_every_s: 0, max_failures: {max_failures}}}
 {tracking}
 """
 
