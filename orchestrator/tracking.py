@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from orchestrator.defaults import apply_environment_defaults
 from orchestrator.errors import TrackingError
 from orchestrator.history import SweepHistory
+from orchestrator.sqlite_seed import seed_new_sqlite_store
 
 apply_environment_defaults()  # before MLflow is imported
 
@@ -108,6 +109,7 @@ class SweepTracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = absolute_uri(uri)
         check_reachable(self.uri)
+        seed_new_sqlite_store(self.uri)  # a new SQLite store without MLflow's migrations
         self._client = MlflowClient(tracking_uri=self.uri)
         try:
             found = self._client.get_experiment_by_name(experiment)

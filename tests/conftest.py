@@ -36,3 +36,10 @@ def run_caviar(
 @pytest.fixture
 def caviar_cmd() -> str:
     return CAVIAR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _caviar_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One cache folder for the whole run (the migrated SQLite template is built once), and
+    none of it in the user's home. Set in os.environ, so every ``caviar`` process inherits it."""
+    os.environ["CAVIAR_CACHE_DIR"] = str(tmp_path_factory.mktemp("caviar-cache"))
