@@ -306,4 +306,9 @@ def read_caviar_journal(storage_dir: Path) -> SweepRead:
                 outcome=trial.outcome or "unknown",
             )
         )
-    return SweepRead(trials)
+    read = SweepRead(trials)
+    # Worker processes that ran trials: one per slot when every actor was reused.
+    pids = {e["worker_pid"] for t in state.trials.values() for e in t.history if "worker_pid" in e}
+    if pids:
+        read.extra["worker_processes"] = len(pids)
+    return read

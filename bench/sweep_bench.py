@@ -107,9 +107,9 @@ def run_caviar(ctx: Context, workdir: Path, **env: str) -> tuple[Timed, SweepRea
     )
     read = read_caviar(workdir / "mlflow.db", str(ctx.spec["name"]))
     # The same span from the journal, to compare with caviar_untracked (which has no runs).
-    read.extra["sweep_wall_journal_s"] = sweep_wall_s(
-        read_caviar_journal(workdir / "caviar_runs").trials
-    )
+    journal = read_caviar_journal(workdir / "caviar_runs")
+    read.extra["sweep_wall_journal_s"] = sweep_wall_s(journal.trials)
+    read.extra.update({k: v for k, v in journal.extra.items() if k == "worker_processes"})
     return timed, read
 
 

@@ -30,7 +30,7 @@ EPOCH_METRICS = (
     "epoch_seconds",
     "learning_rate",
 )
-RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "ended_at")
+RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "worker_pid", "ended_at")
 
 
 class SweepObserver(Callback):

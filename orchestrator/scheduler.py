@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from orchestrator.journal import Journal
+from orchestrator.trial_choice import NewestPendingFirst
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,9 @@ class _Key:
     trial_id: str
 
 
-class JournaledASHA(ASHAScheduler):
-    """``ASHAScheduler`` whose bookkeeping survives a resume."""
+class JournaledASHA(NewestPendingFirst, ASHAScheduler):
+    """``ASHAScheduler`` whose bookkeeping survives a resume (and which starts the newest
+    waiting trial first: see ``trial_choice.py``)."""
 
     def __init__(self, index_of: Mapping[str, int], **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -267,10 +267,28 @@ def build_searcher(
     Always behind a ``ConcurrencyLimiter``: for any searcher but its own, Tune keeps a single
     trial pending unless a limiter says how many may run, which on a 2-core machine meant one
     trial at a time. ``slots`` is how many trials the cluster fits at once.
+
+    The limit is :func:`live_trials` (a trial waiting per slot), not ``slots``: see there.
     """
     searcher = RoundSearcher(spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id)
-    limit = spec.search.max_concurrent or slots
+    limit = spec.search.max_concurrent or live_trials(slots)
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, limit)), searcher
+
+
+def live_trials(slots: int) -> int:
+    """Trials Tune may hold at once: one running and one waiting per slot.
+
+    Tune keeps a finished trial's actor for reuse only while a trial waits to take it (or
+    while it is the only actor cached), and it gives a warm actor to a waiting trial in
+    preference to that trial's own actor still starting, which it then kills. Both go wrong
+    when the next trial is asked for only after one ends (a limit of ``slots``): an actor that
+    finishes while another sits cached is stopped, and a trial whose actor is starting takes
+    the warm one instead (``trial_choice.py``). Either way a new actor pays a process start and
+    torch's import (about 3 s here) while its slot trains nothing. A waiting trial per slot
+    avoids both. The waiting trials are drawn in the same order (the plan is fixed by the
+    seed) and run only when a slot frees; the cluster's resources still cap how many run.
+    """
+    return 2 * max(1, slots)
 
 
 def concurrent_slots(

@@ -27,7 +27,7 @@ apply_environment_defaults()  # before Ray and Tune are imported
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
+from ray.tune.schedulers import TrialScheduler  # noqa: E402
 
 import trainables  # noqa: E402
 from orchestrator import live  # noqa: E402
@@ -50,6 +50,7 @@ from orchestrator.space import SearchSpace  # noqa: E402
 from orchestrator.spec import AshaScheduler, SweepSpec  # noqa: E402
 from orchestrator.tracking import SweepTracker, ui_command  # noqa: E402
 from orchestrator.trial import CaviarTrainable, load_trial_state  # noqa: E402
+from orchestrator.trial_choice import NewestFirstFIFO  # noqa: E402
 from orchestrator.zoom import region_as_dict  # noqa: E402
 from trainables import DataSplits, TensorSplits, get_trainable  # noqa: E402
 
@@ -403,7 +404,7 @@ def _scheduler(spec: SweepSpec, index_of: Mapping[str, int]) -> TrialScheduler:
             reduction_factor=spec.scheduler.reduction_factor,
             brackets=spec.scheduler.brackets,
         )
-    return FIFOScheduler()
+    return NewestFirstFIFO()
 
 
 def _report_at(spec: SweepSpec) -> tuple[int, ...]:

@@ -52,6 +52,7 @@ class CaviarTrainable(tune.Trainable):
         torch.set_num_threads(max(1, int(cpus)))
         self._device = _device()
         self._node = _node_id()  # an actor never moves: ask Ray once, not every epoch
+        self._pid = os.getpid()  # journaled: shows which worker process ran each trial
         self._tensors = TensorSplits.from_splits(data, self._device)
         self._last_result: dict[str, Any] = {}
         self._start(config)
@@ -81,6 +82,7 @@ class CaviarTrainable(tune.Trainable):
         while True:
             epoch = dict(self._session.step())
             epoch["node_id"] = self._node
+            epoch["worker_pid"] = self._pid
             epoch["ended_at"] = time.time()
             epochs.append(epoch)
             if self._must_report(epoch) or time.monotonic() >= deadline:

@@ -7,6 +7,9 @@ reused on its own. Importing it registers the built-in trainables.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from trainables.arrays import load_npz
 from trainables.config import MlpConfig
 from trainables.data import (
@@ -20,7 +23,6 @@ from trainables.data import (
 )
 from trainables.idx import read_idx
 from trainables.images import IMAGE_DATASETS, ImageData, load_images
-from trainables.model import BnSoftmaxMLP, recompute_population_statistics
 from trainables.registry import (
     TrainableDefinition,
     UnknownTrainableError,
@@ -29,7 +31,35 @@ from trainables.registry import (
     trainable_names,
 )
 from trainables.tabular import TABLE_FORMATS, load_table
-from trainables.train import TensorSplits, TrainingSession, fit, learning_rate_at
+
+if TYPE_CHECKING:
+    from trainables.model import BnSoftmaxMLP, recompute_population_statistics
+    from trainables.train import TensorSplits, TrainingSession, fit, learning_rate_at
+
+# The names that need torch, imported on first use (PEP 562): the driver validates a spec and
+# starts Ray before it pays torch's import, and a spec check alone never pays it.
+_TORCH_NAMES = {
+    "BnSoftmaxMLP": "trainables.model",
+    "recompute_population_statistics": "trainables.model",
+    "TensorSplits": "trainables.train",
+    "TrainingSession": "trainables.train",
+    "fit": "trainables.train",
+    "learning_rate_at": "trainables.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _TORCH_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainables' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TORCH_NAMES})
+
 
 __all__ = [
     "BUNDLED_DATASETS",

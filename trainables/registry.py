@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
-import torch
 
 from trainables.config import MlpConfig
-from trainables.train import TensorSplits, TrainingSession
+
+if TYPE_CHECKING:  # torch is imported by the sessions, not by looking a trainable up
+    import torch
+
+    from trainables.train import TensorSplits, TrainingSession
 
 __all__ = [
     "BN_SOFTMAX_MLP",
@@ -107,6 +110,16 @@ def trainable_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def _bn_softmax_mlp_session(
+    config: Mapping[str, Any], tensors: TensorSplits, device: torch.device | str
+) -> TrainingSession:
+    """The MLP's training session, imported when a trial needs it: validating a spec against
+    the registry must not cost torch's import (a second, on the path to Ray's start)."""
+    from trainables.train import TrainingSession
+
+    return TrainingSession(config, tensors, device)
+
+
 BN_SOFTMAX_MLP = TrainableDefinition(
     name="bn_softmax_mlp",
     description=(
@@ -120,7 +133,7 @@ BN_SOFTMAX_MLP = TrainableDefinition(
         "train_accuracy": "max",
         "train_loss": "min",
     },
-    make_session=TrainingSession,
+    make_session=_bn_softmax_mlp_session,
 )
 
 register(BN_SOFTMAX_MLP)

@@ -57,3 +57,24 @@ def test_a_trial_worker_does_not_import_scikit_learn() -> None:
     code = "import sys, trainables; print('sklearn' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_checking_a_spec_does_not_import_torch() -> None:
+    """``caviar run`` validates the spec, then starts Ray on a thread, then pays the heavy
+    imports: torch in the spec check would hold Ray's start back by a second."""
+    import subprocess
+
+    spec = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
+    code = (
+        "import sys\n"
+        "from orchestrator.spec import load_spec\n"
+        "from orchestrator.datasets import check_data_files\n"
+        f"spec = load_spec({str(spec)!r})\n"
+        "check_data_files(spec.data, None)\n"
+        "assert spec.trainable == 'bn_softmax_mlp'\n"
+        "print('torch' in sys.modules)\n"
+        "import trainables\n"
+        "print(trainables.TrainingSession.__module__, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "trainables.train", "True"]

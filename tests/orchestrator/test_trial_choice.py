@@ -1,0 +1,55 @@
+"""The scheduler starts the newest waiting trial, so a warm actor goes to a trial whose own
+actor is only queued, never to one whose actor is already starting (trial_choice.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.tune.experiment import Trial
+
+from orchestrator.scheduler import JournaledASHA
+from orchestrator.search import live_trials
+from orchestrator.trial_choice import NewestFirstFIFO
+
+
+@dataclass
+class _Trial:
+    name: str
+    status: str
+
+
+class _Controller:
+    def __init__(self, *trials: _Trial) -> None:
+        self.trials = list(trials)
+
+    def get_trials(self) -> list[_Trial]:
+        return self.trials
+
+
+def _schedulers() -> list[object]:
+    asha = JournaledASHA({}, metric="val_accuracy", mode="max", time_attr="epoch", max_t=9)
+    return [asha, NewestFirstFIFO()]
+
+
+def test_the_newest_pending_trial_is_chosen() -> None:
+    controller = _Controller(
+        _Trial("a", Trial.TERMINATED),
+        _Trial("b", Trial.RUNNING),
+        _Trial("c", Trial.PENDING),  # its actor may be starting
+        _Trial("d", Trial.PENDING),  # its actor only queued
+        _Trial("e", Trial.RUNNING),
+    )
+    for scheduler in _schedulers():
+        assert scheduler.choose_trial_to_run(controller).name == "d"
+
+
+def test_paused_trials_come_after_pending_ones_and_none_is_none() -> None:
+    paused = _Controller(_Trial("a", Trial.PAUSED), _Trial("b", Trial.RUNNING))
+    idle = _Controller(_Trial("a", Trial.TERMINATED), _Trial("b", Trial.RUNNING))
+    for scheduler in _schedulers():
+        assert scheduler.choose_trial_to_run(paused).name == "a"
+        assert scheduler.choose_trial_to_run(idle) is None
+
+
+def test_a_waiting_trial_per_slot() -> None:
+    assert [live_trials(slots) for slots in (0, 1, 2, 8)] == [2, 2, 4, 16]
