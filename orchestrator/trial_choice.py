@@ -12,9 +12,11 @@ actor processes instead of 2, one trial running at a time, the sweep twice as lo
 
 Choosing the newest waiting trial gives the warm actor to a trial whose own actor is only
 queued for resources (nothing started, nothing lost), and the starting actor keeps its trial.
-It needs a second waiting trial, which :func:`orchestrator.search.live_trials` provides. Trials
-still start in order within a slot's worth of waiting trials; ASHA's decisions, made on
-results, are unchanged.
+It needs a second waiting trial, which :func:`orchestrator.search.live_trials` provides.
+
+The cost is order, not work: a trial that was waiting while newer ones took the warm actors
+runs when no newer trial waits, at the end of its round (in the benchmark sweep, trials 1 and
+2 of 64 ran last). What runs is unchanged; ASHA judges those trials against fuller rungs.
 """
 
 from __future__ import annotations
