@@ -103,9 +103,40 @@ def _without_monitors() -> Iterator[None]:
 
     parameter.RayParams.__init__ = lean  # type: ignore[method-assign]
     try:
-        yield
+        with _without_api_server():
+            yield
     finally:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _without_api_server() -> Iterator[None]:
+    """``ray.init`` without the dashboard's API server process.
+
+    With ``include_dashboard=False`` Ray 2.60 still starts ``dashboard.py`` with only its
+    usage-stats module (off here) and then polls, inside ``ray.init``, until that Python
+    process has imported its web stack and published its address: seconds on the critical
+    path of a sweep's start, and a core's worth of CPU while the driver and the first trial
+    workers start. An embedded sweep uses neither the dashboard nor the job API (``caviar
+    submit`` talks to a cluster started by ``ray start``, which this does not touch). Ray
+    already treats a head node without a web UI address as having no dashboard. If Ray's
+    node stops having this method, the start goes ahead with the server, as before.
+    """
+    from ray._private import node
+
+    original = getattr(node.Node, "start_api_server", None)
+    if original is None:
+        yield
+        return
+
+    def skipped(self: Any, **kwargs: Any) -> None:
+        self._webui_url = None
+
+    node.Node.start_api_server = skipped  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = original  # type: ignore[method-assign]
 
 
 class _BackgroundStart:

@@ -1,4 +1,5 @@
-"""The embedded Ray a sweep starts: a working cluster without the monitors it cannot use."""
+"""The embedded Ray a sweep starts: a working cluster without the monitors and the dashboard's
+API server it cannot use."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 START = """
 import json
 import ray
-from ray._private import parameter
+from ray._private import node as ray_node, parameter
 from orchestrator import raystart
 
 before = parameter.RayParams.__init__
+api_server_before = ray_node.Node.start_api_server
 raystart.prepare_environment()
 raystart.init_ray()
 
@@ -33,12 +35,14 @@ print(json.dumps({
     "processes": sorted(node.all_processes),
     "squares": ray.get([square.remote(i) for i in range(4)]),
     "restored": parameter.RayParams.__init__ is before,
+    "api_server_restored": ray_node.Node.start_api_server is api_server_before,
+    "dashboard_url": ray.get_runtime_context().get_node_id() and node.webui_url,
 }))
 ray.shutdown()
 """
 
 
-def test_a_local_cluster_starts_without_the_autoscaler_and_log_monitors() -> None:
+def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> None:
     out = subprocess.run(
         [sys.executable, "-c", START],
         cwd=REPO,
@@ -51,5 +55,8 @@ def test_a_local_cluster_starts_without_the_autoscaler_and_log_monitors() -> Non
     started = json.loads(out.stdout.strip().splitlines()[-1])
     assert started["squares"] == [0, 1, 4, 9]
     assert {"gcs_server", "raylet"} <= set(started["processes"])
-    assert not {"monitor", "log_monitor"} & set(started["processes"]), started["processes"]
-    assert started["restored"]
+    assert not {"monitor", "log_monitor", "dashboard"} & set(started["processes"]), started[
+        "processes"
+    ]
+    assert started["dashboard_url"] is None  # Ray knows it has no dashboard
+    assert started["restored"] and started["api_server_restored"]
