@@ -7,15 +7,20 @@ from dataclasses import dataclass
 
 from ray.tune.experiment import Trial
 
+from orchestrator import trial_choice
 from orchestrator.scheduler import JournaledASHA
 from orchestrator.search import live_trials
-from orchestrator.trial_choice import NewestFirstFIFO
+from orchestrator.trial_choice import PASSED_OVER_LIMIT_S, NewestFirstFIFO
 
 
 @dataclass
 class _Trial:
     name: str
     status: str
+
+    @property
+    def trial_id(self) -> str:
+        return self.name
 
 
 class _Controller:
@@ -53,3 +58,21 @@ def test_paused_trials_come_after_pending_ones_and_none_is_none() -> None:
 
 def test_a_waiting_trial_per_slot() -> None:
     assert [live_trials(slots) for slots in (0, 1, 2, 8)] == [2, 2, 4, 16]
+
+
+def test_a_trial_passed_over_for_too_long_goes_first(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(trial_choice.time, "monotonic", lambda: clock[0])
+    for scheduler in _schedulers():
+        clock[0] = 1000.0
+        b, c = _Trial("b", Trial.PENDING), _Trial("c", Trial.PENDING)
+        controller = _Controller(_Trial("a", Trial.RUNNING), b, c)
+        assert scheduler.choose_trial_to_run(controller) is c
+        c.status = Trial.RUNNING  # c took the warm actor; d arrives
+        controller.trials.append(_Trial("d", Trial.PENDING))
+        clock[0] += PASSED_OVER_LIMIT_S - 1
+        assert scheduler.choose_trial_to_run(controller).name == "d"
+        clock[0] += 1  # b has now waited the limit
+        assert scheduler.choose_trial_to_run(controller) is b
+        b.status = Trial.RUNNING  # b runs; d is the oldest waiting, and newly so
+        assert scheduler.choose_trial_to_run(controller).name == "d"
