@@ -1,8 +1,8 @@
 """A new SQLite tracking store, copied from an empty one already migrated, not migrated anew.
 
 MLflow creates a SQLite store by running its whole chain of schema migrations (dozens of
-alembic revisions, each rebuilding tables): 1.4-2.4 s of driver CPU, on the critical path of
-every sweep that starts in a new folder, longer than Ray takes to start. For one MLflow
+alembic revisions, each rebuilding tables): 1.4-2.4 s of driver CPU at the start of every
+sweep in a new folder, on two cores shared with Ray's start and the first trials. For one MLflow
 release the outcome is always the same empty schema, so caviar migrates once per release into
 a per-user cache and copies that file (milliseconds) wherever a new store is needed.
 
