@@ -9,10 +9,12 @@ scheduler holds exactly the rungs it held when the sweep was killed.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from orchestrator.journal import Journal
@@ -30,9 +32,10 @@ class JournaledASHA(NewestPendingFirst, ASHAScheduler):
     """``ASHAScheduler`` whose bookkeeping survives a resume (and which starts the newest
     waiting trial first: see ``trial_choice.py``)."""
 
-    def __init__(self, index_of: Mapping[str, int], **kwargs: Any) -> None:
+    def __init__(self, index_of: Mapping[str, int], seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index_of = index_of  # the searcher's live map: Ray trial id -> caviar index
+        self.seed = seed
         self.journal: Journal | None = None
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -80,7 +83,7 @@ class JournaledASHA(NewestPendingFirst, ASHAScheduler):
         controller); returns the decision for a result."""
         if op == "add":
             if key.trial_id not in self._trial_info:  # a continued trial keeps its bracket
-                super().on_trial_add(None, key)
+                self._trial_info[key.trial_id] = self._brackets[self._bracket_of(key)]
         elif op == "result":
             return str(super().on_trial_result(None, key, result))
         elif op == "complete":
@@ -89,6 +92,16 @@ class JournaledASHA(NewestPendingFirst, ASHAScheduler):
         elif op == "remove":
             self._trial_info.pop(key.trial_id, None)
         return None
+
+    def _bracket_of(self, key: _Key) -> int:
+        """The trial's bracket, with ASHA's probabilities (brackets with more rungs likelier),
+        drawn from a generator seeded by the sweep seed and the trial's index: the same trial
+        gets the same bracket live and replayed, whatever other trials drew before it."""
+        sizes = np.array([len(bracket._rungs) for bracket in self._brackets])
+        weights = np.e ** (sizes - sizes.max())
+        trial = int(key.trial_id) if key.trial_id.isdigit() else zlib.crc32(key.trial_id.encode())
+        rng = np.random.default_rng([self.seed, trial])
+        return int(rng.choice(len(self._brackets), p=weights / weights.sum()))
 
     def _key(self, trial: Any) -> _Key:
         index = self.index_of.get(trial.trial_id)

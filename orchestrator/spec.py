@@ -852,6 +852,16 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
     return parse_spec_text(text, source)
 
 
+# A spec is a few levels deep (section, parameter, field, list); anything far deeper is not a
+# spec, and refusing it early keeps every later walk of the data clear of Python's recursion limit.
+MAX_SPEC_DEPTH = 32
+_TOO_DEEP = (
+    f"nests deeper than {MAX_SPEC_DEPTH} levels; a spec is a few levels deep "
+    "(section, parameter, field): check for unbalanced brackets, a pasted data structure or "
+    "a YAML alias (*name) used inside its own anchor (&name)"
+)
+
+
 def parse_spec_text(text: str, source: str | None = None) -> SweepSpec:
     try:
         data = yaml.safe_load(text)  # safe: a spec can never construct Python objects
@@ -860,6 +870,10 @@ def parse_spec_text(text: str, source: str | None = None) -> SweepSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise SpecError([Problem("", f"invalid YAML: {where}{problem}")], source) from None
+    except RecursionError:  # the YAML parser recurses once per nesting level
+        raise SpecError([Problem("", _TOO_DEEP)], source) from None
+    if _depth(data) > MAX_SPEC_DEPTH:
+        raise SpecError([Problem("", _TOO_DEEP)], source)
     if data is None:
         raise SpecError([Problem("", "is empty; a spec needs at least name and space")], source)
     if not isinstance(data, dict):
@@ -867,6 +881,23 @@ def parse_spec_text(text: str, source: str | None = None) -> SweepSpec:
             [Problem("", f"must be a mapping of sections, got a {type(data).__name__}")], source
         )
     return parse_spec(data, source)
+
+
+def _depth(data: object) -> int:
+    """How many mappings and lists deep ``data`` nests, walked without recursion; the walk
+    stops past ``MAX_SPEC_DEPTH``, so a YAML alias that contains itself ends it too."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(data, 0)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_SPEC_DEPTH:
+            break
+        if isinstance(value, dict):
+            stack.extend((child, level + 1) for child in value.values())
+        elif isinstance(value, list):
+            stack.extend((child, level + 1) for child in value)
+    return deepest
 
 
 def parse_spec(data: Mapping[str, Any], source: str | None = None) -> SweepSpec:

@@ -59,6 +59,9 @@ from trainables import DataSplits, TensorSplits, get_trainable  # noqa: E402
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
+TOP_TRIALS_COMPARED = 5  # the summary's compare link shows this many of the best trials
+
+
 @dataclass
 class SweepResult:
     """What a finished sweep produced; everything the summary prints comes from here."""
@@ -69,6 +72,7 @@ class SweepResult:
     tracking_uri: str
     parent_run_id: str
     storage_dir: Path
+    experiment_id: str
     metric: str
     mode: str
     records: list[TrialRecord]
@@ -82,6 +86,8 @@ class SweepResult:
     importance: dict[str, float] = field(default_factory=dict)
     best_by_round: dict[int, tuple[int, float | None]] = field(default_factory=dict)
     median_by_round: dict[int, float] = field(default_factory=dict)
+    # MLflow run ids of the best-ranked trials, best first (the UI's compare view).
+    ranked_run_ids: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -156,6 +162,7 @@ def run_sweep(
         tracking_uri=tracker.uri,
         parent_run_id=parent_run_id,
         storage_dir=run_dir,
+        experiment_id=tracker.experiment_id,
         metric=spec.objective.metric,
         mode=spec.mode,
         records=[],
@@ -175,6 +182,8 @@ def run_sweep(
             result.best = best[0]
             tracker.flush()
             result.best_run_id = tracker.child_run_id(str(result.best.index))
+            top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
+            result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
             _test_best(spec, data, result, tracker)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -396,6 +405,7 @@ def _scheduler(spec: SweepSpec, index_of: Mapping[str, int]) -> TrialScheduler:
     if isinstance(spec.scheduler, AshaScheduler):
         return JournaledASHA(
             index_of,
+            seed=spec.search.seed,
             metric=spec.objective.metric,
             mode=spec.mode,
             time_attr="epoch",

@@ -181,3 +181,46 @@ def test_syntax_errors_empty_binary_and_unsafe_yaml(
 def test_the_base_spec_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _validate(tmp_path, yaml.safe_dump(BASE), capsys)
     assert code == 0, err
+
+
+@st.composite
+def deeply_nested_texts(draw: st.DrawFn) -> str:
+    """A valid spec whose one value nests far deeper than any spec: flow lists, flow mappings
+    or block mappings, a few dozen to a few thousand levels (past Python's recursion limit)."""
+    depth = draw(st.integers(min_value=33, max_value=3000))
+    style = draw(st.sampled_from(["flow_list", "flow_map", "block_map"]))
+    if style == "flow_list":
+        value = "[" * depth + "1" + "]" * depth
+    elif style == "flow_map":
+        value = "{a: " * depth + "1" + "}" * depth
+    else:
+        value = "".join("\n" + "  " * (level + 2) + "a:" for level in range(depth)) + " 1"
+    where = draw(st.sampled_from(["space.learning_rate.low", "fixed.optimizer", "data.seed"]))
+    section, *rest = where.split(".")
+    spec = copy.deepcopy(BASE)
+    node = spec[section]
+    for key in rest[:-1]:
+        node = node[key]
+    node[rest[-1]] = "NESTED"
+    text = yaml.safe_dump(spec, default_flow_style=False, sort_keys=False)
+    return text.replace("NESTED", value, 1)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=deeply_nested_texts())
+def test_deeply_nested_values_exit_2_with_one_message(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _validate(tmp_path, text, capsys)
+    assert code == 2, err[-500:]
+    assert "Traceback" not in err and "RecursionError" not in err
+    assert "nests deeper than" in err and len(err.splitlines()) <= 40
+
+
+def test_an_alias_inside_its_own_anchor_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _validate(tmp_path, "name: x\nspace: &loop {lr: *loop}\n", capsys)
+    assert code == 2 and "nests deeper than" in err, err
