@@ -21,6 +21,7 @@ import numpy as np
 from orchestrator.history import SweepHistory, TrialHistory
 from orchestrator.importance import ScoredTrial, parameter_importance, value_at_first_rung
 from orchestrator.space import ChoiceDomain, Domain, GridDomain, RangeDomain
+from orchestrator.ui_links import SweepLinks, labelled, run_page, sweep_links
 
 ROUND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 TOP_TRIALS = 10
@@ -58,6 +59,12 @@ def rank_trials(history: SweepHistory, trials: Sequence[TrialHistory]) -> list[T
         ),
         reverse=True,
     )
+
+
+def ui_links(history: SweepHistory, ui_base: str) -> SweepLinks:
+    """The sweep's runs table and a compare view of its best trials, in ``rank_trials`` order."""
+    ranked = [t.run_id for t in rank_trials(history, history.trials)]
+    return sweep_links(ui_base, history.experiment_id, ranked)
 
 
 def analyse(history: SweepHistory) -> Report:
@@ -100,8 +107,17 @@ def analyse(history: SweepHistory) -> Report:
     return Report(importance, by_round, best, medians)
 
 
-def write_report(history: SweepHistory, out_dir: Path, ui_base: str | None = None) -> Report:
-    """Write the PNGs and ``report.html`` into ``out_dir``; returns what was found."""
+def write_report(
+    history: SweepHistory,
+    out_dir: Path,
+    ui_base: str | None = None,
+    ui_command: str | None = None,
+) -> Report:
+    """Write the PNGs and ``report.html`` into ``out_dir``; returns what was found.
+
+    With ``ui_base`` the page links each run, the runs table and the best trials compared in
+    the MLflow UI there; ``ui_command`` (how to start that UI) is shown beside the links.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +130,7 @@ def write_report(history: SweepHistory, out_dir: Path, ui_base: str | None = Non
     ]
     report.files = [p for p in pictures if p is not None]
     page = out_dir / "report.html"
-    page.write_text(_html(history, report, ui_base))
+    page.write_text(_html(history, report, ui_base, ui_command))
     report.files.append(page)
     return report
 
@@ -317,14 +333,27 @@ def _plot_importance(report: Report, path: Path) -> Path | None:
 # --- the page ----------------------------------------------------------------------------
 
 
-def _html(history: SweepHistory, report: Report, ui_base: str | None) -> str:
+def _html(
+    history: SweepHistory, report: Report, ui_base: str | None, ui_command: str | None
+) -> str:
     esc = html.escape
 
     def link(t: TrialHistory) -> str:
         if not ui_base:
             return esc(t.run_id)
-        url = f"{ui_base.rstrip('/')}/#/experiments/{history.experiment_id}/runs/{t.run_id}"
+        url = run_page(ui_base, history.experiment_id, t.run_id)
         return f'<a href="{esc(url)}">{esc(t.run_id[:8])}</a>'
+
+    ui_paragraph = ""
+    if ui_base:
+        anchors = " · ".join(
+            f'<a href="{esc(url)}">{esc(label)}</a>'
+            for label, url in labelled(ui_links(history, ui_base))
+        )
+        where = f"<code>{esc(ui_base)}</code>"
+        if ui_command and not history.tracking_uri.startswith(("http://", "https://")):
+            where += f"; start it with <code>{esc(ui_command)}</code>"
+        ui_paragraph = f"<p>In the MLflow UI (at {where}): {anchors}</p>"
 
     rows_rounds = "".join(
         f"<tr><td>{r}</td><td>{esc(_region_text(_region(history, r)))}</td>"
@@ -369,6 +398,7 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} figure {{ margin: 1.5em
 <p>Parent run <code>{esc(history.parent_run_id)}</code> in <code>{esc(history.tracking_uri)}</code>.
 {len(history.trials)} trials ({esc(counts)}); objective: {esc(history.mode)} {esc(history.metric)}
 {f"; best model's test accuracy {test:.4f}" if test is not None else ""}.</p>
+{ui_paragraph}
 <h2>Rounds</h2>
 <table><tr><th>round</th><th>region</th><th>best {esc(history.metric)}</th>
 <th>median of completed</th><th>trial</th>

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import TextIO
 
-from orchestrator.report import write_report
+from orchestrator.report import ui_links, write_report
 from orchestrator.spec import DEFAULT_TRACKING_URI
-from orchestrator.tracking import read_sweep, ui_base
+from orchestrator.tracking import read_sweep, ui_command
+from orchestrator.ui_links import labelled_line, text_lines, ui_base
 
 
-def report_command(sweep: str, tracking_uri: str | None, out: Path | None) -> Path:
-    """Write the report of ``sweep`` (experiment name or parent run id); returns the HTML page."""
+def report_command(
+    sweep: str, tracking_uri: str | None, out: Path | None, stream: TextIO | None = None
+) -> Path:
+    """Write the report of ``sweep`` (experiment name or parent run id); returns the HTML page.
+
+    Prints (to ``stream``, default stdout) how to open the MLflow UI and the direct links to
+    the sweep's runs table and its best trials compared, the same links the page carries.
+    """
+    stream = stream or sys.stdout
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     history = read_sweep(uri, sweep)
     folder = out or Path(f"caviar_report_{history.name}")
-    report = write_report(history, folder, ui_base(history.tracking_uri))
+    command = ui_command(history.tracking_uri)
+    base = ui_base(history.tracking_uri, command)
+    report = write_report(history, folder, base, command)
+    lines = [labelled_line("open the UI", command), *text_lines(ui_links(history, base))]
+    print("\n".join(lines), file=stream)
     return next(p for p in report.files if p.suffix == ".html")

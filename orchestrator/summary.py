@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.sweep import SweepResult
+from orchestrator.ui_links import sweep_links, text_lines, ui_base
 
 
 def format_summary(result: SweepResult) -> str:
@@ -47,6 +48,7 @@ def format_summary(result: SweepResult) -> str:
         f"  MLflow:          experiment {result.experiment!r}, parent run {result.parent_run_id}",
         f"                   store {result.tracking_uri}",
         f"  open the UI:     {result.ui_command}",
+        *_link_lines(result),
         f"  Ray results:     {result.storage_dir}",
     ]
     if result.undelivered:
@@ -54,6 +56,15 @@ def format_summary(result: SweepResult) -> str:
             f"  WARNING: {len(result.undelivered)} MLflow writes failed: {result.undelivered[:3]}"
         )
     return "\n".join(line for line in lines if line != "")
+
+
+def _link_lines(result: SweepResult) -> list[str]:
+    """Direct links past the UI's GenAI landing page: the runs table and the best trials."""
+    if not result.experiment_id:
+        return []
+    base = ui_base(result.tracking_uri, result.ui_command)
+    links = sweep_links(base, result.experiment_id, result.ranked_run_ids)
+    return text_lines(links, indent="  ")
 
 
 def _fmt(value: object) -> str:
