@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.errors import CaviarError
+from orchestrator.errors import CaviarError, SweepInterrupted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,11 +22,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
+    except SweepInterrupted as interrupted:  # not an error: the sweep can be resumed
+        print(f"caviar: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
     except CaviarError as error:
         print(f"caviar: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("\ncaviar: interrupted; what finished is in MLflow", file=sys.stderr)
+    except KeyboardInterrupt:  # before a sweep began, or a second Ctrl-C while one cleans up
+        if args.command == "run":
+            print(
+                "\ncaviar: stopped at once; every trial result is in the sweep's journal, and "
+                f"a resume sends MLflow what it lacks: caviar run {args.spec} --resume",
+                file=sys.stderr,
+            )
+        else:
+            print("\ncaviar: interrupted", file=sys.stderr)
         return 130
 
 

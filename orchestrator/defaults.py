@@ -18,6 +18,10 @@ ENVIRONMENT_DEFAULTS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Ctrl-C reaches caviar as KeyboardInterrupt. Tune's own handler would end the run as if
+    # it had finished (and print a Tuner.restore hint a caviar user cannot follow); caviar
+    # ends the sweep as interrupted, resumable with `caviar run SPEC --resume`.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
     # A tracking server that is away fails a write fast; caviar's writer retries it later.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",

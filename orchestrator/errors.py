@@ -53,3 +53,13 @@ class TrackingError(CaviarError):
 
 class SweepError(CaviarError):
     """The sweep could not run to completion for a reason outside the spec."""
+
+
+class SweepInterrupted(CaviarError):
+    """The user stopped the sweep (Ctrl-C, SIGTERM, ``caviar stop``); it can be resumed.
+
+    Not a failure: what finished is journaled and in MLflow, and the message says how many
+    trials remain and the exact command that finishes them.
+    """
+
+    exit_code = 130

@@ -16,7 +16,6 @@ import inspect
 import logging
 import os
 import secrets
-import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -69,6 +68,9 @@ def init_ray() -> None:
         return
     with _without_monitors():
         ray.init(
+            # A new Ray of this sweep's own, even when `ray start` left a cluster running on
+            # this machine (a bare ray.init() would join it): only RAY_ADDRESS joins a cluster.
+            address="local",
             include_dashboard=False,
             log_to_driver=False,
             logging_level="WARNING",
@@ -171,8 +173,10 @@ def _drop_thread_warning(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_NOT_MAIN_THREAD_WARNING)
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:  # ray.init's own handler
-    sys.exit(signum)
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (``caviar stop``, ``ray job stop``, a scheduler's kill) ends a sweep as Ctrl-C
+    does: interrupted and resumable, its MLflow runs closed by the ``finally`` blocks."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 _worker_log = logging.getLogger("ray._private.worker")
@@ -189,8 +193,8 @@ def start_in_background() -> None:
     if _pending is not None or ray.is_initialized():
         return
     prepare_environment()
-    # ray.init installs this SIGTERM handler (SIGTERM -> SystemExit, so `finally` blocks end
-    # the MLflow runs) only when called on the main thread, and logs a warning otherwise.
+    # ray.init installs a SIGTERM handler only when called on the main thread (and logs a
+    # warning otherwise); caviar's own makes SIGTERM an interruption, like Ctrl-C.
     from ray._private.utils import set_sigterm_handler
 
     set_sigterm_handler(_sigterm)

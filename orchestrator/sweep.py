@@ -33,7 +33,7 @@ import trainables  # noqa: E402
 from orchestrator import live  # noqa: E402
 from orchestrator.callbacks import SweepObserver  # noqa: E402
 from orchestrator.datasets import class_names_param, load_data  # noqa: E402
-from orchestrator.errors import SweepError  # noqa: E402
+from orchestrator.errors import SweepError, SweepInterrupted  # noqa: E402
 from orchestrator.journal import JOURNAL, Journal, read_journal  # noqa: E402
 from orchestrator.progress import ProgressLine  # noqa: E402
 from orchestrator.ranking import asha_rung_epochs, ranked, rung_milestones  # noqa: E402
@@ -120,8 +120,7 @@ def run_sweep(
         run_dir, marker = pick_for_resume(storage_root, spec.spec_hash())
         sweep_id = marker.sweep_id
     else:
-        shown = spec_filename if spec_dir is None else str(Path(spec_dir) / spec_filename)
-        refuse_if_unfinished(storage_root, shown)
+        refuse_if_unfinished(storage_root, _shown_spec(spec_filename, spec_dir))
         sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         run_dir = storage_root / sweep_id
 
@@ -188,7 +187,12 @@ def run_sweep(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        print(
+            "\ncaviar: interrupted: stopping the trials and saving what finished "
+            "(Ctrl-C again stops at once; nothing already journaled is lost)",
+            file=stream,
+            flush=True,
+        )
     finally:
         # Nothing below needs Ray (the best checkpoint is read inside the try; the report
         # reads MLflow): its shutdown overlaps the summary and the report.
@@ -200,7 +204,10 @@ def run_sweep(
         tracker.close()
         if observer is not None and status == "FINISHED":
             tracker.finalize_children({str(r.index): r.outcome for r in result.records})
-        tracker.log_summary(_summary_metrics(result), _summary_tags(result))
+        if status == "KILLED":
+            tracker.interrupt_children()
+        if status != "KILLED":  # an interrupted sweep's totals come when --resume ends it
+            tracker.log_summary(_summary_metrics(result), _summary_tags(result))
         if status == "FINISHED":
             _report(result, tracker, stream)
         tracker.end_sweep(status)
@@ -210,7 +217,27 @@ def run_sweep(
         live.unregister(sweep_id)
         if ray_down is not None:
             ray_down.result()
+    if status == "KILLED":
+        raise SweepInterrupted(
+            _interrupted_message(spec, result, _shown_spec(spec_filename, spec_dir))
+        )
     return result
+
+
+def _shown_spec(spec_filename: str, spec_dir: Path | None) -> str:
+    """The spec's path as the user gave it (for the commands caviar suggests)."""
+    return spec_filename if spec_dir is None else str(Path(spec_dir) / spec_filename)
+
+
+def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) -> str:
+    ended = sum(1 for r in result.records if r.outcome in FINAL_OUTCOMES)
+    remaining = spec.num_trials() - ended
+    return (
+        f"sweep {result.name} ({result.sweep_id}) interrupted after "
+        f"{result.wall_seconds:.1f} s: {ended} of {spec.num_trials()} trials ended, "
+        f"{remaining} remain (MLflow parent run {result.parent_run_id} marked KILLED).\n"
+        f"caviar: finish it with:  caviar run {shown_spec} --resume"
+    )
 
 
 def _live_observer(sweep_id: str) -> SweepObserver | None:

@@ -211,6 +211,15 @@ class SweepTracker:
                     lambda r=child.info.run_id, s=status: self._client.set_terminated(r, s)
                 )
 
+    def interrupt_children(self) -> None:
+        """An interrupted sweep leaves no child RUNNING: the trials it was training are
+        KILLED, as the parent is; a resume continues them and ends each with its outcome."""
+        for child in self._children():
+            if child.info.status == "RUNNING":
+                self._with_retry(
+                    lambda r=child.info.run_id: self._client.set_terminated(r, "KILLED")
+                )
+
     def _nothing_to_repair(self, outcomes: Mapping[str, str]) -> bool:
         """True when the store cannot hold a duplicate or a RUNNING child, so reading every
         child back (half a second for 64 of them) is skipped: a fresh sweep, a local store

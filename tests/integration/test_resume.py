@@ -131,3 +131,78 @@ def test_sigkill_three_times_then_resume_leaves_one_clean_sweep(tmp_path: Path) 
         f"kills survived: 3; children {len(children)}; outcomes {dict(outcomes)}; "
         f"ASHA decisions replayed: {len(decisions)}"
     )
+
+
+def _interrupt(folder: Path, args: list[str], after_ended: int, signals: int) -> tuple[int, str]:
+    """Start caviar; once ``after_ended`` children ended, send its process group SIGINT
+    (as a terminal's Ctrl-C does) ``signals`` times, a moment apart. Returns (exit, stderr)."""
+    process = subprocess.Popen(
+        [CAVIAR, *args],
+        cwd=folder,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            if _children_ended(folder / "mlflow.db")[1] >= after_ended:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        for _ in range(signals):
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.5)
+        out, err = process.communicate(timeout=120)
+        return process.returncode, out + err
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        subprocess.run(["pkill", "-9", "-f", f"ray.*{folder.name}"], check=False)
+
+
+def test_ctrl_c_ends_a_sweep_as_interrupted_and_resume_finishes_it(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("digits-resume", "digits-ctrl-c"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    # One Ctrl-C: the sweep stops as interrupted, not as if it had finished.
+    code, output = _interrupt(tmp_path, ["run", "spec.yaml"], after_ended=3, signals=1)
+    assert code == 130, output[-3000:]
+    assert "interrupted" in output and "remain" in output, output[-3000:]
+    assert "caviar run spec.yaml --resume" in output
+    assert "Tuner.restore" not in output and "Resume experiment with" not in output
+    assert "finished in" not in output and "test accuracy" not in output
+    assert "Traceback" not in output, output[-3000:]
+    experiment = client.get_experiment_by_name("digits-ctrl-c")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
+    assert parent.info.status == "KILLED"
+    assert not {"test_accuracy", "trials_completed"} & set(parent.data.metrics)
+    assert not any(k.startswith("importance.") for k in parent.data.metrics)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    ended_before = sum(1 for r in runs if r.data.tags.get("caviar.outcome"))
+    assert 3 <= ended_before < N_TRIALS
+    marker = next((tmp_path / "caviar_runs" / "digits-ctrl-c").glob("*/caviar_sweep.json"))
+    assert '"status": "interrupted"' in marker.read_text()
+
+    # Ctrl-C twice: the second stops the clean-up at once; nothing journaled is lost.
+    code, output = _interrupt(
+        tmp_path, ["run", "spec.yaml", "--resume"], after_ended=ended_before + 3, signals=2
+    )
+    assert code == 130, output[-3000:]
+    assert "--resume" in output and "Traceback" not in output, output[-3000:]
+
+    final = run_caviar("run", "spec.yaml", "--resume", cwd=tmp_path)
+    assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-3000:]
+    assert f"trials:          {N_TRIALS} (" in final.stdout
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and "test_accuracy" in parent.data.metrics
+    assert sorted(int(c.data.tags["caviar.trial_index"]) for c in children) == list(range(N_TRIALS))
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}
+    assert sum(parent.data.metrics[f"trials_{o}"] for o in ("completed", "stopped_early",
+               "diverged", "failed")) == N_TRIALS  # fmt: skip
