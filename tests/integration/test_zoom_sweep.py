@@ -114,3 +114,27 @@ def test_report_on_an_unknown_sweep_is_a_clear_error(zoom_sweep: dict[str, Any])
     assert result.returncode == 1
     assert "no experiment or sweep run named 'no-such-sweep'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _links(stdout: str) -> dict[str, str]:
+    """The UI links a summary or a report printed, by label."""
+    found = {}
+    for line in stdout.splitlines():
+        label, _, value = line.strip().partition(":")
+        if label in ("runs table", "open the UI") or label.endswith("compared"):
+            found[label] = value.strip()
+    return found
+
+
+def test_summary_and_report_link_the_same_runs_and_best_trials(zoom_sweep: dict[str, Any]) -> None:
+    parent = zoom_sweep["parent"]
+    summary = _links(zoom_sweep["stdout"])
+    experiment_id = parent.info.experiment_id
+    assert summary["runs table"] == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    assert summary["best 5 compared"].startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
+    best = parent.data.tags["caviar.best_run_id"]
+    assert f"%22{best}%22" in summary["best 5 compared"].split("%2C")[0]  # best first
+    folder = zoom_sweep["folder"]
+    result = run_caviar("report", "iris-zoom", "--out", str(folder / "report-links"), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert _links(result.stdout) == summary
