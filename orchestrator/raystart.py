@@ -26,7 +26,10 @@ from orchestrator.defaults import apply_environment_defaults
 # Before Ray starts: its processes (and so the trial workers) inherit this environment.
 apply_environment_defaults()
 
+import psutil  # noqa: E402  (Ray's own dependency)
 import ray  # noqa: E402
+
+START_ATTEMPTS = 3  # an embedded start that timed out is tried again, this many times in all
 
 # What ray.init logs when it runs off the main thread (it then skips its SIGTERM handler,
 # which start_in_background installs itself).
@@ -66,16 +69,34 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, logging_level="WARNING")
         return
-    with _without_monitors():
-        ray.init(
-            # A new Ray of this sweep's own, even when `ray start` left a cluster running on
-            # this machine (a bare ray.init() would join it): only RAY_ADDRESS joins a cluster.
-            address="local",
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            _node_ip_address="127.0.0.1",
-        )
+    for attempt in range(1, START_ATTEMPTS + 1):
+        before = _children()
+        try:
+            with _without_monitors():
+                ray.init(
+                    # A new Ray of this sweep's own, even when `ray start` left a cluster
+                    # running on this machine (a bare ray.init() would join it): only
+                    # RAY_ADDRESS joins a cluster.
+                    address="local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="WARNING",
+                    _node_ip_address="127.0.0.1",
+                )
+            return
+        except Exception as error:
+            # Ray gives its raylet a fixed 30 s to register; on a machine busy with other work
+            # that can pass while nothing is wrong, so the start is tried afresh.
+            if attempt == START_ATTEMPTS or "timed out during startup" not in str(error):
+                raise
+            ray.shutdown()
+            for process in _children() - before:  # what the failed start left running
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+
+
+def _children() -> set[psutil.Process]:
+    return set(psutil.Process().children(recursive=True))
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from ray.tune.schedulers import TrialScheduler  # noqa: E402
 import trainables  # noqa: E402
 from orchestrator import live  # noqa: E402
 from orchestrator.callbacks import SweepObserver  # noqa: E402
+from orchestrator.capacity import refuse_on_this_machine, waiting_note  # noqa: E402
 from orchestrator.datasets import class_names_param, load_data  # noqa: E402
 from orchestrator.errors import SweepError, SweepInterrupted  # noqa: E402
 from orchestrator.journal import JOURNAL, Journal, read_journal  # noqa: E402
@@ -124,8 +125,11 @@ def run_sweep(
         sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         run_dir = storage_root / sweep_id
 
-    # 1. Data first: a bad dataset fails before Ray or MLflow start.
+    # 1. Data first: a bad dataset fails before Ray or MLflow start; so does a trial too
+    # large for this machine (an embedded Ray cannot grow: it would wait forever).
     data = load_data(spec.data, spec_dir)  # data paths are relative to the spec's folder
+    if not os.environ.get("RAY_ADDRESS"):
+        refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
 
     # 2. The tracking store next: unreachable or refusing, we stop before any compute.
     if resume:
@@ -331,6 +335,10 @@ def _fit(
     slots = concurrent_slots(
         ray.cluster_resources(), spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
     )
+    alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    note = waiting_note(alive, spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
+    if note:
+        print(note, file=stream, flush=True)
 
     def on_round(round_number: int, space: SearchSpace, notes: tuple[str, ...]) -> None:
         sampled = {f"round{round_number}.{d.name}": d.describe() for d in space.sampled}

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
+from conftest import CAVIAR, clean_env
+from ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -75,22 +80,23 @@ scheduler: {kind: fifo, max_epochs: 2}
 """
 
 
-def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(tmp_path: Path) -> None:
-    """With a head from plain `ray start --head` running on the machine and no RAY_ADDRESS,
-    `caviar run` must not join it (a bare ray.init() would: every trial then died unstarted);
-    it starts its own Ray, as the README promises, and every trial runs."""
-    import os
-    import signal
+@dataclass
+class PlainHead:
+    """A one-node cluster started the way Ray's docs start one: `ray start --head`."""
 
-    from ports import free_ports
+    gcs_port: int
+    process: subprocess.Popen[bytes]
 
+
+@pytest.fixture(scope="module")
+def plain_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainHead]:
     gcs_port, agent_port, dashboard_port = free_ports(3)
     # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes
     temp_dir = Path(tempfile.mkdtemp(prefix="cv-", dir="/tmp"))
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    log = tmp_path_factory.mktemp("head") / "head.log"
     head = subprocess.Popen(
         [
-            ray_bin,
+            str(Path(sys.executable).parent / "ray"),
             "start",
             "--head",
             "--block",
@@ -102,29 +108,14 @@ def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(tmp_path:
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],
-        # a loaded machine can take longer than Ray's default to register the raylet
-        env=clean_env(RAY_AUTH_MODE="disabled", RAY_raylet_start_wait_time_s="120"),
-        stdout=(tmp_path / "head.log").open("wb"),
+        env=clean_env(RAY_AUTH_MODE="disabled"),
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        _wait_for_gcs(gcs_port, head, tmp_path / "head.log")
-        (tmp_path / "spec.yaml").write_text(SMALL_SPEC)
-        out = subprocess.run(
-            [str(Path(sys.executable).parent / "caviar"), "run", "spec.yaml"],
-            cwd=tmp_path,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-        assert "trials:          3 (3 completed, 0 stopped early, 0 diverged, 0 failed)" in (
-            out.stdout
-        ), out.stdout[-2000:]
-        assert "ActorDiedError" not in out.stderr
-        assert head.poll() is None  # the user's cluster is untouched
+        _wait_for_gcs(gcs_port, head, log)
+        yield PlainHead(gcs_port, head)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGTERM)
@@ -135,6 +126,78 @@ def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(tmp_path:
                 os.killpg(head.pid, signal.SIGKILL)
         _kill_processes_naming(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(
+    tmp_path: Path, plain_head: PlainHead
+) -> None:
+    """With a head from plain `ray start --head` running on the machine and no RAY_ADDRESS,
+    `caviar run` must not join it (a bare ray.init() would: every trial then died unstarted);
+    it starts its own Ray, as the README promises, and every trial runs."""
+    (tmp_path / "spec.yaml").write_text(SMALL_SPEC)
+    out = subprocess.run(
+        [CAVIAR, "run", "spec.yaml"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "trials:          3 (3 completed, 0 stopped early, 0 diverged, 0 failed)" in (
+        out.stdout
+    ), out.stdout[-2000:]
+    assert "ActorDiedError" not in out.stderr
+    assert plain_head.process.poll() is None  # the user's cluster is untouched
+
+
+def test_gpus_no_node_offers_are_named_at_once_on_a_cluster_and_refused_embedded(
+    tmp_path: Path, plain_head: PlainHead
+) -> None:
+    """`gpus_per_trial: 0.25` where there is no GPU: embedded, exit 2 before Ray or MLflow
+    start; on a cluster, a warning naming the resource within seconds of the sweep's start
+    (Ctrl-C then ends it as interrupted)."""
+    (tmp_path / "spec.yaml").write_text(
+        SMALL_SPEC.replace(
+            "name: beside-a-cluster", "name: gpus\nresources: {gpus_per_trial: 0.25}"
+        )
+    )
+    refused = subprocess.run(
+        [CAVIAR, "run", "spec.yaml"], cwd=tmp_path, env=clean_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "resources.gpus_per_trial: asks for 0.25 GPU per trial" in refused.stderr
+    assert "gpus_per_trial: 0 to train on the CPU" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "caviar_runs").exists()
+
+    waiting = subprocess.Popen(
+        [CAVIAR, "run", "spec.yaml"],
+        cwd=tmp_path,
+        env=clean_env(RAY_ADDRESS=f"127.0.0.1:{plain_head.gcs_port}", RAY_AUTH_MODE="disabled"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert waiting.stdout is not None
+        for line in waiting.stdout:
+            lines.append(line)
+            if "can run a trial" in line:
+                break
+        os.killpg(waiting.pid, signal.SIGINT)
+        rest, _ = waiting.communicate(timeout=120)
+    finally:
+        if waiting.poll() is None:
+            os.killpg(waiting.pid, signal.SIGKILL)
+            waiting.wait()
+    output = "".join(lines) + rest
+    assert "no node of this cluster (1 alive) can run a trial" in output, output[-3000:]
+    assert "asks for 0.25 GPU per trial; the most any node offers is 0" in output
+    assert waiting.returncode == 130 and "0 of 3 trials ended, 3 remain" in output, output[-2000:]
 
 
 def _wait_for_gcs(
@@ -156,9 +219,6 @@ def _wait_for_gcs(
 
 def _kill_processes_naming(folder: Path) -> None:
     """Ray processes that outlived their group (the raylet's workers) still name the folder."""
-    import os
-    import signal
-
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
