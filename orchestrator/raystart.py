@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from orchestrator import speedups
 from orchestrator.defaults import apply_environment_defaults
 
 # Before Ray starts: its processes (and so the trial workers) inherit this environment.
@@ -113,6 +114,9 @@ def _without_monitors() -> Iterator[None]:
     """
     from ray._private import parameter
 
+    if not speedups.enabled():
+        yield
+        return
     original = parameter.RayParams.__init__
     accepted = inspect.signature(original).parameters
     if not {"no_monitor", "include_log_monitor"} <= set(accepted):
@@ -148,7 +152,7 @@ def _without_api_server() -> Iterator[None]:
     from ray._private import node
 
     original = getattr(node.Node, "start_api_server", None)
-    if original is None:
+    if original is None or not speedups.enabled():
         yield
         return
 

@@ -25,6 +25,8 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from orchestrator import speedups
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "CAVIAR_CACHE_DIR"
@@ -35,8 +37,11 @@ def seed_new_sqlite_store(uri: str) -> bool:
     """Create the SQLite store ``uri`` names from the migrated template, if it does not exist.
 
     True when it was created here; False for any other store (not SQLite, already there,
-    in memory) and whenever seeding failed, in which case MLflow creates it as before.
+    in memory), with speed-ups off (``CAVIAR_NO_SPEEDUPS``), and whenever seeding failed, in
+    which case MLflow creates it as before.
     """
+    if not speedups.enabled():
+        return False
     path = sqlite_path(uri)
     if path is None or path.exists():
         return False

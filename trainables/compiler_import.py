@@ -26,6 +26,7 @@ methods and classes are left as torch made them and torch imports its compiler a
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -37,13 +38,19 @@ _METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 _done = False
 
 
+def speedups_enabled() -> bool:
+    """caviar's switch over speed-ups that use private internals (``CAVIAR_NO_SPEEDUPS``; the
+    orchestrator's ``speedups`` module reads the same variable): off, torch is used as is."""
+    return os.environ.get("CAVIAR_NO_SPEEDUPS", "") in ("", "0")
+
+
 def defer_compiler_import() -> int:
     """Install the stand-in markers on ``torch.optim.Optimizer`` (idempotent).
 
     Returns how many methods got one (0 when ``torch._dynamo`` is already imported, when
     called before, or when torch's wrapper is not the one this module knows)."""
     global _done
-    if _done or "torch._dynamo" in sys.modules:
+    if _done or "torch._dynamo" in sys.modules or not speedups_enabled():
         return 0
     _done = True
     installed = 0
@@ -91,6 +98,8 @@ _eager_classes: dict[type, type] = {}
 def eager_optimizer(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
     """``cls``, or a subclass of it whose ``step`` skips torch's graph-break markers while
     ``torch._dynamo`` is not imported (see the module's docstring)."""
+    if not speedups_enabled():
+        return cls
     if cls in _eager_classes:
         return _eager_classes[cls]
     step = cls.__dict__.get("step")

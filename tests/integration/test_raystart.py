@@ -70,6 +70,23 @@ def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> Non
     assert started["restored"] and started["api_server_restored"]
 
 
+def test_without_speedups_a_local_cluster_starts_as_ray_starts_it() -> None:
+    """CAVIAR_NO_SPEEDUPS=1: no patched Ray internals, so the monitors and the dashboard's
+    process start as Ray starts them, and the cluster works."""
+    out = subprocess.run(
+        [sys.executable, "-c", START],
+        cwd=REPO,
+        env=clean_env(CAVIAR_NO_SPEEDUPS="1"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    started = json.loads(out.stdout.strip().splitlines()[-1])
+    assert started["squares"] == [0, 1, 4, 9]
+    assert {"monitor", "log_monitor", "dashboard"} <= set(started["processes"]), started
+
+
 SMALL_SPEC = """\
 name: beside-a-cluster
 data: {source: iris}
