@@ -107,6 +107,9 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.datasets import check_data_files
 
     check_data_files(spec.data, args.spec.parent)  # so does a missing data file
+    from orchestrator.cluster import prepare_job_driver
+
+    prepare_job_driver(spec)  # as a Ray job: no store in its temp folder; leave the shared folder
     _exit_without_final_collection()
     from orchestrator import raystart
 

@@ -20,46 +20,50 @@ Three choices follow from that:
 
 Every failure a user can fix (unreachable address, token, unknown job, no caviar on the
 cluster) leaves this module as a :class:`ClusterError` with a one-screen message.
+
+The job's side lives here too: :func:`prepare_job_driver`, which ``caviar run`` calls when it
+runs as a Ray job, refuses a tracking store inside the job's temporary folder and moves the
+driver out of the folder Ray shares between the nodes of one machine. ``caviar run`` imports
+this module on every start, so Ray's job SDK is imported only where a client needs it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import os
 import re
 import secrets
 import shlex
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from orchestrator.defaults import apply_environment_defaults
+from orchestrator.errors import CaviarError, Problem, SpecError
+from orchestrator.spec import SweepSpec, load_spec
 
-apply_environment_defaults()  # before Ray's job SDK is imported
+if TYPE_CHECKING:
+    from ray.job_submission import JobDetails
 
-import aiohttp  # noqa: E402  (installed with ray[default], which the job SDK needs)
-import requests  # noqa: E402
-from ray.exceptions import AuthenticationError  # noqa: E402
-from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient  # noqa: E402
-
-from orchestrator.errors import CaviarError, Problem, SpecError  # noqa: E402
-from orchestrator.spec import SweepSpec, load_spec  # noqa: E402
+apply_environment_defaults()  # before Ray's job SDK is imported (in the functions that use it)
 
 # The SDK logs every upload and socket close at INFO on stderr; caviar says what matters itself.
-for _name in (
+# Two of these modules set their logger to INFO when imported: quieted after the import.
+_SDK_LOGGERS = (
     "ray.dashboard.modules.dashboard_sdk",
     "ray.dashboard.modules.job.sdk",
     "ray._private.runtime_env.packaging",
     "ray._private.runtime_env.working_dir",
-):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+)
 
 # Never uploaded: version control, virtualenvs, local tracking stores and Ray results, caches,
 # and env files (they hold the cluster's token and database password). Gitignore patterns,
@@ -83,7 +87,16 @@ UPLOAD_EXCLUDES = (
     ".hypothesis",
 )
 LOCAL_TRACKING_SCHEMES = ("sqlite", "file", "")
-TERMINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+# Ray's JobStatus values (a str enum, so its members compare equal to these).
+SUCCEEDED, FAILED, STOPPED = "SUCCEEDED", "FAILED", "STOPPED"
+TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
+# A head whose job agent is not up yet refuses a submission with HTTP 500 and Ray's words
+# "please try again later"; caviar does, for this long, before it reports the refusal.
+SUBMIT_RETRY_S = 60.0
+SUBMIT_RETRY_INTERVAL_S = 3.0
+_TRY_AGAIN = "try again later"
+# What Ray's job supervisor hands a job's entrypoint: the job's runtime_env and metadata.
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 MISSING_CAVIAR_SIGNS = (
     "caviar: not found",
     "caviar: command not found",
@@ -104,6 +117,12 @@ class ClusterAuthError(ClusterError):
 
 class JobNotFoundError(ClusterError):
     """No job of that id on the cluster."""
+
+
+class JobStoreError(ClusterError):
+    """A sweep running as a Ray job would log where nothing lasts (the job's temporary folder)."""
+
+    exit_code = 2
 
 
 # --- the address and the token -----------------------------------------------------------
@@ -156,6 +175,10 @@ def _translated(
     address: str, job_id: str | None = None, environ: Mapping[str, str] = os.environ
 ) -> Iterator[None]:
     """Turn the job SDK's exceptions into messages that say what to do."""
+    import aiohttp  # installed with ray[default], which the job SDK needs
+    import requests
+    from ray.exceptions import AuthenticationError
+
     try:
         yield
     except AuthenticationError as error:
@@ -237,14 +260,20 @@ class Cluster:
         self.address = address
         self.environ = environ
         headers = auth_headers(environ)
+        from ray.job_submission import JobSubmissionClient
+
+        for name in _SDK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         with _address_from_argument(), _translated(address, environ=environ):
             self.client = JobSubmissionClient(address, headers=headers)
 
     def dashboard_url(self, job_id: str) -> str:
         return f"{self.address}/#/jobs/{job_id}"
 
-    def submit(self, request: JobRequest) -> str:
-        with _translated(self.address, environ=self.environ):
+    def submit(self, request: JobRequest, out: TextIO = sys.stdout) -> str:
+        """Submit the job; a head that is not ready for jobs yet is asked again for a while."""
+
+        def once() -> str:
             return str(
                 self.client.submit_job(
                     entrypoint=request.entrypoint,
@@ -253,6 +282,21 @@ class Cluster:
                     metadata=request.metadata,
                 )
             )
+
+        with _translated(self.address, environ=self.environ):
+            try:
+                return retry_until_ready(once, out)
+            except RuntimeError as error:
+                if _TRY_AGAIN not in str(error):
+                    raise
+                raise ClusterError(
+                    f"the cluster at {self.address} refused: {_first_line(str(error))}\n"
+                    "  Its head's job agent is not serving. If this lasts, read "
+                    "dashboard_agent.log in the head's Ray logs (TEMP_DIR/session_latest/logs): "
+                    "an agent whose port was taken (another Ray on the machine has Ray's default "
+                    "52365) never serves jobs; start the head with its own "
+                    "--dashboard-agent-listen-port."
+                ) from None
 
     def info(self, job_id: str) -> JobDetails:
         with _translated(self.address, job_id, self.environ):
@@ -280,6 +324,8 @@ class Cluster:
                 out.write(chunk)
                 out.flush()
 
+        import asyncio
+
         with _translated(self.address, job_id, self.environ):
             asyncio.run(stream())
         return "".join(seen)
@@ -292,6 +338,46 @@ class Cluster:
             time.sleep(0.5)
             details = self.info(job_id)
         return details
+
+
+T = TypeVar("T")
+
+
+def retry_until_ready(
+    call: Callable[[], T],
+    out: TextIO,
+    *,
+    limit_s: float | None = None,
+    interval_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``call()``, called again while the cluster answers "try again later" (its job agent is
+    not up yet: a cluster that just started), for at most ``limit_s``; a line per retry.
+
+    Any other error, or the same refusal once ``limit_s`` has passed, is raised as it came
+    (a ``RuntimeError`` from the job SDK, with how long caviar retried added). The limits
+    default to :data:`SUBMIT_RETRY_S` and :data:`SUBMIT_RETRY_INTERVAL_S`.
+    """
+    limit_s = SUBMIT_RETRY_S if limit_s is None else limit_s
+    interval_s = SUBMIT_RETRY_INTERVAL_S if interval_s is None else interval_s
+    started = clock()
+    while True:
+        try:
+            return call()
+        except RuntimeError as error:
+            if _TRY_AGAIN not in str(error):
+                raise
+            waited = clock() - started
+            if waited >= limit_s:
+                raise RuntimeError(f"{error} (retried for {waited:.0f} s)") from None
+        print(
+            f"caviar: the cluster has no job agent ready yet; retrying ({waited:.0f} s of "
+            f"{limit_s:.0f} s)",
+            file=out,
+            flush=True,
+        )
+        sleep(min(interval_s, max(0.0, limit_s - waited)))
 
 
 # --- submission --------------------------------------------------------------------------
@@ -351,6 +437,10 @@ def build_request(spec_path: Path) -> JobRequest:
         "working_dir": str(path.parent),
         "excludes": upload_excludes(path.parent),
         "env_vars": {"PYTHONUNBUFFERED": "1"},  # the log streams as the sweep runs
+        # Each node unpacks the folder when the driver connects (a node sharing the head's
+        # temp folder deletes and unpacks it again then, which the driver survives:
+        # leave_shared_folder), not when a trial starts there. Ray's default, stated.
+        "config": {"eager_install": True},
     }
     return JobRequest(
         job_id=f"caviar-{spec.name}-{secrets.token_hex(3)}",
@@ -384,7 +474,7 @@ def submit(spec_path: Path, address: str | None, follow: bool, out: TextIO = sys
     """``caviar submit``: send the sweep, say where to watch it; with ``follow``, watch it."""
     request = build_request(spec_path)  # a bad spec fails before any network call
     cluster = Cluster(resolve_address(address))
-    job_id = cluster.submit(request)
+    job_id = cluster.submit(request, out)
     tracking = request.spec.tracking.uri or "the cluster's MLFLOW_TRACKING_URI (set on the head)"
     print(
         f"caviar: submitted job {job_id} to {cluster.address}\n"
@@ -419,7 +509,7 @@ def _follow(cluster: Cluster, job_id: str, out: TextIO) -> int:
     if found:
         run_id, experiment, uri = found.groups()
         print(f"  MLflow:     experiment {experiment!r}, parent run {run_id} at {uri}", file=out)
-    if details.status != JobStatus.SUCCEEDED:
+    if details.status != SUCCEEDED:
         hint = diagnose(details, seen)
         if hint:
             raise ClusterError(hint)
@@ -430,14 +520,14 @@ def _follow(cluster: Cluster, job_id: str, out: TextIO) -> int:
 def _closing_line(job_id: str, details: JobDetails) -> str:
     took = _duration(details)
     line = f"caviar: job {job_id} {details.status}" + (f" after {took}" if took else "")
-    if details.status != JobStatus.SUCCEEDED and details.message:
+    if details.status != SUCCEEDED and details.message:
         line += f": {_first_line(details.message)}"
     return line
 
 
 def diagnose(details: JobDetails, logs: str = "") -> str | None:
     """Say why a job failed when the reason is the cluster's, not the sweep's."""
-    if details.status != JobStatus.FAILED:
+    if details.status != FAILED:
         return None
     text = f"{details.message or ''}\n{logs[-20000:]}"
     if any(sign in text for sign in MISSING_CAVIAR_SIGNS):
@@ -453,6 +543,126 @@ def diagnose(details: JobDetails, logs: str = "") -> str | None:
             f"up its runtime environment ({_first_line(details.message or '')})"
         )
     return None
+
+
+# --- the job's driver, on the cluster ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobDriver:
+    """This process as a Ray job's driver, started in the job's unpacked ``working_dir``."""
+
+    submission_id: str
+    folder: Path
+
+
+def job_driver(environ: Mapping[str, str] = os.environ) -> JobDriver | None:
+    """The job this process is the driver of, if it runs in a ``working_dir``; else None.
+
+    Ray's job supervisor gives the entrypoint ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (the job's
+    runtime_env and metadata; it sets no RAY_JOB_ID) and starts it with ``cd FOLDER &&``,
+    where FOLDER is the working_dir as unpacked on the head.
+    """
+    raw = environ.get(JOB_CONFIG_VARIABLE, "")
+    try:
+        config = json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+    if not isinstance(config, dict) or not (config.get("runtime_env") or {}).get("working_dir"):
+        return None
+    metadata = config.get("metadata") or {}
+    folder = _start_folder(environ)
+    if folder is None:
+        return None
+    return JobDriver(str(metadata.get("job_submission_id") or ""), folder)
+
+
+def _start_folder(environ: Mapping[str, str]) -> Path | None:
+    """The current directory; if it was deleted under this process, its path again."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        pwd = environ.get("PWD", "")
+        if pwd and Path(pwd).is_dir():
+            os.chdir(pwd)
+            return Path.cwd()
+        return None
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder a local MLflow store URI names (relative as given); None for a server."""
+    scheme = urlsplit(uri).scheme
+    if scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
+        return Path(uri.split(":///", 1)[1]) if ":///" in uri else None
+    if scheme == "file":
+        return Path(urlsplit(uri).path)
+    if scheme == "":
+        return Path(uri)
+    return None
+
+
+def check_job_store(
+    spec: SweepSpec, driver: JobDriver, environ: Mapping[str, str] = os.environ
+) -> None:
+    """Refuse a tracking store inside the job's working_dir: Ray deletes that folder (with its
+    session, or sooner when the folder's cache entry is evicted), so nothing logged would last.
+    """
+    uri = spec.tracking_uri(environ)
+    path = local_store_path(uri)
+    if path is None:
+        return
+    where = Path(os.path.normpath(driver.folder / path))  # an absolute path stays as it is
+    if not where.is_relative_to(driver.folder):
+        return  # a file the head keeps (sqlite:////data/mlflow.db): it lasts
+    if spec.tracking.uri:
+        source = "the spec's tracking.uri"
+    elif environ.get("MLFLOW_TRACKING_URI"):
+        source = "MLFLOW_TRACKING_URI on the head"
+    else:
+        source = "caviar's default: the head has no MLFLOW_TRACKING_URI"
+    job = f"Ray job {driver.submission_id}" if driver.submission_id else "a Ray job"
+    raise JobStoreError(
+        f"this sweep runs as {job} and would log to {uri} ({source}), a store in the job's "
+        f"temporary working directory {driver.folder}: Ray deletes it, so no result would "
+        "last. Nothing was trained.\n"
+        "  Fix: start the Ray head with MLFLOW_TRACKING_URI set to the cluster's tracking "
+        "server (docker-compose.yml and deploy/k8s set http://mlflow:5000), or set tracking.uri "
+        "in the spec to an http(s):// tracking server the cluster reaches; then submit again."
+    )
+
+
+def leave_shared_folder(driver: JobDriver) -> Path:
+    """Go on in a private copy of the job's folder, and return the copy.
+
+    Invariant after this call: nothing the driver opens by a relative path, nor its current
+    directory, lies in the folder Ray unpacked. Nodes that share a temp folder (a second
+    ``ray start`` on the head's machine without ``--temp-dir`` takes the head's) unpack a job's
+    working_dir into the same place, and a node's runtime-env agent deletes and unpacks it again
+    when the driver connects to Ray; a process whose current directory was deleted cannot load
+    torch ("Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so"). The copy sits next to
+    the unpacked folder, so Ray's session takes it away with that folder.
+    """
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", driver.submission_id)[:60] or "job"
+    try:
+        private = Path(tempfile.mkdtemp(prefix=f"caviar-driver-{label}-", dir=driver.folder.parent))
+    except OSError:
+        private = Path(tempfile.mkdtemp(prefix=f"caviar-driver-{label}-"))
+    shutil.copytree(driver.folder, private, symlinks=True, dirs_exist_ok=True)
+    os.chdir(private)
+    os.environ["PWD"] = str(private)
+    sys.path[:] = [str(private) if entry == str(driver.folder) else entry for entry in sys.path]
+    return private
+
+
+def prepare_job_driver(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> None:
+    """``caviar run`` as a Ray job's driver, before it connects to Ray: refuse a store in the
+    job's temporary folder (:func:`check_job_store`), then leave the folder Ray may unpack
+    again (:func:`leave_shared_folder`). Outside a Ray job with a working_dir: nothing."""
+    driver = job_driver(environ)
+    if driver is None:
+        return
+    check_job_store(spec, driver, environ)
+    leave_shared_folder(driver)
 
 
 # --- the other commands ------------------------------------------------------------------
@@ -476,7 +686,7 @@ def status(job_id: str, address: str | None, out: TextIO = sys.stdout) -> int:
         )
     lines.append(f"  dashboard:  {cluster.dashboard_url(job_id)}")
     print("\n".join(lines), file=out)
-    if details.status == JobStatus.FAILED:
+    if details.status == FAILED:
         hint = diagnose(details, cluster.logs(job_id))
         if hint:
             print(f"  why:        {hint}", file=out)

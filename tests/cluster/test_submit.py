@@ -3,8 +3,15 @@ and the errors a user meets before any job exists."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import shutil
+import sys
+import types
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_caviar
@@ -129,6 +136,7 @@ def test_request_runs_caviar_on_the_spec_in_its_uploaded_folder(
     assert request.job_id.startswith("caviar-iris-submit-")
     assert request.metadata["caviar.experiment"] == "iris-submit"
     assert request.runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
+    assert request.runtime_env["config"] == {"eager_install": True}
     assert "must-not-travel" not in repr(request) and "laptop.db" not in repr(request)
     assert "/myenv" in request.runtime_env["excludes"]
 
@@ -205,3 +213,206 @@ def test_cli_lists_the_cluster_commands(tmp_path: Path) -> None:
         assert command in result.stdout
     submit = run_caviar("submit", "--help", cwd=tmp_path)
     assert "--address" in submit.stdout and "--follow" in submit.stdout
+
+
+# --- a cluster that is not ready for jobs yet --------------------------------------------
+
+NOT_READY = (
+    "Request failed with status code 500: No available agent to submit job, please try again "
+    "later.."
+)
+
+
+class FakeTime:
+    """A clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def refusing(times: int, then: str = "caviar-job-1") -> Any:
+    calls: list[int] = []
+
+    def submit() -> str:
+        calls.append(1)
+        if len(calls) <= times:
+            raise RuntimeError(NOT_READY)
+        return then
+
+    submit.calls = calls  # type: ignore[attr-defined]
+    return submit
+
+
+def test_a_cluster_not_ready_for_jobs_is_asked_again_with_a_line_per_try() -> None:
+    fake, out = FakeTime(), io.StringIO()
+    submit = refusing(3)
+    job = cluster.retry_until_ready(submit, out, interval_s=4, clock=fake.clock, sleep=fake.sleep)
+    assert job == "caviar-job-1" and len(submit.calls) == 4
+    assert fake.sleeps == [4, 4, 4]
+    assert out.getvalue().splitlines() == [
+        f"caviar: the cluster has no job agent ready yet; retrying ({s} s of 60 s)"
+        for s in (0, 4, 8)
+    ]
+
+
+def test_retrying_stops_at_the_limit_with_the_clusters_message() -> None:
+    fake, out = FakeTime(), io.StringIO()
+    submit = refusing(10**6)
+    with pytest.raises(RuntimeError) as raised:
+        cluster.retry_until_ready(submit, out, clock=fake.clock, sleep=fake.sleep)
+    assert NOT_READY in str(raised.value) and "retried for 60 s" in str(raised.value)
+    assert fake.now - 1000.0 == cluster.SUBMIT_RETRY_S == 60.0  # bounded, to the second
+    assert len(submit.calls) == len(fake.sleeps) + 1 == 21
+    assert out.getvalue().splitlines()[-1].endswith("retrying (57 s of 60 s)")
+
+
+def test_other_refusals_are_not_retried() -> None:
+    fake, out = FakeTime(), io.StringIO()
+    calls: list[int] = []
+
+    def submit() -> str:
+        calls.append(1)
+        raise RuntimeError("Request failed with status code 400: Job with submission_id x exists")
+
+    with pytest.raises(RuntimeError, match="status code 400"):
+        cluster.retry_until_ready(submit, out, clock=fake.clock, sleep=fake.sleep)
+    assert calls == [1] and fake.sleeps == [] and out.getvalue() == ""
+
+
+def test_submit_retries_then_reports_the_refusal_as_a_cluster_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Cluster.submit wraps the retry; its final refusal is the usual one-line ClusterError."""
+    monkeypatch.setattr(cluster, "SUBMIT_RETRY_S", 0.3)
+    monkeypatch.setattr(cluster, "SUBMIT_RETRY_INTERVAL_S", 0.1)
+    folder = project(tmp_path)
+    request = cluster.build_request(folder / "iris.yaml")
+    client = types.SimpleNamespace(
+        submit_job=lambda **_: (_ for _ in ()).throw(RuntimeError(NOT_READY))
+    )
+    target = object.__new__(cluster.Cluster)
+    target.address, target.environ, target.client = "http://127.0.0.1:9", {}, client
+    out = io.StringIO()
+    with pytest.raises(ClusterError, match=r"refused: .*try again later.*retried for 0 s") as e:
+        target.submit(request, out)
+    assert "dashboard_agent.log" in str(e.value) and "--dashboard-agent-listen-port" in str(e.value)
+    assert "retrying (0 s of 0 s)" in out.getvalue()
+
+    ready = types.SimpleNamespace(submit_job=lambda **kw: kw["submission_id"])
+    target.client = ready
+    assert target.submit(request, io.StringIO()) == request.job_id
+
+
+# --- the job's driver on the cluster -----------------------------------------------------
+
+
+def job_environ(folder_name: str = "", **extra: str) -> dict[str, str]:
+    """What Ray's job supervisor gives an entrypoint (RAY_JOB_CONFIG_JSON_ENV_VAR)."""
+    config = {
+        "runtime_env": {"working_dir": "gcs://_ray_pkg_0123456789abcdef.zip"},
+        "metadata": {"job_submission_id": "caviar-iris-submit-abc123", "job_name": "x"},
+    }
+    return {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(config), **extra}
+
+
+def test_a_ray_job_with_a_working_dir_is_recognised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cluster.job_driver({}) is None
+    no_folder = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}, "metadata": {}})}
+    assert cluster.job_driver(no_folder) is None
+    assert cluster.job_driver({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) is None
+    driver = cluster.job_driver(job_environ())
+    assert driver == cluster.JobDriver("caviar-iris-submit-abc123", tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    ("spec_uri", "environ_uri", "source"),
+    [
+        (None, None, "caviar's default: the head has no MLFLOW_TRACKING_URI"),
+        (None, "sqlite:///mlflow.db", "MLFLOW_TRACKING_URI on the head"),
+        (None, "mlruns", "MLFLOW_TRACKING_URI on the head"),
+        ("file:./mlruns", None, "the spec's tracking.uri"),
+        ("sqlite:///sub/../runs.db", "http://mlflow:5000", "the spec's tracking.uri"),
+    ],
+)
+def test_a_store_in_the_jobs_folder_is_refused_with_the_fix(
+    tmp_path: Path, spec_uri: str | None, environ_uri: str | None, source: str
+) -> None:
+    text = SPEC + (f"tracking: {{uri: '{spec_uri}'}}\n" if spec_uri else "")
+    spec = parse_spec_text(text)
+    environ = job_environ(**({"MLFLOW_TRACKING_URI": environ_uri} if environ_uri else {}))
+    driver = cluster.JobDriver("caviar-iris-submit-abc123", tmp_path)
+    with pytest.raises(cluster.JobStoreError) as raised:
+        cluster.check_job_store(spec, driver, environ)
+    message = str(raised.value)
+    assert raised.value.exit_code == 2
+    assert f"({source})" in message and "job's temporary working directory" in message
+    assert "MLFLOW_TRACKING_URI" in message and "tracking.uri" in message
+    assert "Ray job caviar-iris-submit-abc123" in message and "Nothing was trained" in message
+
+
+@pytest.mark.parametrize(
+    "environ_uri", ["http://127.0.0.1:5000", "https://mlflow.example", "sqlite:////data/m.db"]
+)
+def test_a_server_or_a_file_outside_the_jobs_folder_is_fine(
+    tmp_path: Path, environ_uri: str
+) -> None:
+    driver = cluster.JobDriver("j", tmp_path / "job")
+    cluster.check_job_store(
+        parse_spec_text(SPEC), driver, job_environ(MLFLOW_TRACKING_URI=environ_uri)
+    )
+
+
+def test_the_driver_moves_to_a_private_copy_that_outlives_the_shared_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a second node's runtime-env agent does to the unpacked folder: delete it and
+    unpack it again. The driver's current directory and files must not go with it."""
+    shared = tmp_path / "working_dir_files" / "_ray_pkg_0123456789abcdef"
+    (shared / "data").mkdir(parents=True)
+    (shared / "iris.yaml").write_text(SPEC)
+    (shared / "data" / "rows.csv").write_text("a,b\n1,2\n")
+    monkeypatch.chdir(shared)
+    monkeypatch.setattr(sys, "path", [str(shared), *sys.path])
+    monkeypatch.setenv("PWD", str(shared))
+
+    cluster.prepare_job_driver(
+        parse_spec_text(SPEC + "tracking: {uri: 'http://m:5000'}\n"), job_environ()
+    )
+
+    here = Path.cwd()
+    assert here.parent == shared.parent and here.name.startswith("caviar-driver-caviar-iris")
+    assert sys.path[0] == str(here) and os.environ["PWD"] == str(here)
+    shutil.rmtree(shared)
+    shutil.copytree(here, shared)  # "unpacked again": the driver does not notice
+    assert Path.cwd() == here and Path("data/rows.csv").read_text() == "a,b\n1,2\n"
+    assert Path("iris.yaml").read_text() == SPEC
+
+
+def test_outside_a_ray_job_nothing_happens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cluster.prepare_job_driver(parse_spec_text(SPEC), {})  # sqlite:///mlflow.db is fine here
+    assert Path.cwd() == tmp_path.resolve() and list(tmp_path.parent.glob("caviar-driver-*")) == []
+
+
+def test_caviar_run_as_a_job_without_a_tracking_server_exits_2_before_starting_ray(
+    tmp_path: Path,
+) -> None:
+    """The real command, in the environment Ray's job supervisor gives it."""
+    (tmp_path / "iris.yaml").write_text(SPEC)
+    environ = job_environ()
+    result = run_caviar("run", "iris.yaml", cwd=tmp_path, timeout=120, **environ)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "job's temporary working directory" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 8
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "caviar_runs").exists()
