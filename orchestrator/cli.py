@@ -10,6 +10,7 @@ import argparse
 import atexit
 import gc
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,6 +111,10 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.cluster import prepare_job_driver
 
     prepare_job_driver(spec)  # as a Ray job: no store in its temp folder; leave the shared folder
+    if not os.environ.get("RAY_ADDRESS"):  # and a trial too large for this machine
+        from orchestrator.capacity import refuse_on_this_machine
+
+        refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
     _exit_without_final_collection()
     from orchestrator import raystart
 

@@ -27,7 +27,6 @@ from orchestrator.defaults import apply_environment_defaults
 # Before Ray starts: its processes (and so the trial workers) inherit this environment.
 apply_environment_defaults()
 
-import psutil  # noqa: E402  (Ray's own dependency)
 import ray  # noqa: E402
 
 START_ATTEMPTS = 3  # an embedded start that timed out is tried again, this many times in all
@@ -92,11 +91,13 @@ def init_ray() -> None:
                 raise
             ray.shutdown()
             for process in _children() - before:  # what the failed start left running
-                with contextlib.suppress(psutil.Error):
+                with contextlib.suppress(Exception):  # psutil.Error: it is already gone
                     process.kill()
 
 
-def _children() -> set[psutil.Process]:
+def _children() -> set[Any]:
+    import psutil  # Ray vendors it, importable once ray is imported (above)
+
     return set(psutil.Process().children(recursive=True))
 
 

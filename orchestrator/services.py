@@ -238,7 +238,9 @@ def backend_store_uri(settings: Settings) -> str:
     password = quote(settings.required("POSTGRES_PASSWORD", why), safe="")
     database = quote(settings.required("POSTGRES_DB", why), safe="")
     port = settings.port("POSTGRES_PORT", 5432)
-    return f"postgresql://{user}:{password}@{host}:{port}/{database}"
+    # The driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, and the image
+    # (deploy/Dockerfile) ships psycopg2, MLflow's documented PostgreSQL driver.
+    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{database}"
 
 
 def redact(name: str, value: str) -> str:

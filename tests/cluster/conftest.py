@@ -2,9 +2,15 @@
 
 Every service starts exactly as ``docker-compose.yml`` starts it, through
 ``python -m orchestrator.services SERVICE``; only the environment differs (free loopback
-ports, a short per-test Ray temp folder, SQLite instead of PostgreSQL). Each service runs in
-its own process group (``start_new_session``), and teardown kills those groups, then any
-straggler whose command line names this cluster's temp folder, also when a test fails.
+ports, a short per-test Ray temp folder). The MLflow server's backend store is what compose
+deploys, a PostgreSQL server (started for the module by ``tests/postgres.py``) that the
+service reaches through the compose file's ``POSTGRES_*`` variables. Where no PostgreSQL
+server binaries are installed (and ``CAVIAR_TEST_REQUIRE_POSTGRES`` is unset) the cluster
+runs on SQLite instead, and the tests that need PostgreSQL skip, saying what to install.
+
+Each service runs in its own process group (``start_new_session``), and teardown kills those
+groups, then any straggler whose command line names this cluster's temp folder, then the
+PostgreSQL server, also when a test fails.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import clean_env
 from ports import free_ports
+from postgres import PostgresServer, postgres_server, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = [sys.executable, "-m", "orchestrator.services"]
@@ -39,6 +47,7 @@ class LocalCluster:
     """Start, wait for, and always tear down the three services."""
 
     root: Path
+    postgres: PostgresServer | None = None  # the MLflow server's store; SQLite when None
     token: str = field(default_factory=lambda: secrets.token_hex(24))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -79,8 +88,12 @@ class LocalCluster:
                 CAVIAR_MLFLOW_PORT=str(self.mlflow_port),
                 CAVIAR_MLFLOW_WORKERS="1",
                 CAVIAR_MLFLOW_ARTIFACTS=str(self.root / "mlartifacts"),
-                MLFLOW_BACKEND_STORE_URI=f"sqlite:///{self.root / 'mlflow.db'}",
             )
+            if self.postgres is not None:
+                # compose's variables; orchestrator.services builds the URI from them
+                env.update(self.postgres.service_env())
+            else:
+                env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{self.root / 'mlflow.db'}"
             return env
         env.update(
             CAVIAR_NUM_CPUS="1",
@@ -194,7 +207,10 @@ class LocalCluster:
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{self.log(name)}" for name in self.processes)
+        parts = [f"--- {name}\n{self.log(name)}" for name in self.processes]
+        if self.postgres is not None:
+            parts.append(f"--- postgres\n{self.postgres.log()}")
+        return "\n".join(parts)
 
     def stop(self) -> None:
         """SIGTERM every group (the worker first), SIGKILL what is left, then stragglers."""
@@ -252,12 +268,15 @@ def leftover_pids(root: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def local_cluster() -> Iterator[LocalCluster]:
-    """One cluster for a module's tests; torn down whatever happens."""
-    root = Path(tempfile.mkdtemp(prefix="cvr-", dir="/tmp"))  # short: Unix sockets live here
-    cluster = LocalCluster(root)
-    try:
+    """One cluster for a module's tests, on PostgreSQL where it can run; torn down whatever
+    happens (the cluster first, then the PostgreSQL server its MLflow server writes to)."""
+    with ExitStack() as stack:
+        postgres = None
+        if unavailable() is None:
+            postgres = stack.enter_context(postgres_server())
+        root = Path(tempfile.mkdtemp(prefix="cvr-", dir="/tmp"))  # short: Unix sockets live here
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        cluster = LocalCluster(root, postgres=postgres)
+        stack.callback(cluster.stop)
         cluster.start()
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)

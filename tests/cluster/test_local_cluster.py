@@ -2,8 +2,9 @@
 
 The cluster is the compose topology started as local processes (see conftest.py): a Ray head
 and a Ray worker with one CPU each, token authentication on, and an MLflow tracking server in
-the head's MLFLOW_TRACKING_URI. One small sweep is submitted once per module; each test reads
-back one thing it left behind. Everything is torn down at the end, also on failure.
+the head's MLFLOW_TRACKING_URI whose backend store is a PostgreSQL server started for the module,
+as compose deploys it. One small sweep is submitted once per module; each test reads back one
+thing it left behind. Everything is torn down at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import mlflow
 import mlflow.artifacts
 import pytest
 from conftest import run_caviar
 from mlflow import MlflowClient
+from postgres import PostgresServer, unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
@@ -55,7 +58,14 @@ def sweep(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
     folder = tmp_path_factory.mktemp("submit")
     (folder / "sweep.yaml").write_text(SPEC)
     started = time.monotonic()
-    result = caviar(local_cluster, "submit", "sweep.yaml", "--follow", cwd=folder, timeout=420)
+    try:
+        result = caviar(local_cluster, "submit", "sweep.yaml", "--follow", cwd=folder, timeout=420)
+    except subprocess.TimeoutExpired as timeout:
+        out = timeout.stdout or b""  # bytes even with text=True: run() re-raises it raw
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        pytest.fail(
+            f"the sweep outlived {timeout.timeout} s:\n{out[-4000:]}\n{local_cluster.logs()}"
+        )
     seconds = time.monotonic() - started
     assert result.returncode == 0, (
         result.stdout[-4000:] + result.stderr[-3000:] + local_cluster.logs()
@@ -72,6 +82,8 @@ def sweep(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "seconds": seconds,
         "job": job.group(1),
         "client": client,
+        "experiment_id": experiment.experiment_id,
+        "runs": runs,
         "parents": [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"],
         "children": [r for r in runs if "mlflow.parentRunId" in r.data.tags],
     }
@@ -120,6 +132,52 @@ def test_mlflow_server_holds_the_parent_run_and_its_children(
     )
 
 
+@pytest.fixture(scope="module")
+def postgres(request: pytest.FixtureRequest) -> PostgresServer:
+    """The cluster's PostgreSQL server; a skip, before any cluster starts, where there is none."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"the cluster's MLflow server runs on SQLite here: {reason}")
+    server: PostgresServer = request.getfixturevalue("local_cluster").postgres
+    return server
+
+
+def test_the_mlflow_server_keeps_the_sweep_in_postgresql(
+    postgres: PostgresServer, sweep: dict[str, Any], local_cluster: Any
+) -> None:
+    """Read MLflow's tables straight from PostgreSQL: the runs the server reported are there."""
+    tables = postgres.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    assert {"alembic_version", "experiments", "runs"} <= {name for (name,) in tables}, (
+        f"MLflow never migrated the PostgreSQL database (tables: {tables}): its store is elsewhere"
+    )
+    rows = postgres.query("SELECT experiment_id FROM experiments WHERE name = %s", "cluster-sweep")
+    assert rows, "no 'cluster-sweep' experiment in PostgreSQL: the MLflow server wrote elsewhere"
+    ((experiment_id,),) = rows
+    assert str(experiment_id) == sweep["experiment_id"]
+    runs = postgres.query(
+        "SELECT run_uuid, status FROM runs WHERE experiment_id = %s", experiment_id
+    )
+    assert len(runs) == N_TRIALS + 1  # the parent and one run per trial
+    assert {run_id for run_id, _ in runs} == {r.info.run_id for r in sweep["runs"]}
+    assert {status for _, status in runs} == {"FINISHED"}
+    (parent,) = sweep["parents"]
+    children = postgres.query(
+        "SELECT count(*) FROM tags JOIN runs USING (run_uuid) "
+        "WHERE runs.experiment_id = %s AND tags.key = 'mlflow.parentRunId' AND tags.value = %s",
+        experiment_id,
+        parent.info.run_id,
+    )
+    assert children == [(N_TRIALS,)]
+    completed = postgres.query(
+        "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'trials_completed'",
+        parent.info.run_id,
+    )
+    assert completed == [(float(N_TRIALS),)]
+    assert not list(local_cluster.root.glob("*.db"))  # no SQLite store beside the services
+
+
 def test_trials_ran_on_both_ray_nodes(sweep: dict[str, Any], local_cluster: Any) -> None:
     nodes = {str(n["node_id"]) for n in local_cluster.alive_nodes()}
     assert len(nodes) == 2
@@ -135,12 +193,44 @@ def test_results_land_on_the_clusters_shared_storage(
     assert str(local_cluster.storage) in sweep["result"].stdout  # "Ray results: ..."
 
 
-def test_no_token_in_outputs_or_in_mlflow(sweep: dict[str, Any], local_cluster: Any) -> None:
-    token = local_cluster.token
-    assert token not in sweep["result"].stdout + sweep["result"].stderr
+def test_no_secret_in_outputs_logs_argv_or_mlflow(
+    sweep: dict[str, Any], local_cluster: Any
+) -> None:
+    """Neither the Ray token nor the database password shows in what a user or `ps` sees."""
+    secrets = {"the Ray token": local_cluster.token}
+    if local_cluster.postgres is not None:
+        password = local_cluster.postgres.password
+        secrets.update(
+            {"the database password": password, "its URL form": quote(password, safe="")}
+        )
+    outputs = {
+        "caviar's output": sweep["result"].stdout + sweep["result"].stderr,
+        **{f"{name}.log": local_cluster.log(name, tail=10**7) for name in local_cluster.processes},
+        **{f"the argv of process {pid}": argv for pid, argv in command_lines().items()},
+    }
     for run in [*sweep["parents"], *sweep["children"]]:
         values = [*run.data.params.values(), *run.data.tags.values()]
-        assert not [v for v in values if token in v], run.info.run_id
+        outputs[f"run {run.info.run_id}'s params and tags"] = "\n".join(values)
+    leaks = [
+        f"{secret} in {where}"
+        for secret, value in secrets.items()
+        for where, text in outputs.items()
+        if value in text
+    ]
+    assert not leaks
+
+
+def command_lines() -> dict[int, str]:
+    """Every process's argv, as ``ps`` shows it to any user of the machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            found[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace")
+    return found
 
 
 def test_status_logs_and_jobs_describe_the_job(sweep: dict[str, Any], local_cluster: Any) -> None:

@@ -102,7 +102,7 @@ def test_mlflow_builds_the_postgres_uri_into_its_environment_quoting_the_passwor
     }
     command = services.mlflow_server(env)
     uri = command.env["MLFLOW_BACKEND_STORE_URI"]
-    assert uri == "postgresql://ml%20flow:p%40ss%2Fw%3Ard@postgres:5432/mlflow"
+    assert uri == "postgresql+psycopg2://ml%20flow:p%40ss%2Fw%3Ard@postgres:5432/mlflow"
     assert "p%40ss" not in command.describe() and ":***@postgres" in command.describe()
     argv = command.argv
     assert argv[:2] == ["mlflow", "server"] and "--serve-artifacts" in argv
