@@ -132,7 +132,7 @@ def test_compose_environment_builds_a_valid_command(resolved: dict[str, Any], na
     elif role == "ray-worker":
         assert command.argv[:4] == ["ray", "start", "--address", "ray-head:6379"]
     else:
-        assert command.env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://mlflow:")
+        assert command.env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
         assert "mlflow" in env["CAVIAR_MLFLOW_ALLOWED_HOSTS"].split(",")
     if role.startswith("ray"):
         assert env["RAY_AUTH_MODE"] == "token"
