@@ -17,7 +17,7 @@ An append of one short line survives the writer being killed (the OS holds it); 
 middle of a write can cut only the last line, which the reader drops. The journal is the
 single source of truth on resume: the searcher, the scheduler, the records and any MLflow
 writes lost with the killed process are all rebuilt from it (the ``replay`` methods of
-``RoundSearcher``, ``JournaledASHA`` and ``SweepObserver``).
+``RoundSearcher``, ``HalvingScheduler`` and ``SweepObserver``).
 """
 
 from __future__ import annotations

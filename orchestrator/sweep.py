@@ -35,6 +35,7 @@ from orchestrator.callbacks import SweepObserver  # noqa: E402
 from orchestrator.capacity import refuse_on_this_machine, waiting_note  # noqa: E402
 from orchestrator.datasets import class_names_param, load_data  # noqa: E402
 from orchestrator.errors import SweepError, SweepInterrupted  # noqa: E402
+from orchestrator.halving_scheduler import HalvingScheduler  # noqa: E402
 from orchestrator.journal import JOURNAL, Journal, read_journal  # noqa: E402
 from orchestrator.progress import ProgressLine  # noqa: E402
 from orchestrator.ranking import asha_rung_epochs, ranked, rung_milestones  # noqa: E402
@@ -45,7 +46,6 @@ from orchestrator.resume import (  # noqa: E402
     refuse_if_unfinished,
     write_marker,
 )
-from orchestrator.scheduler import JournaledASHA  # noqa: E402
 from orchestrator.search import build_searcher, concurrent_slots  # noqa: E402
 from orchestrator.space import SearchSpace  # noqa: E402
 from orchestrator.spec import AshaScheduler, SweepSpec  # noqa: E402
@@ -379,11 +379,11 @@ def _fit(
         if resume:
             state = read_journal(journal.path)
             searcher.replay(state.trials)
-            if isinstance(scheduler, JournaledASHA):
+            if isinstance(scheduler, HalvingScheduler):
                 scheduler.replay(state.scheduler_calls)
             observer.replay(state.trials)
         observer.journal = journal
-        if isinstance(scheduler, JournaledASHA):
+        if isinstance(scheduler, HalvingScheduler):
             scheduler.journal = journal
         remaining = searcher.remaining
         if remaining > 0:
@@ -438,7 +438,7 @@ def _tune_session_name(run_dir: Path) -> str:
 
 def _scheduler(spec: SweepSpec, index_of: Mapping[str, int]) -> TrialScheduler:
     if isinstance(spec.scheduler, AshaScheduler):
-        return JournaledASHA(
+        return HalvingScheduler(
             index_of,
             seed=spec.search.seed,
             metric=spec.objective.metric,

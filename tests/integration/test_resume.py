@@ -15,8 +15,8 @@ from conftest import CAVIAR, clean_env, run_caviar
 from mlflow import MlflowClient
 from mlflow_db import query
 
+from orchestrator.halving_scheduler import HalvingScheduler
 from orchestrator.journal import read_journal
-from orchestrator.scheduler import JournaledASHA
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +120,8 @@ def test_sigkill_three_times_then_resume_leaves_one_clean_sweep(tmp_path: Path) 
     (run_dir,) = [p for p in (tmp_path / "caviar_runs" / "digits-resume").iterdir()]
     journal = read_journal(run_dir / "journal.jsonl")
     assert sorted(journal.trials) == list(range(N_TRIALS))
-    scheduler = JournaledASHA(
-        {}, metric="val_accuracy", mode="max", time_attr="epoch", max_t=20,
+    scheduler = HalvingScheduler(
+        {}, 4, metric="val_accuracy", mode="max", time_attr="epoch", max_t=20,
         grace_period=2, reduction_factor=3,
     )  # fmt: skip
     decisions = scheduler.replay(journal.scheduler_calls)

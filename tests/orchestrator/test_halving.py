@@ -1,5 +1,5 @@
 """caviar's successive halving decides exactly as Ray Tune 2.60's ``ASHAScheduler`` (driven by
-caviar as ``JournaledASHA`` until now), writes the same journal, and rebuilds from it exactly."""
+caviar until now), writes the same journal, and rebuilds from it exactly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from orchestrator.halving import Decision, SuccessiveHalving
 from orchestrator.halving_scheduler import HalvingScheduler
 from orchestrator.journal import Journal, read_journal
-from orchestrator.scheduler import JournaledASHA
 
 METRIC = "val_accuracy"
 # (max_t, grace_period, reduction_factor): integer rungs; fractional ones (2.5, 6.25: reached
@@ -24,6 +23,8 @@ METRIC = "val_accuracy"
 SHAPES = [(9, 1, 3), (10, 1, 2.5), (16, 2, 2)]
 # NaN and infinite scores make numpy warn (an all-NaN rung, inf - inf), in Ray's ASHA as here.
 NAN_WARNINGS = "ignore::RuntimeWarning:numpy"
+
+DATA = Path(__file__).parent / "data"
 
 
 class _Trial:
@@ -74,8 +75,7 @@ def _cutoffs(scheduler: Any) -> list[list[Any]]:
 def _bracket(scheduler: Any, prefix: str, index: int) -> int | None:
     if isinstance(scheduler, HalvingScheduler):
         return scheduler.halving.bracket_of(index)
-    key = str(index) if isinstance(scheduler, JournaledASHA) else f"{prefix}{index}"
-    bracket = scheduler._trial_info.get(key)
+    bracket = scheduler._trial_info.get(f"{prefix}{index}")
     return None if bracket is None else scheduler._brackets.index(bracket)
 
 
@@ -187,30 +187,28 @@ def test_every_decision_and_rung_is_rays(
 
 @pytest.mark.filterwarnings(NAN_WARNINGS)
 @pytest.mark.parametrize("brackets", [1, 2, 3])
-def test_the_journal_is_journaled_ashas_line_for_line_and_replays_in_either(
+def test_journals_written_before_this_scheduler_replay_and_are_written_alike(
     tmp_path: Path, brackets: int
 ) -> None:
-    """The same brackets as today's draw (JournaledASHA), the same journal lines, and a journal
-    written by JournaledASHA rebuilds this scheduler exactly."""
+    """tests/orchestrator/data holds journals written by the ASHA caviar used before (Ray's
+    ASHAScheduler driven by index, retired): an interrupted sweep from then resumes under this
+    scheduler, which decides every journaled result alike and writes the same lines."""
+    old = DATA / f"journaled_asha_brackets{brackets}.jsonl"
     kwargs = _kwargs((9, 1, 3), brackets, "max")
-    index_of = {f"t{i}": i for i in range(50)}
-    today, ours = JournaledASHA(index_of, seed=3, **kwargs), HalvingScheduler(index_of, 3, **kwargs)
-    today.journal, ours.journal = Journal(tmp_path / "a.jsonl"), Journal(tmp_path / "b.jsonl")
-    decisions = _drive([(today, "t"), (ours, "t")], _trials(50, 1), random.Random(1), 10**4, 9)
-    today.journal.close()
-    ours.journal.close()
-    assert len(decisions) >= 120
+    replayed = HalvingScheduler({}, 3, **kwargs).replay(read_journal(old).scheduler_calls)
+    assert len(replayed) >= 120
+    assert [then for then, _ in replayed] == [now for _, now in replayed]
 
-    def lines(name: str) -> list[dict]:
-        events = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+    ours = HalvingScheduler({f"t{i}": i for i in range(50)}, 3, **kwargs)
+    ours.journal = Journal(tmp_path / "new.jsonl")
+    _drive([(ours, "t")], _trials(50, 1), random.Random(1), 10**4, 9)
+    ours.journal.close()
+
+    def lines(path: Path) -> list[dict]:
+        events = [json.loads(line) for line in path.read_text().splitlines()]
         return [{k: v for k, v in e.items() if k != "t"} for e in events]
 
-    assert lines("a.jsonl") == lines("b.jsonl")
-    for scheduler in (HalvingScheduler({}, 3, **kwargs), JournaledASHA({}, seed=3, **kwargs)):
-        replayed = scheduler.replay(read_journal(tmp_path / "a.jsonl").scheduler_calls)
-        assert [d for _, _, d in decisions] == [live for live, _ in replayed]
-        assert [live for live, _ in replayed] == [again for _, again in replayed]
-        assert _rungs(scheduler) == _rungs(today)
+    assert lines(tmp_path / "new.jsonl") == lines(old)
 
 
 # --- the journal -------------------------------------------------------------------------------

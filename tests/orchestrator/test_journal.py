@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from ray.tune.search import Searcher
 
+from orchestrator.halving_scheduler import HalvingScheduler
 from orchestrator.journal import RESUME_FROM, Journal, JournalError, read_journal
-from orchestrator.scheduler import JournaledASHA
 from orchestrator.search import ReplayError, RoundPlan, RoundSearcher
 from orchestrator.space import RangeDomain, SearchSpace
 
@@ -173,8 +173,8 @@ class _Trial:
         self.trial_id = trial_id
 
 
-def _asha(index_of: dict[str, int], brackets: int = 1, seed: int = 0) -> JournaledASHA:
-    return JournaledASHA(
+def _asha(index_of: dict[str, int], brackets: int = 1, seed: int = 0) -> HalvingScheduler:
+    return HalvingScheduler(
         index_of,
         seed=seed,
         metric="val_accuracy",
@@ -187,11 +187,13 @@ def _asha(index_of: dict[str, int], brackets: int = 1, seed: int = 0) -> Journal
     )
 
 
-def _rungs(scheduler: JournaledASHA) -> list[Any]:
-    return [[(m, dict(r)) for m, r in b._rungs] for b in scheduler._brackets]
+def _rungs(scheduler: HalvingScheduler) -> list[Any]:
+    return [[(r.epoch, dict(r.scores)) for r in b] for b in scheduler.halving.rungs]
 
 
-def _drive(scheduler: JournaledASHA, index_of: dict, trials: dict, rng: random.Random, steps: int):
+def _drive(
+    scheduler: HalvingScheduler, index_of: dict, trials: dict, rng: random.Random, steps: int
+):
     """Interleaved results from several trials, like Tune delivers them; returns decisions."""
     decisions = []
     for _ in range(steps):
@@ -274,8 +276,8 @@ def test_asha_with_brackets_rebuilds_exactly_whatever_the_global_random_state(
     assert _rungs(rebuilt) == _rungs(original)
 
 
-def _brackets_of(scheduler: JournaledASHA, trials: int) -> list[int]:
-    return [scheduler._brackets.index(scheduler._trial_info[str(i)]) for i in range(trials)]
+def _brackets_of(scheduler: HalvingScheduler, trials: int) -> list[int]:
+    return [scheduler.halving.bracket_of(i) for i in range(trials)]
 
 
 def test_asha_brackets_follow_asha_probabilities_and_the_seed() -> None:
@@ -288,7 +290,7 @@ def test_asha_brackets_follow_asha_probabilities_and_the_seed() -> None:
     for trial_id in index_of:
         scheduler.on_trial_add(None, _Trial(trial_id))
     counts = np.bincount(_brackets_of(scheduler, 3000), minlength=3)
-    sizes = np.array([len(b._rungs) for b in scheduler._brackets])
+    sizes = np.array([len(b) for b in scheduler.halving.rungs])
     weights = np.e ** (sizes - sizes.max())
     assert chisquare(counts, 3000 * weights / weights.sum()).pvalue > 0.001
     other = _asha(index_of, brackets=3, seed=1)

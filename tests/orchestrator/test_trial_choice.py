@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ray.tune.experiment import Trial
 
 from orchestrator import trial_choice
-from orchestrator.scheduler import JournaledASHA
+from orchestrator.halving_scheduler import HalvingScheduler
 from orchestrator.search import live_trials
 from orchestrator.trial_choice import PASSED_OVER_LIMIT_S, NewestFirstFIFO
 
@@ -32,7 +32,7 @@ class _Controller:
 
 
 def _schedulers() -> list[object]:
-    asha = JournaledASHA({}, metric="val_accuracy", mode="max", time_attr="epoch", max_t=9)
+    asha = HalvingScheduler({}, metric="val_accuracy", mode="max", time_attr="epoch", max_t=9)
     return [asha, NewestFirstFIFO()]
 
 
