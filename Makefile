@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # pyproject.toml applies (install your CUDA build of torch into $(VENV) first to keep it).
 TORCH_LOCAL ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast test-no-speedups lint clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,17 @@ demo: install
 	$(VENV)/bin/caviar run examples/digits.yaml
 
 test: install
+	$(VENV)/bin/lint-imports   # the boundaries of docs/design.md ([tool.importlinter])
 	$(PY) -m pytest
+
+# The fast part while you work: no Ray or MLflow processes (a few minutes).
+test-fast: install
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "not integration and not cluster and not bench"
+
+# The integration sweep with every speed-up that uses a library's internals off (CI runs it).
+test-no-speedups: install
+	CAVIAR_NO_SPEEDUPS=1 $(PY) -m pytest tests/integration/test_local_sweep.py
 
 lint: install
 	$(VENV)/bin/ruff check orchestrator trainables tests

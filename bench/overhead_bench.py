@@ -113,7 +113,7 @@ def inner(spec_path: Path) -> int:
     import ray
 
     import bench.noop_trainable  # noqa: F401  # registers bench_noop in the driver
-    import orchestrator.sweep  # noqa: F401  # its environment defaults, set before Ray starts
+    import orchestrator.engine.run  # noqa: F401  # its environment defaults, set before Ray starts
     from orchestrator.cli import main as caviar_main
 
     if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):

@@ -283,7 +283,7 @@ def read_caviar_journal(storage_dir: Path) -> SweepRead:
     record of its end, so a sweep that logged nothing (bench/untracked.py) and one that logged
     everything are measured alike.
     """
-    from orchestrator.journal import read_journal
+    from orchestrator.store.journal import read_journal
 
     journals = sorted(storage_dir.glob("*/*/journal.jsonl"))
     if len(journals) != 1:

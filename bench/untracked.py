@@ -16,7 +16,7 @@ from typing import Any
 
 def drop_trial_writes() -> None:
     """Make the writer accept trial writes without delivering them (the ops still queue)."""
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.store.tracking import SweepTracker
 
     def dropped(self: SweepTracker, trial: str, ops: list[Any]) -> None:
         return None

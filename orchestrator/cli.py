@@ -77,17 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
-    from orchestrator import cli_cluster
+    from orchestrator.cluster import commands as cli_cluster
 
     cli_cluster.add_commands(commands)
     return parser
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.models import load_spec
 
     spec = load_spec(args.spec)
-    from orchestrator.datasets import check_data_files
+    from orchestrator.spec.data import check_data_files
 
     check_data_files(spec.data, args.spec.parent)  # exists; `run` checks the contents
     print(f"OK {spec.summary()}")
@@ -95,35 +95,35 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from orchestrator.spec import json_schema
+    from orchestrator.spec.models import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.spec import load_spec
+    from orchestrator.spec.models import load_spec
 
     spec = load_spec(args.spec)  # before the heavy imports: a bad spec answers at once
-    from orchestrator.datasets import check_data_files
+    from orchestrator.spec.data import check_data_files
 
     check_data_files(spec.data, args.spec.parent)  # so does a missing data file
-    from orchestrator.cluster import prepare_job_driver
+    from orchestrator.cluster.submit import prepare_job_driver
 
     prepare_job_driver(spec)  # as a Ray job: no store in its temp folder; leave the shared folder
     if not os.environ.get("RAY_ADDRESS"):  # and a trial too large for this machine
-        from orchestrator.capacity import refuse_on_this_machine
+        from orchestrator.engine.capacity import refuse_on_this_machine
 
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
     _exit_without_final_collection()
-    from orchestrator import raystart
+    from orchestrator.engine import raystart
 
     # Ray's start (seconds, mostly waiting on its processes) overlaps the imports below, the
     # data load and the MLflow parent run; run_sweep claims it where it needs Ray.
     raystart.start_in_background()
     try:
-        from orchestrator.summary import format_summary
-        from orchestrator.sweep import run_sweep
+        from orchestrator.engine.run import run_sweep
+        from orchestrator.report.summary import format_summary
 
         result = run_sweep(
             spec,
@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     _exit_without_final_collection()
-    from orchestrator.reporting import report_command
+    from orchestrator.report.command import report_command
 
     page = report_command(args.sweep, args.tracking_uri, args.out)
     print(f"caviar: wrote {page}")

@@ -1,7 +1,7 @@
 """The compose topology as local processes on loopback: Ray head, Ray worker, MLflow server.
 
 Every service starts exactly as ``docker-compose.yml`` starts it, through
-``python -m orchestrator.services SERVICE``; only the environment differs (free loopback
+``python -m orchestrator.cluster.services SERVICE``; only the environment differs (free loopback
 ports, a short per-test Ray temp folder). The MLflow server's backend store is what compose
 deploys, a PostgreSQL server (started for the module by ``tests/postgres.py``) that the
 service reaches through the compose file's ``POSTGRES_*`` variables. Where no PostgreSQL
@@ -37,7 +37,7 @@ from ports import free_ports
 from postgres import PostgresServer, postgres_server, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICE = [sys.executable, "-m", "orchestrator.services"]
+SERVICE = [sys.executable, "-m", "orchestrator.cluster.services"]
 START_TIMEOUT_S = 120.0
 WORKER_ATTEMPTS = 3  # a worker that fails to join is started again, on fresh ports
 
@@ -90,7 +90,7 @@ class LocalCluster:
                 CAVIAR_MLFLOW_ARTIFACTS=str(self.root / "mlartifacts"),
             )
             if self.postgres is not None:
-                # compose's variables; orchestrator.services builds the URI from them
+                # compose's variables; orchestrator.cluster.services builds the URI from them
                 env.update(self.postgres.service_env())
             else:
                 env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{self.root / 'mlflow.db'}"

@@ -23,7 +23,7 @@ import ray
 import yaml
 from jsonschema import Draft202012Validator
 
-from orchestrator import services
+from orchestrator.cluster import services
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -7,7 +7,7 @@ agents unpack a job's `working_dir` into the same folder: when the driver connec
 second node's agent deletes and unpacks again the folder the driver runs in. A driver whose
 current directory was deleted cannot import torch ("Intel oneMKL FATAL ERROR: Cannot load
 .../libtorch_cpu.so", exit 2). `tests/cluster/test_local_cluster.py` starts each node with
-its own temp folder (through `orchestrator.services`) and never met this.
+its own temp folder (through `orchestrator.cluster.services`) and never met this.
 
 The head runs without MLFLOW_TRACKING_URI, and a stand-alone `mlflow server` on loopback takes
 the sweep's runs when the spec names it. The same cluster shows that a sweep without a

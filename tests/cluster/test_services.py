@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import services
-from orchestrator.services import ServiceConfigError
+from orchestrator.cluster import services
+from orchestrator.cluster.services import ServiceConfigError
 
 TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "s3cret-token"}
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def test_health_urls_use_loopback_and_public_endpoints() -> None:
 def test_entrypoint_dry_run_and_errors_without_traceback() -> None:
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "orchestrator.services", *args],
+            [sys.executable, "-m", "orchestrator.cluster.services", *args],
             env={"PATH": "/usr/bin:/bin", **env},
             cwd=REPO,
             capture_output=True,
@@ -166,7 +166,7 @@ def test_entrypoint_dry_run_and_errors_without_traceback() -> None:
 
 
 def test_mlflow_basic_auth_app_is_opt_in() -> None:
-    from orchestrator.services import mlflow_server
+    from orchestrator.cluster.services import mlflow_server
 
     plain = mlflow_server({"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"}).argv
     assert "--app-name" not in plain

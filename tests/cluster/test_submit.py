@@ -18,10 +18,10 @@ from conftest import run_caviar
 from ray._private.runtime_env.packaging import create_package
 from ray.job_submission import JobDetails, JobStatus
 
-from orchestrator import cluster
-from orchestrator.cluster import ClusterAuthError, ClusterError
+from orchestrator.cluster import submit as cluster
+from orchestrator.cluster.submit import ClusterAuthError, ClusterError
 from orchestrator.errors import SpecError
-from orchestrator.spec import parse_spec_text
+from orchestrator.spec.models import parse_spec_text
 
 SPEC = """
 name: iris-submit
@@ -93,7 +93,7 @@ def test_a_relative_storage_path_is_refused_an_absolute_one_is_not() -> None:
 
 
 def test_storage_path_prefers_the_spec_then_the_clusters_shared_volume() -> None:
-    from orchestrator.sweep import storage_path
+    from orchestrator.engine.run import storage_path
 
     shared = {"CAVIAR_STORAGE_PATH": "/shared/caviar_runs"}
     assert storage_path(parse_spec_text(SPEC), {}) == "caviar_runs"

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow_db import query
 from ports import free_port
 
-from orchestrator.journal import read_journal
+from orchestrator.store.journal import read_journal
 
 pytestmark = pytest.mark.integration
 

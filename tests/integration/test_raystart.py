@@ -27,7 +27,7 @@ START = """
 import json
 import ray
 from ray._private import node as ray_node, parameter
-from orchestrator import raystart
+from orchestrator.engine import raystart
 
 before = parameter.RayParams.__init__
 api_server_before = ray_node.Node.start_api_server

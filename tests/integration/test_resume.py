@@ -15,8 +15,8 @@ from conftest import CAVIAR, clean_env, run_caviar
 from mlflow import MlflowClient
 from mlflow_db import query
 
-from orchestrator.halving_scheduler import HalvingScheduler
-from orchestrator.journal import read_journal
+from orchestrator.engine.scheduler import HalvingScheduler
+from orchestrator.store.journal import read_journal
 
 pytestmark = pytest.mark.integration
 

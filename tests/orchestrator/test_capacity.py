@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.capacity import refuse_on_this_machine, shortfall, waiting_note
+from orchestrator.engine.capacity import refuse_on_this_machine, shortfall, waiting_note
 from orchestrator.errors import SpecError
 
 

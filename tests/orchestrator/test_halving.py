@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from orchestrator.halving import Decision, SuccessiveHalving
-from orchestrator.halving_scheduler import HalvingScheduler
-from orchestrator.journal import Journal, read_journal
+from orchestrator.engine.scheduler import HalvingScheduler
+from orchestrator.search.halving import Decision, SuccessiveHalving
+from orchestrator.store.journal import Journal, read_journal
 
 METRIC = "val_accuracy"
 # (max_t, grace_period, reduction_factor): integer rungs; fractional ones (2.5, 6.25: reached

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.importance import ScoredTrial, parameter_importance, value_at_first_rung
-from orchestrator.space import ChoiceDomain, RangeDomain, SearchSpace, sample_configs
+from orchestrator.search.importance import ScoredTrial, parameter_importance, value_at_first_rung
+from orchestrator.search.space import ChoiceDomain, RangeDomain, SearchSpace, sample_configs
 
 SPACE = SearchSpace(
     (
@@ -68,7 +68,7 @@ def test_batched_permutation_importance_is_scikit_learns_bit_for_bit(
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.inspection import permutation_importance
 
-    from orchestrator.importance import permutation_importance_means
+    from orchestrator.search.importance import permutation_importance_means
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, columns))

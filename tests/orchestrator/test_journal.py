@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from ray.tune.search import Searcher
 
-from orchestrator.halving_scheduler import HalvingScheduler
-from orchestrator.journal import RESUME_FROM, Journal, JournalError, read_journal
-from orchestrator.search import ReplayError, RoundPlan, RoundSearcher
-from orchestrator.space import RangeDomain, SearchSpace
+from orchestrator.engine.scheduler import HalvingScheduler
+from orchestrator.engine.searcher import ReplayError, RoundPlan, RoundSearcher
+from orchestrator.search.space import RangeDomain, SearchSpace
+from orchestrator.store.journal import RESUME_FROM, Journal, JournalError, read_journal
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
 

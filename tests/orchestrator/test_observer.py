@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 from mlflow import MlflowClient
 
-from orchestrator import live
-from orchestrator.callbacks import SweepObserver
-from orchestrator.progress import ProgressLine
-from orchestrator.search import RoundPlan, RoundSearcher
-from orchestrator.space import RangeDomain, SearchSpace
-from orchestrator.tracking import SweepTracker
+from orchestrator.engine import live
+from orchestrator.engine.observer import SweepObserver
+from orchestrator.engine.progress import ProgressLine
+from orchestrator.engine.searcher import RoundPlan, RoundSearcher
+from orchestrator.search.space import RangeDomain, SearchSpace
+from orchestrator.store.tracking import SweepTracker
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
 PLAN = RoundPlan(1, 3, 7, 0.5, 0.1, "val_accuracy", "max", (2, 4), 4)

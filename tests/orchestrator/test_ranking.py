@@ -7,8 +7,8 @@ import math
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator.ranking import asha_rung_epochs, ranked, rung_milestones, rung_reached
-from orchestrator.records import TrialRecord, classify_finished
+from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones, rung_reached
+from orchestrator.trials import TrialRecord, classify_finished
 
 
 def _record(index: int, epochs: int, acc: float, outcome: str = "completed") -> TrialRecord:

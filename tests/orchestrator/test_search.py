@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ray.tune.search import Searcher
 
-from orchestrator.search import RoundPlan, RoundSearcher
-from orchestrator.space import RangeDomain, SearchSpace, sample_configs
+from orchestrator.engine.searcher import RoundPlan, RoundSearcher
+from orchestrator.search.space import RangeDomain, SearchSpace, sample_configs
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
 

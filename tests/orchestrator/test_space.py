@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from orchestrator.space import (
+from orchestrator.search.space import (
     ChoiceDomain,
     GridDomain,
     RangeDomain,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import json_schema, load_spec, parse_spec, parse_spec_text
+from orchestrator.spec.models import json_schema, load_spec, parse_spec, parse_spec_text
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
-from orchestrator import speedups, sqlite_seed
+from orchestrator import speedups
+from orchestrator.store import sqlite_seed
 from trainables import compiler_import
 import torch
 print(json.dumps({

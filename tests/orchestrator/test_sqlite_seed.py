@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.sqlite_seed import seed_new_sqlite_store, sqlite_path, template_path
-from orchestrator.tracking import SweepTracker
+from orchestrator.store.sqlite_seed import seed_new_sqlite_store, sqlite_path, template_path
+from orchestrator.store.tracking import SweepTracker
 
 
 def _schema(db: Path) -> list[tuple[str, str, list[str]]]:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from orchestrator.records import TrialRecord
-from orchestrator.summary import format_summary
-from orchestrator.sweep import SweepResult
+from orchestrator.engine.run import SweepResult
+from orchestrator.report.summary import format_summary
+from orchestrator.trials import TrialRecord
 
 RUN_IDS = [f"{i:x}" * 32 for i in (10, 3, 7)]  # best first, as run_sweep ranks them
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from orchestrator.tracking import SweepTracker
+from orchestrator.store.tracking import SweepTracker
 
 
 def _tracker(tmp_path: Path) -> SweepTracker:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from ray.tune.experiment import Trial
 
-from orchestrator import trial_choice
-from orchestrator.halving_scheduler import HalvingScheduler
-from orchestrator.search import live_trials
-from orchestrator.trial_choice import PASSED_OVER_LIMIT_S, NewestFirstFIFO
+from orchestrator.engine import trial_choice
+from orchestrator.engine.scheduler import HalvingScheduler
+from orchestrator.engine.searcher import live_trials
+from orchestrator.engine.trial_choice import PASSED_OVER_LIMIT_S, NewestFirstFIFO
 
 
 @dataclass

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from conftest import run_caviar
 
-from orchestrator.ui_links import (
+from orchestrator.report.ui_links import (
     compare_page,
     run_page,
     runs_page,
@@ -107,7 +107,7 @@ def test_a_sqlite_store_is_served_where_the_ui_command_says(command: str, base: 
 
 def test_the_printed_ui_command_and_the_links_agree() -> None:
     """Whatever host and port tracking.ui_command prints, the links point there."""
-    from orchestrator.tracking import ui_command
+    from orchestrator.store.tracking import ui_command
 
     command = ui_command(SQLITE)
     base = ui_base(SQLITE, command)

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from user_data_files import fake_cifar10, fake_mnist, fruit_table, write_csv, write_npz
 
-from orchestrator.datasets import (
+from orchestrator.errors import SpecError
+from orchestrator.spec.data import (
     DataLoadError,
     check_data_files,
     class_names_param,
     load_data,
     resolve,
 )
-from orchestrator.errors import SpecError
-from orchestrator.spec import (
+from orchestrator.spec.models import (
     CsvData,
     NpzData,
     ParquetData,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.space import (
+from orchestrator.search.space import (
     ChoiceDomain,
     GridDomain,
     RangeDomain,
@@ -15,7 +15,7 @@ from orchestrator.space import (
     sample_configs,
     to_transformed,
 )
-from orchestrator.zoom import MIN_RELATIVE_WIDTH, keep_count, next_region, region_as_dict
+from orchestrator.search.zoom import MIN_RELATIVE_WIDTH, keep_count, next_region, region_as_dict
 
 LR = RangeDomain("learning_rate", "log", 1e-4, 1.0)
 MOM = RangeDomain("momentum", "log1m", 0.5, 0.999)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.progress import ProgressLine
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.engine.progress import ProgressLine
+    from orchestrator.store.tracking import SweepTracker
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator.space import (
+from orchestrator.search.space import (
     ChoiceDomain,
     Domain,
     GridDomain,

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.defaults import apply_environment_defaults
+from orchestrator.environment import apply_environment_defaults
 
 apply_environment_defaults()  # before Ray and Tune are imported
 
@@ -30,29 +30,29 @@ from ray import tune  # noqa: E402
 from ray.tune.schedulers import TrialScheduler  # noqa: E402
 
 import trainables  # noqa: E402
-from orchestrator import live  # noqa: E402
-from orchestrator.callbacks import SweepObserver  # noqa: E402
-from orchestrator.capacity import refuse_on_this_machine, waiting_note  # noqa: E402
-from orchestrator.datasets import class_names_param, load_data  # noqa: E402
+from orchestrator.engine import live  # noqa: E402
+from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note  # noqa: E402
+from orchestrator.engine.observer import SweepObserver  # noqa: E402
+from orchestrator.engine.progress import ProgressLine  # noqa: E402
+from orchestrator.engine.scheduler import HalvingScheduler  # noqa: E402
+from orchestrator.engine.searcher import build_searcher, concurrent_slots  # noqa: E402
+from orchestrator.engine.trial_actor import CaviarTrainable, load_trial_state  # noqa: E402
+from orchestrator.engine.trial_choice import NewestFirstFIFO  # noqa: E402
 from orchestrator.errors import SweepError, SweepInterrupted  # noqa: E402
-from orchestrator.halving_scheduler import HalvingScheduler  # noqa: E402
-from orchestrator.journal import JOURNAL, Journal, read_journal  # noqa: E402
-from orchestrator.progress import ProgressLine  # noqa: E402
-from orchestrator.ranking import asha_rung_epochs, ranked, rung_milestones  # noqa: E402
-from orchestrator.records import FINAL_OUTCOMES, TrialRecord  # noqa: E402
-from orchestrator.resume import (  # noqa: E402
+from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones  # noqa: E402
+from orchestrator.search.space import SearchSpace  # noqa: E402
+from orchestrator.search.zoom import region_as_dict  # noqa: E402
+from orchestrator.spec.data import class_names_param, load_data  # noqa: E402
+from orchestrator.spec.models import AshaScheduler, SweepSpec  # noqa: E402
+from orchestrator.store.journal import JOURNAL, Journal, read_journal  # noqa: E402
+from orchestrator.store.markers import (  # noqa: E402
     SweepMarker,
     pick_for_resume,
     refuse_if_unfinished,
     write_marker,
 )
-from orchestrator.search import build_searcher, concurrent_slots  # noqa: E402
-from orchestrator.space import SearchSpace  # noqa: E402
-from orchestrator.spec import AshaScheduler, SweepSpec  # noqa: E402
-from orchestrator.tracking import SweepTracker, ui_command  # noqa: E402
-from orchestrator.trial import CaviarTrainable, load_trial_state  # noqa: E402
-from orchestrator.trial_choice import NewestFirstFIFO  # noqa: E402
-from orchestrator.zoom import region_as_dict  # noqa: E402
+from orchestrator.store.tracking import SweepTracker, ui_command  # noqa: E402
+from orchestrator.trials import FINAL_OUTCOMES, TrialRecord  # noqa: E402
 from trainables import DataSplits, TensorSplits, get_trainable  # noqa: E402
 
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
@@ -258,8 +258,8 @@ def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
     """
     import tempfile
 
-    from orchestrator.report import write_report
-    from orchestrator.tracking import read_sweep, ui_base
+    from orchestrator.report.page import write_report
+    from orchestrator.store.tracking import read_sweep, ui_base
 
     try:
         history = read_sweep(tracker.uri, result.parent_run_id)
@@ -301,10 +301,10 @@ def _ensure_ray() -> bool:
     """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback.
 
     True when this sweep started (so owns) Ray. ``caviar run`` begins the start on a thread
-    before the heavy imports (``orchestrator.raystart``); it is claimed here, and whatever
+    before the heavy imports (``orchestrator.engine.raystart``); it is claimed here, and whatever
     ``ray.init`` raised is raised here, as if it had been called now.
     """
-    from orchestrator import raystart
+    from orchestrator.engine import raystart
 
     claimed = raystart.claim()
     if claimed is not None:
@@ -327,7 +327,7 @@ def _fit(
 ) -> SweepObserver:
     """Run (or continue) the sweep's trials; returns the observer, with every record.
 
-    A resumed sweep does not use Tune's restore (see ``orchestrator/journal.py``): the
+    A resumed sweep does not use Tune's restore (see ``orchestrator/store/journal.py``): the
     searcher, the scheduler and the records are rebuilt from caviar's journal, trials that
     had not ended continue from their last journaled checkpoint, and a fresh Tuner (its own
     folder under the sweep's) runs what is left.

@@ -1,6 +1,6 @@
 """The cluster commands of ``caviar`` (submit, status, logs, stop, jobs): parse and delegate.
 
-The work is in :mod:`orchestrator.cluster`, imported only when one of these commands runs, so
+The work is in :mod:`orchestrator.cluster.submit`, imported only when one of these commands runs, so
 ``caviar validate`` and ``caviar run`` never load Ray's job SDK.
 """
 
@@ -14,7 +14,7 @@ ADDRESS_HELP = "the head's job API, http://HOST:8265 (default: $RAY_ADDRESS)"
 
 
 def add_commands(commands: Any) -> None:  # argparse's _SubParsersAction
-    """Register the cluster subcommands; see ``orchestrator.cluster`` for what they do."""
+    """Register the cluster subcommands; see ``orchestrator.cluster.submit`` for what they do."""
     submit = commands.add_parser("submit", help="run a sweep on a Ray cluster (Ray's job API)")
     submit.add_argument("spec", type=Path, help="the sweep spec (YAML); its folder is uploaded")
     _address(submit)
@@ -47,30 +47,30 @@ def _address(parser: argparse.ArgumentParser) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from orchestrator import cluster
+    from orchestrator.cluster import submit as cluster
 
     return cluster.submit(args.spec, args.address, args.follow)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from orchestrator import cluster
+    from orchestrator.cluster import submit as cluster
 
     return cluster.status(args.job, args.address)
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from orchestrator import cluster
+    from orchestrator.cluster import submit as cluster
 
     return cluster.logs(args.job, args.address, args.follow)
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from orchestrator import cluster
+    from orchestrator.cluster import submit as cluster
 
     return cluster.stop(args.job, args.address)
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from orchestrator import cluster
+    from orchestrator.cluster import submit as cluster
 
     return cluster.jobs(args.address)

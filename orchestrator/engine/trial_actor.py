@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from ray import tune
 
-from orchestrator.journal import RESUME_FROM
-from orchestrator.records import EPOCH_RESULTS
+from orchestrator.store.journal import RESUME_FROM
+from orchestrator.trials import EPOCH_RESULTS
 from trainables import DataSplits, TensorSplits, TrainingSession, get_trainable
 
 STATE_FILE = "state.pt"

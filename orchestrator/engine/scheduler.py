@@ -3,7 +3,7 @@
 Ray Tune does not restore schedulers, and a resumed sweep runs its unfinished trials under new
 Ray trial ids. A scheduler that forgot its rungs, or met a continued trial as a stranger, would
 promote trials an uninterrupted sweep would have stopped. The decisions are made by
-:class:`orchestrator.halving.SuccessiveHalving`, keyed by the trial's index (stable across
+:class:`orchestrator.search.halving.SuccessiveHalving`, keyed by the trial's index (stable across
 resumes); fed the journaled calls again in their order, it holds exactly the rungs it held when
 the sweep was killed. The journal lines are those ``JournaledASHA`` wrote (``sched`` events
 with ``op``, ``k``, ``r``, ``d``), so journals written by either replay in either.
@@ -18,9 +18,9 @@ from typing import Any, Literal
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.halving import Decision, SuccessiveHalving
-from orchestrator.journal import Journal
-from orchestrator.trial_choice import NewestPendingFirst
+from orchestrator.engine.trial_choice import NewestPendingFirst
+from orchestrator.search.halving import Decision, SuccessiveHalving
+from orchestrator.store.journal import Journal
 
 
 class HalvingScheduler(NewestPendingFirst, TrialScheduler):

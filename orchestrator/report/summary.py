@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.sweep import SweepResult
-from orchestrator.ui_links import sweep_links, text_lines, ui_base
+from orchestrator.engine.run import SweepResult
+from orchestrator.report.ui_links import sweep_links, text_lines, ui_base
 
 
 def format_summary(result: SweepResult) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from orchestrator.space import Domain, RangeDomain, to_transformed
+from orchestrator.search.space import Domain, RangeDomain, to_transformed
 
 MIN_TRIALS = 6
 N_REPEATS = 10

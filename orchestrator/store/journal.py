@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.errors import CaviarError
-from orchestrator.records import with_epoch
+from orchestrator.trials import with_epoch
 
 JOURNAL = "journal.jsonl"
 # The configuration key that hands a continued trial the checkpoint it restarts from. The

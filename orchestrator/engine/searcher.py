@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from orchestrator import live
+from orchestrator.engine import live
 from orchestrator.errors import CaviarError
-from orchestrator.journal import RESUME_FROM, JournaledTrial
-from orchestrator.ranking import ranked
-from orchestrator.records import TrialRecord, classify_finished
-from orchestrator.space import SearchSpace, sample_configs
-from orchestrator.spec import SweepSpec
-from orchestrator.zoom import keep_count, next_region
+from orchestrator.search.ranking import ranked
+from orchestrator.search.space import SearchSpace, sample_configs
+from orchestrator.search.zoom import keep_count, next_region
+from orchestrator.spec.models import SweepSpec
+from orchestrator.store.journal import RESUME_FROM, JournaledTrial
+from orchestrator.trials import TrialRecord, classify_finished
 
 # Called when a round starts: (round number from 1, its region, notes on how it was derived).
 RoundListener = Callable[[int, SearchSpace, tuple[str, ...]], None]
@@ -72,7 +72,9 @@ class RoundSearcher(Searcher):
         sweep_id: str | None = None,
     ) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
-        self.sweep_id = sweep_id  # a pickled copy finds its listener through orchestrator.live
+        self.sweep_id = (
+            sweep_id  # a pickled copy finds its listener through orchestrator.engine.live
+        )
         self.plan = plan
         self.original = space
         self.space = space

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.history import SweepHistory, TrialHistory
-from orchestrator.importance import ScoredTrial, parameter_importance, value_at_first_rung
-from orchestrator.space import ChoiceDomain, Domain, GridDomain, RangeDomain
-from orchestrator.ui_links import SweepLinks, labelled, run_page, sweep_links
+from orchestrator.report.ui_links import SweepLinks, labelled, run_page, sweep_links
+from orchestrator.search.importance import ScoredTrial, parameter_importance, value_at_first_rung
+from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, RangeDomain
+from orchestrator.store.history import SweepHistory, TrialHistory
 
 ROUND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 TOP_TRIALS = 10
@@ -40,7 +40,7 @@ class Report:
 
 def rank_trials(history: SweepHistory, trials: Sequence[TrialHistory]) -> list[TrialHistory]:
     """ASHA-aware order, best first: deepest rung reached, then the objective there."""
-    from orchestrator.ranking import rung_reached
+    from orchestrator.search.ranking import rung_reached
 
     sign = 1.0 if history.mode == "max" else -1.0
     eligible = [

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator import speedups
-from orchestrator.defaults import apply_environment_defaults
+from orchestrator.environment import apply_environment_defaults
 
 # Before Ray starts: its processes (and so the trial workers) inherit this environment.
 apply_environment_defaults()

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Literal, TextIO
 
-from orchestrator.ranking import rung_reached
-from orchestrator.records import TrialRecord
+from orchestrator.search.ranking import rung_reached
+from orchestrator.trials import TrialRecord
 
 
 class ProgressLine:

@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.space import ChoiceDomain, Domain, GridDomain, RangeDomain, SearchSpace
+from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, RangeDomain, SearchSpace
 
 BUNDLED_SOURCES = ("digits", "iris", "wine", "breast_cancer")
 FILE_SOURCES = ("csv", "parquet", "npz", "torchvision")
@@ -242,7 +242,7 @@ _PATH_HELP = (
 
 class _FileData(_DataCommon):
     """The user's own file. Its path is kept as written: the spec's folder, which a relative
-    path is resolved against, is known only to whoever loaded the spec (orchestrator.datasets).
+    path is resolved against, is known only to whoever loaded the spec (orchestrator.spec.data).
     """
 
     path: Annotated[str, Field(min_length=1, description=f"The data file, {_PATH_HELP}.")]

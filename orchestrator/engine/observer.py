@@ -14,12 +14,12 @@ from typing import Any
 
 from ray.tune import Callback, Checkpoint
 
-from orchestrator import live
-from orchestrator.journal import RESUME_FROM, Journal, JournaledTrial
-from orchestrator.progress import ProgressLine
-from orchestrator.records import EPOCH_RESULTS, TrialRecord, classify_finished, with_epoch
-from orchestrator.search import RoundSearcher
-from orchestrator.tracking import SweepTracker
+from orchestrator.engine import live
+from orchestrator.engine.progress import ProgressLine
+from orchestrator.engine.searcher import RoundSearcher
+from orchestrator.store.journal import RESUME_FROM, Journal, JournaledTrial
+from orchestrator.store.tracking import SweepTracker
+from orchestrator.trials import EPOCH_RESULTS, TrialRecord, classify_finished, with_epoch
 
 # What a trial reports that is a per-epoch metric (everything numeric we own, nothing of Ray's).
 EPOCH_METRICS = (

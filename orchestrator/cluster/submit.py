@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
-from orchestrator.defaults import apply_environment_defaults
+from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import CaviarError, Problem, SpecError
-from orchestrator.spec import SweepSpec, load_spec
+from orchestrator.spec.models import SweepSpec, load_spec
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails

@@ -1,8 +1,8 @@
 """The cluster's service commands (Ray head, Ray worker, MLflow server), defined once.
 
 ``docker-compose.yml`` and the local-process cluster test both start every service as
-``python -m orchestrator.services SERVICE``: this module reads the service's settings from the
-environment and execs the command built here. The compose file and the test differ only in
+``python -m orchestrator.cluster.services SERVICE``: this module reads the service's settings
+from the environment and execs the command built here. The compose file and the test differ only in
 the environment they pass (container hostnames and fixed ports there, loopback and free ports
 here), so the commands they run cannot drift apart.
 
@@ -15,8 +15,8 @@ the logs show). The MLflow backend store URI, which holds the database password,
 
 Usage::
 
-    python -m orchestrator.services ray-head|ray-worker|mlflow [--dry-run]
-    python -m orchestrator.services health ray-head|ray-worker|mlflow
+    python -m orchestrator.cluster.services ray-head|ray-worker|mlflow [--dry-run]
+    python -m orchestrator.cluster.services health ray-head|ray-worker|mlflow
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from orchestrator.errors import CaviarError
 
-ENTRYPOINT = ("python", "-m", "orchestrator.services")
+ENTRYPOINT = ("python", "-m", "orchestrator.cluster.services")
 LOOPBACK = "127.0.0.1"
 DEFAULT_GCS_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
@@ -306,7 +306,7 @@ def _executable(name: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.services",
+        prog="python -m orchestrator.cluster.services",
         description="Start one caviar cluster service from settings in the environment.",
     )
     parser.add_argument("service", choices=[*SERVICES, "health"])

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from orchestrator.errors import CaviarError
-from orchestrator.spec import (
+from orchestrator.spec.models import (
     BundledData,
     CsvData,
     FileData,

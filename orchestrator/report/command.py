@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.report import ui_links, write_report
-from orchestrator.spec import DEFAULT_TRACKING_URI
-from orchestrator.tracking import read_sweep, ui_command
-from orchestrator.ui_links import labelled_line, text_lines, ui_base
+from orchestrator.report.page import ui_links, write_report
+from orchestrator.report.ui_links import labelled_line, text_lines, ui_base
+from orchestrator.spec.models import DEFAULT_TRACKING_URI
+from orchestrator.store.tracking import read_sweep, ui_command
 
 
 def report_command(

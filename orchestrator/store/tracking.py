@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchestrator.defaults import apply_environment_defaults
+from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import TrackingError
-from orchestrator.history import SweepHistory
-from orchestrator.sqlite_seed import seed_new_sqlite_store
+from orchestrator.store.history import SweepHistory
+from orchestrator.store.sqlite_seed import seed_new_sqlite_store
 
 apply_environment_defaults()  # before MLflow is imported
 
@@ -660,8 +660,8 @@ def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
     import re
     import tempfile
 
-    from orchestrator.history import SweepHistory, TrialHistory
-    from orchestrator.ranking import rung_milestones
+    from orchestrator.search.ranking import rung_milestones
+    from orchestrator.store.history import SweepHistory, TrialHistory
 
     uri = absolute_uri(uri)
     check_reachable(uri)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Literal
 
-from orchestrator.records import TrialRecord
+from orchestrator.trials import TrialRecord
 
 
 def asha_rung_epochs(
