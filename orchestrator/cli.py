@@ -148,13 +148,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _exit_without_final_collection() -> None:
-    """Skip the cyclic garbage collection of interpreter shutdown (about 1 s once torch, Ray
-    and MLflow are loaded): at exit, move every object to the permanent generation first.
+    """Skip the cyclic garbage collection of interpreter shutdown (seconds once torch, Ray and
+    MLflow are loaded; docs/performance.md): at exit, move every object to the permanent
+    generation first.
 
     Registered before the heavy imports, so it runs after their own exit handlers (LIFO).
-    Nothing is lost: the process is ending, and no exit handler of theirs is skipped.
+    Nothing is lost: the process is ending, and no exit handler of theirs is skipped. Off with
+    the other speed-ups (``CAVIAR_NO_SPEEDUPS``).
     """
-    atexit.register(gc.freeze)
+    from orchestrator import speedups
+
+    if speedups.enabled():
+        atexit.register(gc.freeze)
 
 
 if __name__ == "__main__":

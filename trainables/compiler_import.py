@@ -1,6 +1,6 @@
 """Building and stepping a torch optimizer without importing torch's compiler stack.
 
-torch's optimizers import ``torch._dynamo`` (about 1.2 s of CPU) in every process that uses
+torch's optimizers import ``torch._dynamo`` (a second or more of CPU) in every process that uses
 one, for two markers that only matter under ``torch.compile``:
 
 - ``Optimizer.add_param_group``, ``zero_grad``, ``state_dict`` and ``load_state_dict`` are

@@ -78,7 +78,7 @@ class DataSplits:
 
 # scikit-learn's loader for each bundled dataset. scikit-learn is imported where it is used,
 # never at module level: trial workers import this package too, and they never load or split
-# data (the driver does), so they skip its ~0.8 s import on every actor start.
+# data (the driver does), so they skip its import on every actor start.
 _LOADERS: dict[str, str] = {
     "digits": "load_digits",
     "iris": "load_iris",

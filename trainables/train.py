@@ -123,7 +123,7 @@ def build_optimizer(
     sweep picks. RMSprop runs without momentum; its alpha is beta2 (the EWMA
     decay of squared gradients, the course's beta2).
     """
-    defer_compiler_import()  # ~1.2 s per process that torch would spend importing its compiler
+    defer_compiler_import()  # torch would import its compiler in every process
     if config.optimizer == "sgd":
         return eager_optimizer(torch.optim.SGD)(
             params,

@@ -107,7 +107,7 @@ def _without_monitors() -> Iterator[None]:
 
     A one-machine sweep has nothing to autoscale, and with ``log_to_driver=False`` nobody
     reads what the log monitor would stream; each is a Python process that imports Ray and
-    polls, and together they cost ~1 s of ``ray.init`` (3.5 s -> 2.5 s here) and a core's
+    polls, and together they lengthen ``ray.init`` (docs/performance.md) and take a core's
     worth of CPU while the driver and the first trial workers start. ``ray.init`` has no
     argument for them, so its node parameters get ``no_monitor`` and ``include_log_monitor``
     (``ray start`` has them) for the duration of the call; if Ray's parameters ever stop

@@ -286,7 +286,7 @@ def live_trials(slots: int) -> int:
     when the next trial is asked for only after one ends (a limit of ``slots``): an actor that
     finishes while another sits cached is stopped, and a trial whose actor is starting takes
     the warm one instead (``trial_choice.py``). Either way a new actor pays a process start and
-    torch's import (about 3 s here) while its slot trains nothing. A waiting trial per slot
+    torch's import while its slot trains nothing. A waiting trial per slot
     avoids both. The waiting trials are drawn in the same order (the plan is fixed by the
     seed) and run only when a slot frees; the cluster's resources still cap how many run.
     """

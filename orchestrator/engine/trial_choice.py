@@ -1,13 +1,13 @@
 """Which waiting trial Tune starts next: the newest, so a warm actor never evicts a starting one.
 
 Tune starts the trial its scheduler chooses, and if that trial already has an actor of its own
-still starting (a process start and torch's import: about 3 s here), while a finished trial's
+still starting (a process start and torch's import), while a finished trial's
 warm actor is free, Tune gives the trial the warm actor and kills the starting one. Ray Tune's
 FIFO choice (the oldest waiting trial) picks exactly that trial, the one whose actor was asked
 for first. With trials shorter than an actor's start (ASHA stops most after two epochs of
 milliseconds), the warm actor wins every time: a new actor is started for the next trial,
 killed when the warm one frees up again, and so on, each start burning a core for seconds
-while that slot trains nothing. Seen on the benchmark sweep in 8 of about 38 runs: 5
+while that slot trains nothing. Seen on the benchmark sweep (docs/performance.md):
 actor processes instead of 2, one trial running at a time, the sweep twice as long.
 
 Choosing the newest waiting trial gives the warm actor to a trial whose own actor is only

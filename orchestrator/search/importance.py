@@ -95,7 +95,7 @@ def permutation_importance_means(
     .importances_mean``, bit for bit, with one ``predict`` over every permuted copy of ``x``.
 
     scikit-learn predicts once per feature and repeat (50 calls for 5 parameters); each call
-    walks all 200 trees in Python, which made the importance ~1 s of every sweep's report
+    walks all 200 trees in Python, which made the importance a visible part of every sweep's report
     while the rows themselves are a few dozen trials. A forest predicts each row on its own,
     so stacking the copies changes no prediction; the permutations are drawn exactly as
     scikit-learn draws them (one seed for all columns, each column's permutations applied

@@ -34,13 +34,19 @@ from pydantic import (
 )
 
 from orchestrator.errors import Problem, SpecError
-from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, RangeDomain, SearchSpace
+from orchestrator.search.space import (
+    ChoiceDomain,
+    Domain,
+    GridDomain,
+    RangeDomain,
+    Scalar,
+    SearchSpace,
+)
 
 BUNDLED_SOURCES = ("digits", "iris", "wine", "breast_cancer")
 FILE_SOURCES = ("csv", "parquet", "npz", "torchvision")
 DATA_SOURCES = (*BUNDLED_SOURCES, "synthetic", *FILE_SOURCES)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-Scalar = bool | int | float | str
 
 
 class StrictModel(BaseModel):

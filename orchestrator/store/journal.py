@@ -96,10 +96,6 @@ class JournalState:
     trials: dict[int, JournaledTrial] = field(default_factory=dict)
     scheduler_calls: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def ended(self) -> dict[int, JournaledTrial]:
-        return {i: t for i, t in self.trials.items() if t.outcome is not None}
-
 
 def read_journal(path: Path) -> JournalState:
     """Parse the journal; an absent file is an empty sweep, a cut last line is dropped."""

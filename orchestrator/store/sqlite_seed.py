@@ -1,10 +1,11 @@
 """A new SQLite tracking store, copied from an empty one already migrated, not migrated anew.
 
 MLflow creates a SQLite store by running its whole chain of schema migrations (dozens of
-alembic revisions, each rebuilding tables): 1.4-2.4 s of driver CPU at the start of every
-sweep in a new folder, on two cores shared with Ray's start and the first trials. For one MLflow
-release the outcome is always the same empty schema, so caviar migrates once per release into
-a per-user cache and copies that file (milliseconds) wherever a new store is needed.
+alembic revisions, each rebuilding tables): seconds of driver CPU (docs/performance.md) at
+the start of every sweep in a new folder, on cores shared with Ray's start and the first
+trials. For one MLflow release the outcome is always the same empty schema, so caviar
+migrates once per release into a per-user cache and copies that file wherever a new store is
+needed.
 
 What is copied is exactly what MLflow's own migrations produce (a test compares the schemas),
 minus the ``Default`` experiment: its artifact location would name the cache's folder, so it

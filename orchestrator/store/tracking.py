@@ -3,7 +3,8 @@
 One parent run per sweep, one nested child run per trial, per-epoch metrics with
 ``step = epoch``. All writes happen on the driver, on one background thread, in batches: a
 trial's result costs the sweep loop a queue put (microseconds) instead of a round trip to the
-store (6 ms on SQLite, ~60 ms over HTTP with ``log_batch``, 15x that one key at a time). A
+store (``log_batch`` is an order of magnitude cheaper than one key at a time:
+docs/performance.md). A
 write that fails is retried with backoff; a store that stays away does not stop the sweep,
 and what could not be written is reported at the end instead of silently dropped.
 """
@@ -636,14 +637,6 @@ def _torch_requirement() -> str:
     import torch
 
     return f"torch=={torch.__version__.split('+')[0]}"
-
-
-def load_model(model_uri: str, tracking_uri: str) -> Any:
-    """Load a model logged by :meth:`SweepTracker.log_model` (used by tests and reports)."""
-    import mlflow.pytorch
-
-    mlflow.set_tracking_uri(absolute_uri(tracking_uri))
-    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
 # --- reading a sweep back (for reports) -----------------------------------------------------
