@@ -50,22 +50,26 @@ ray.shutdown()
 """
 
 
-def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> None:
+def _start_embedded(**env: str) -> dict:
+    """Start the embedded Ray in a fresh interpreter; what it started and how it went."""
     out = subprocess.run(
         [sys.executable, "-c", START],
         cwd=REPO,
-        env=clean_env(),
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     started = json.loads(out.stdout.strip().splitlines()[-1])
-    assert started["squares"] == [0, 1, 4, 9]
+    assert started["squares"] == [0, 1, 4, 9]  # the cluster works
+    return started
+
+
+def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> None:
+    started = _start_embedded()
     assert {"gcs_server", "raylet"} <= set(started["processes"])
-    assert not {"monitor", "log_monitor", "dashboard"} & set(started["processes"]), started[
-        "processes"
-    ]
+    assert not {"monitor", "log_monitor", "dashboard"} & set(started["processes"]), started
     assert started["dashboard_url"] is None  # Ray knows it has no dashboard
     assert started["restored"] and started["api_server_restored"]
 
@@ -73,17 +77,7 @@ def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> Non
 def test_without_speedups_a_local_cluster_starts_as_ray_starts_it() -> None:
     """CAVIAR_NO_SPEEDUPS=1: no patched Ray internals, so the monitors and the dashboard's
     process start as Ray starts them, and the cluster works."""
-    out = subprocess.run(
-        [sys.executable, "-c", START],
-        cwd=REPO,
-        env=clean_env(CAVIAR_NO_SPEEDUPS="1"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    started = json.loads(out.stdout.strip().splitlines()[-1])
-    assert started["squares"] == [0, 1, 4, 9]
+    started = _start_embedded(CAVIAR_NO_SPEEDUPS="1")
     assert {"monitor", "log_monitor", "dashboard"} <= set(started["processes"]), started
 
 
