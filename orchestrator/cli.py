@@ -11,9 +11,11 @@ import atexit
 import gc
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from orchestrator.errors import CaviarError, SweepInterrupted
 
@@ -24,12 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except SweepInterrupted as interrupted:  # not an error: the sweep can be resumed
+        _exit_at_once_on_another_signal()
         print(f"caviar: {interrupted}", file=sys.stderr)
-        return interrupted.exit_code
+        _exit_now(interrupted.exit_code)
     except CaviarError as error:
         print(f"caviar: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:  # before a sweep began, or a second Ctrl-C while one cleans up
+        _exit_at_once_on_another_signal()
         if args.command == "run":
             print(
                 "\ncaviar: stopped at once; every trial result is in the sweep's journal, and "
@@ -38,7 +42,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             print("\ncaviar: interrupted", file=sys.stderr)
-        return 130
+        _exit_now(130)
+
+
+def _exit_at_once_on_another_signal() -> None:
+    """After an interruption, one more Ctrl-C or SIGTERM ends the process there and then
+    (exit 130): everything a resume needs is already in the journal, and a second signal must
+    not end in a traceback."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: os._exit(130))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End an interrupted run without the interpreter's exit handlers: the sweep's clean-up
+    (MLflow's queue, Ray's shutdown) is done or was cut short on purpose, and a signal that
+    lands while Python finalizes would otherwise kill the process instead of exiting 130."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:
