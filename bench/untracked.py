@@ -16,12 +16,14 @@ from typing import Any
 
 def drop_trial_writes() -> None:
     """Make the writer accept trial writes without delivering them (the ops still queue)."""
-    from orchestrator.store.tracking import SweepTracker
+    from orchestrator.store.mlflow_sink import MlflowSink
 
-    def dropped(self: SweepTracker, trial: str, ops: list[Any]) -> None:
+    def dropped(self: MlflowSink, trial: str, ops: list[Any]) -> None:
         return None
 
-    SweepTracker._apply_trial = dropped  # type: ignore[method-assign]
+    if not callable(getattr(MlflowSink, "write_trial", None)):  # never patch a name that is gone
+        raise RuntimeError("MlflowSink.write_trial is gone: update bench/untracked.py")
+    MlflowSink.write_trial = dropped  # type: ignore[method-assign]
 
 
 def main(argv: list[str]) -> int:

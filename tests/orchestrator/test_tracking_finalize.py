@@ -1,12 +1,16 @@
 """``SweepTracker.finalize_children`` on a real SQLite MLflow store: it may skip reading the
-children back only when nothing can need repair, and must still close what a sweep left open."""
+children back only when nothing can need repair, and must still close what a sweep left open.
+And a tracker is constructed without touching the store; starting the sweep opens it."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
+from orchestrator.errors import TrackingError
 from orchestrator.store.tracking import SweepTracker
 
 
@@ -48,3 +52,16 @@ def test_a_sweep_whose_every_run_ended_is_left_as_written(tmp_path: Path) -> Non
     tracker.close()
     tracker.finalize_children({"0": "completed", "1": "completed"})
     assert _children(tracker) == {"0": "FINISHED", "1": "FINISHED"}
+
+
+def test_constructing_a_tracker_touches_no_store_and_starts_no_thread(tmp_path: Path) -> None:
+    threads = set(threading.enumerate())
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "lazy")
+    unreachable = SweepTracker("http://127.0.0.1:9", "lazy")
+    assert not (tmp_path / "mlflow.db").exists()
+    assert set(threading.enumerate()) - threads == set()
+    with pytest.raises(TrackingError, match="cannot reach the MLflow tracking server"):
+        unreachable.start_sweep("sweep", {}, {}, "name: x\n", "x.yaml")
+    tracker.start_sweep("sweep", tags={}, params={}, spec_text="name: x\n", spec_filename="x.yaml")
+    assert (tmp_path / "mlflow.db").exists()
+    tracker.close()
