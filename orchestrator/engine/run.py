@@ -52,7 +52,7 @@ from orchestrator.store.markers import (  # noqa: E402
     write_marker,
 )
 from orchestrator.store.tracking import SweepTracker, ui_command  # noqa: E402
-from orchestrator.trials import FINAL_OUTCOMES, TrialRecord  # noqa: E402
+from orchestrator.trials import FINAL_STATES, Trial  # noqa: E402
 from trainables import DataSplits, TensorSplits, get_trainable  # noqa: E402
 
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
@@ -76,9 +76,9 @@ class SweepResult:
     experiment_id: str
     metric: str
     mode: str
-    records: list[TrialRecord]
+    records: list[Trial]
     wall_seconds: float
-    best: TrialRecord | None = None
+    best: Trial | None = None
     best_run_id: str | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
@@ -92,8 +92,8 @@ class SweepResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        counted = Counter(r.outcome for r in self.records)
-        return {outcome: counted.get(outcome, 0) for outcome in FINAL_OUTCOMES}
+        counted = Counter(r.state for r in self.records)
+        return {outcome: counted.get(outcome, 0) for outcome in FINAL_STATES}
 
     @property
     def epochs_trained(self) -> int:
@@ -207,7 +207,7 @@ def run_sweep(
         result.wall_seconds = time.monotonic() - started
         tracker.close()
         if observer is not None and status == "FINISHED":
-            tracker.finalize_children({str(r.index): r.outcome for r in result.records})
+            tracker.finalize_children({str(r.index): r.state for r in result.records})
         if status == "KILLED":
             tracker.interrupt_children()
         if status != "KILLED":  # an interrupted sweep's totals come when --resume ends it
@@ -234,7 +234,7 @@ def _shown_spec(spec_filename: str, spec_dir: Path | None) -> str:
 
 
 def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) -> str:
-    ended = sum(1 for r in result.records if r.outcome in FINAL_OUTCOMES)
+    ended = sum(1 for r in result.records if r.state in FINAL_STATES)
     remaining = spec.num_trials() - ended
     return (
         f"sweep {result.name} ({result.sweep_id}) interrupted after "
@@ -579,10 +579,9 @@ def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:
     """The best trial rebuilt from its last checkpoint and scored once on the test split
     (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode."""
     assert result.best is not None
-    checkpoint = result.best.checkpoint
-    if checkpoint is None:
+    if result.best.checkpoint is None:
         raise SweepError(f"the best trial {result.best.trial_id} left no checkpoint to test")
-    with checkpoint.as_directory() as directory:
+    with tune.Checkpoint.from_directory(result.best.checkpoint).as_directory() as directory:
         state = load_trial_state(directory)
     tensors = TensorSplits.from_splits(data, "cpu")
     session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")

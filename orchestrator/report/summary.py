@@ -21,7 +21,7 @@ def format_summary(result: SweepResult) -> str:
         best = result.best
         value = best.metric(result.metric)
         lines += [
-            f"  best trial:      #{best.index} ({best.trial_id}), {best.outcome.replace('_', ' ')} "
+            f"  best trial:      #{best.index} ({best.trial_id}), {best.state.replace('_', ' ')} "
             f"after {best.epochs} epochs",
             f"  best {result.metric}: {value:.4f}" if value is not None else "",
         ]
