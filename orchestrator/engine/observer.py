@@ -20,16 +20,10 @@ from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.store.journal import RESUME_FROM, Journal
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import EPOCH_RESULTS, Trial, TrialState, classify_finished, with_epoch
+from trainables.train import RESULT_KEYS
 
 # What a trial reports that is a per-epoch metric (everything numeric we own, nothing of Ray's).
-EPOCH_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "learning_rate",
-)
+EPOCH_METRICS = tuple(k for k in RESULT_KEYS if k not in ("epoch", "diverged"))
 RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "worker_pid", "ended_at")
 
 

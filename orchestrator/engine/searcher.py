@@ -79,7 +79,7 @@ class RoundSearcher(Searcher):
         self.next_index = 0
         self.continuations: list[Trial] = []  # unended trials of a killed sweep, run first
         self._queue: list[dict[str, Any]] = []
-        self._start_round(())
+        # Round 1 starts at the first suggestion (so building a searcher writes nothing).
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its search algorithm; the listener (MLflow, terminal) stays behind."""
@@ -89,11 +89,13 @@ class RoundSearcher(Searcher):
 
     @property
     def total(self) -> int:
-        return self.plan.rounds * len(self._round_configs(self.original))
+        return self.plan.rounds * self._round_size
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.continuations:
             return self._continue(trial_id, self.continuations.pop(0))
+        if self.round == 0:
+            self._start_round(())
         if not self._queue:
             if self.round >= self.plan.rounds:
                 return Searcher.FINISHED
@@ -113,7 +115,7 @@ class RoundSearcher(Searcher):
     @property
     def remaining(self) -> int:
         """Trials still to run: continuations, this round's rest and the rounds to come."""
-        per_round = len(self._round_configs(self.original))
+        per_round = self._round_size
         return len(self.continuations) + self.plan.rounds * per_round - self.next_index
 
     def replay(self, trials: dict[int, Trial]) -> None:
@@ -194,6 +196,11 @@ class RoundSearcher(Searcher):
         if listener is not None:
             listener(self.round, self.space, notes)
 
+    @property
+    def _round_size(self) -> int:
+        """Trials per round: every grid point, ``samples_per_point`` times (any region)."""
+        return self.original.grid_size() * self.plan.samples_per_point
+
     def _round_configs(self, space: SearchSpace) -> list[dict[str, Any]]:
         # Round 1 uses the sweep seed itself, so a one-round sweep is plain seeded random search.
         seed = self.plan.seed + (self.round - 1) * 7919
@@ -227,8 +234,8 @@ def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
         rounds=search.rounds_count(),
         samples_per_point=search.samples_per_point(),
         seed=search.seed,
-        keep_top=search.keep_top if search.keep_top is not None else 0.25,
-        margin=search.margin if search.margin is not None else 0.1,
+        keep_top=search.keep_top_value(),
+        margin=search.margin_value(),
         metric=spec.objective.metric,
         mode=spec.mode,
         milestones=tuple(milestones),
