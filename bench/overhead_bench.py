@@ -110,10 +110,12 @@ def overhead_numbers(
 
 def inner(spec_path: Path) -> int:
     """The driver process: Ray with the worker setup hook, then ``caviar run`` in-process."""
+    from orchestrator.environment import apply_environment_defaults
+
+    apply_environment_defaults()  # before Ray starts: its processes inherit it
     import ray
 
     import bench.noop_trainable  # noqa: F401  # registers bench_noop in the driver
-    import orchestrator.engine.run  # noqa: F401  # its environment defaults, set before Ray starts
     from orchestrator.cli import main as caviar_main
 
     if os.environ.get("RAY_AUTH_MODE") != "token" or not os.environ.get("RAY_AUTH_TOKEN"):

@@ -17,10 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import CaviarError, SweepInterrupted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything imports Ray, Tune or MLflow (MLflow reads its telemetry switch on import).
+    apply_environment_defaults()
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,11 @@
 """The environment caviar's driver sets before it imports Ray, Tune or MLflow.
 
-One list, applied by each module that may be the first to import them (``sweep``,
-``tracking``, ``raystart``, ``cluster``): those libraries read these variables at import, and
-Ray's processes, and so the trial workers, inherit the driver's environment as it is when Ray
-starts. A variable the user set wins (``setdefault``).
+One list, applied by the entry points, never on import: ``caviar``'s ``main`` first of all
+(MLflow reads its telemetry switch when it is imported), and again where Ray starts
+(``raystart.prepare_environment``, ``run_sweep``), because Ray's processes, and so the trial
+workers, inherit the driver's environment as it is then; Ray and Tune read their variables
+when called. A program that uses caviar as a library and imports MLflow itself applies it
+first. A variable the user set wins (``setdefault``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,44 @@
-"""What the driver knows about each trial: its config, history and how it ended.
+"""One trial, one record: what caviar knows about a trial, wherever it knows it from.
 
-The records are built from Ray's callbacks on the driver, independent of Ray's own result
-objects, so the summary, the MLflow layout and the ranking share one vocabulary of outcomes.
+The same :class:`Trial` is what the observer builds from Ray's callbacks, what the journal reads
+back on resume, what the searcher hands out again as a continuation, what ranking and the
+progress line compare, and what the report reads back from MLflow. Only ``run_id`` (known once
+MLflow holds the trial) and how much of ``history`` is filled differ between those views.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
-Outcome = Literal["running", "completed", "stopped_early", "diverged", "failed"]
-FINAL_OUTCOMES: tuple[Outcome, ...] = ("completed", "stopped_early", "diverged", "failed")
+
+class TrialState(StrEnum):
+    """How a trial stands. A ``StrEnum``: its value is what the journal and MLflow store."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED_EARLY = "stopped_early"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self is not TrialState.RUNNING
+
+    @property
+    def ranked(self) -> bool:
+        """Whether its objective may be compared with others' (it trained and stayed finite)."""
+        return self in (TrialState.COMPLETED, TrialState.STOPPED_EARLY)
+
+
+FINAL_STATES: tuple[TrialState, ...] = (
+    TrialState.COMPLETED,
+    TrialState.STOPPED_EARLY,
+    TrialState.DIVERGED,
+    TrialState.FAILED,
+)
 # The key of a trial's step result that holds every epoch the step trained, oldest first. A
 # step may train several epochs between reports; its top-level metrics are the last epoch's,
 # which is what Tune and the scheduler look at.
@@ -19,18 +46,26 @@ EPOCH_RESULTS = "epoch_results"
 
 
 @dataclass
-class TrialRecord:
-    """One trial as the driver saw it; ``history`` holds every per-epoch result, in order."""
+class Trial:
+    """One trial: its place in the sweep, its configuration, and everything it reported.
 
-    trial_id: str
+    ``history`` holds one entry per epoch, oldest first (see :func:`with_epoch`); ``checkpoint``
+    is the path of its newest persisted checkpoint. ``trial_id`` is Ray's id of the trial's
+    latest run: a resumed sweep runs an unfinished trial again under a new id, same ``index``.
+    """
+
     index: int
     config: dict[str, Any]
-    outcome: Outcome = "running"
+    round: int = 1
+    trial_id: str = ""
+    state: TrialState = TrialState.RUNNING
     history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None
     error: str | None = None
     node_id: str | None = None
-    round: int = 1
-    checkpoint: Any = None  # the latest ray.tune.Checkpoint, for testing the best trial
+    started_at: float | None = None  # wall-clock seconds since the epoch, as the driver saw it
+    ended_at: float | None = None
+    run_id: str | None = None  # its MLflow child run, when read back from MLflow
 
     @property
     def last(self) -> dict[str, Any]:
@@ -41,11 +76,20 @@ class TrialRecord:
         return int(self.last.get("epoch", 0))
 
     def metric(self, name: str) -> float | None:
+        """The newest epoch's value of ``name``; None when absent or not finite."""
         value = self.last.get(name)
         if value is None:
             return None
         value = float(value)
         return value if math.isfinite(value) else None
+
+    def curve(self, name: str) -> list[tuple[int, float]]:
+        """(epoch, value) of ``name`` over the trial's epochs, in epoch order."""
+        return [
+            (int(entry.get("epoch", 0)), float(entry[name]))
+            for entry in self.history
+            if entry.get(name) is not None
+        ]
 
 
 def with_epoch(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,10 +100,10 @@ def with_epoch(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dic
     return [e for e in history if int(e.get("epoch", 0)) < epoch] + [entry]
 
 
-def classify_finished(record: TrialRecord, budget: int) -> Outcome:
+def classify_finished(trial: Trial, budget: int) -> TrialState:
     """How a trial that ended without an error ended: diverged, completed or stopped early."""
-    if record.last.get("diverged"):
-        return "diverged"
-    if record.epochs >= budget:
-        return "completed"
-    return "stopped_early"
+    if trial.last.get("diverged"):
+        return TrialState.DIVERGED
+    if trial.epochs >= budget:
+        return TrialState.COMPLETED
+    return TrialState.STOPPED_EARLY

@@ -12,6 +12,14 @@ import pytest
 CAVIAR = str(Path(sys.executable).parent / "caviar")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests that use caviar as a library get the environment ``caviar`` itself sets first
+    (no telemetry, Tune's logger files and SIGINT handler off), before MLflow is imported."""
+    from orchestrator.environment import apply_environment_defaults
+
+    apply_environment_defaults()
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The user's environment minus anything that would point caviar at a shared store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}

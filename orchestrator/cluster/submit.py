@@ -47,14 +47,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
-from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import CaviarError, Problem, SpecError
 from orchestrator.spec.models import SweepSpec, load_spec
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails
-
-apply_environment_defaults()  # before Ray's job SDK is imported (in the functions that use it)
 
 # The SDK logs every upload and socket close at INFO on stderr; caviar says what matters itself.
 # Two of these modules set their logger to INFO when imported: quieted after the import.

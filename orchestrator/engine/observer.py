@@ -12,29 +12,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback, Checkpoint
+from ray.tune import Callback
 
 from orchestrator.engine import live
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.searcher import RoundSearcher
-from orchestrator.store.journal import RESUME_FROM, Journal, JournaledTrial
+from orchestrator.store.journal import RESUME_FROM, Journal
 from orchestrator.store.tracking import SweepTracker
-from orchestrator.trials import EPOCH_RESULTS, TrialRecord, classify_finished, with_epoch
+from orchestrator.trials import EPOCH_RESULTS, Trial, TrialState, classify_finished, with_epoch
+from trainables.train import RESULT_KEYS
 
 # What a trial reports that is a per-epoch metric (everything numeric we own, nothing of Ray's).
-EPOCH_METRICS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "learning_rate",
-)
+EPOCH_METRICS = tuple(k for k in RESULT_KEYS if k not in ("epoch", "diverged"))
 RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "worker_pid", "ended_at")
 
 
 class SweepObserver(Callback):
-    """Keeps a :class:`TrialRecord` per trial and forwards events to journal, MLflow, progress.
+    """Keeps a :class:`Trial` per trial and forwards events to journal, MLflow, progress.
 
     Records are keyed by the trial's caviar index, which a trial keeps when a resumed sweep
     runs it again under a new Ray trial id. Every event is journaled before it is queued for
@@ -54,7 +48,7 @@ class SweepObserver(Callback):
         self.budget = budget
         self.fixed_names = fixed_names
         self.journal = journal
-        self.records: dict[int, TrialRecord] = {}
+        self.records: dict[int, Trial] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the Tuner; the journal's open file stays here."""
@@ -84,7 +78,7 @@ class SweepObserver(Callback):
 
     # --- a resumed sweep: the journal's events, through the same paths as live ones ----
 
-    def replay(self, trials: dict[int, JournaledTrial]) -> None:
+    def replay(self, trials: dict[int, Trial]) -> None:
         """Rebuild the records of a killed sweep, and give MLflow whatever it missed.
 
         MLflow skips epochs it already has and reopens runs that have not ended, so writes
@@ -96,12 +90,11 @@ class SweepObserver(Callback):
             )
             for entry in trial.history:
                 self._record_result(record, entry)
-            if trial.checkpoint:
-                record.checkpoint = Checkpoint.from_directory(trial.checkpoint)
-            if trial.outcome is not None:
-                record.outcome = trial.outcome  # type: ignore[assignment]
+            record.checkpoint = trial.checkpoint
+            if trial.state.ended:
+                record.state = trial.state
                 record.error = trial.error
-                status = "FAILED" if trial.outcome == "failed" else "FINISHED"
+                status = "FAILED" if trial.state is TrialState.FAILED else "FINISHED"
                 self._end(record, status, trial.ended_at)
 
     # --- Tune's events -----------------------------------------------------------------
@@ -115,7 +108,8 @@ class SweepObserver(Callback):
             known.trial_id = trial.trial_id
             return
         config = {k: v for k, v in trial.config.items() if k != RESUME_FROM}
-        round_number = self.searcher.round_of.get(trial.trial_id, 1)
+        planned = self.searcher.trials.get(index)
+        round_number = planned.round if planned is not None else 1
         self._journal("trial", i=index, id=trial.trial_id, round=round_number, config=config)
         self._start_record(index, trial.trial_id, config, round_number, time.time())
 
@@ -134,8 +128,8 @@ class SweepObserver(Callback):
         record = self._record_of(trial)
         if record is None:
             return
-        record.outcome = classify_finished(record, self.budget)
-        self._journal("end", i=record.index, outcome=record.outcome)
+        record.state = classify_finished(record, self.budget)
+        self._journal("end", i=record.index, outcome=record.state)
         self._end(record, "FINISHED", time.time())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -147,9 +141,9 @@ class SweepObserver(Callback):
             record = self._record_of(trial)
             if record is None:
                 return
-        record.outcome = "failed"
+        record.state = TrialState.FAILED
         record.error = _error_summary(trial)
-        self._journal("end", i=record.index, outcome="failed", error=record.error)
+        self._journal("end", i=record.index, outcome=record.state, error=record.error)
         self._end(record, "FAILED", time.time())
 
     def on_checkpoint(
@@ -157,15 +151,15 @@ class SweepObserver(Callback):
     ) -> None:
         record = self._record_of(trial)
         if record is not None:
-            self._journal("checkpoint", i=record.index, path=str(checkpoint.path))
-            record.checkpoint = checkpoint
+            record.checkpoint = str(checkpoint.path)
+            self._journal("checkpoint", i=record.index, path=record.checkpoint)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.progress.update(self.records.values())
 
     # --- shared by live events and replay ----------------------------------------------
 
-    def _record_of(self, trial: Any) -> TrialRecord | None:
+    def _record_of(self, trial: Any) -> Trial | None:
         index = self.searcher.index_of.get(trial.trial_id)
         return self.records.get(index) if index is not None else None
 
@@ -176,8 +170,8 @@ class SweepObserver(Callback):
         config: dict[str, Any],
         round_number: int,
         started_at: float | None,
-    ) -> TrialRecord:
-        record = TrialRecord(trial_id, index, config, round=round_number)
+    ) -> Trial:
+        record = Trial(index, config, round=round_number, trial_id=trial_id, started_at=started_at)
         self.records[index] = record
         self.tracker.trial_started(
             str(index),
@@ -194,7 +188,7 @@ class SweepObserver(Callback):
         self.progress.update(self.records.values())
         return record
 
-    def _record_result(self, record: TrialRecord, entry: dict[str, Any]) -> None:
+    def _record_result(self, record: Trial, entry: dict[str, Any]) -> None:
         epoch = int(entry.get("epoch", 0))
         record.history = with_epoch(record.history, entry)
         record.node_id = entry.get("node_id", record.node_id)
@@ -209,8 +203,9 @@ class SweepObserver(Callback):
         )
         self.progress.update(self.records.values())
 
-    def _end(self, record: TrialRecord, status: str, ended_at: float | None) -> None:
-        tags = {"caviar.outcome": record.outcome, "caviar.last_epoch": str(record.epochs)}
+    def _end(self, record: Trial, status: str, ended_at: float | None) -> None:
+        record.ended_at = ended_at
+        tags = {"caviar.outcome": str(record.state), "caviar.last_epoch": str(record.epochs)}
         if record.node_id:
             tags["caviar.node_id"] = record.node_id
         if record.error:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Literal, TextIO
 
 from orchestrator.search.ranking import rung_reached
-from orchestrator.trials import TrialRecord
+from orchestrator.trials import Trial
 
 
 class ProgressLine:
@@ -40,9 +40,9 @@ class ProgressLine:
         self._last_print = 0.0
         self._last_text = ""
 
-    def render(self, records: Iterable[TrialRecord]) -> str:
+    def render(self, records: Iterable[Trial]) -> str:
         records = list(records)
-        counts = Counter(r.outcome for r in records)
+        counts = Counter(r.state for r in records)
         pending = self.total - len(records)
         best = self._leader(records)
         best_text = "best: -"
@@ -56,7 +56,7 @@ class ProgressLine:
             f"diverged {counts['diverged']} | failed {counts['failed']} | {best_text}"
         )
 
-    def update(self, records: Iterable[TrialRecord], force: bool = False) -> None:
+    def update(self, records: Iterable[Trial], force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_print < self.interval_s:
             return
@@ -70,17 +70,17 @@ class ProgressLine:
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def close(self, records: Iterable[TrialRecord]) -> None:
+    def close(self, records: Iterable[Trial]) -> None:
         self.update(records, force=True)
         if self.is_tty:
             self.stream.write("\n")
             self.stream.flush()
 
-    def _leader(self, records: list[TrialRecord]) -> TrialRecord | None:
+    def _leader(self, records: list[Trial]) -> Trial | None:
         """The live leader: deepest rung reached, then the objective (running trials count)."""
         best, best_key = None, None
         for record in records:
-            if record.outcome in ("diverged", "failed"):
+            if record.state in ("diverged", "failed"):
                 continue
             value = record.metric(self.metric)
             if value is None:

@@ -21,13 +21,10 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+import ray
+
 from orchestrator import speedups
 from orchestrator.environment import apply_environment_defaults
-
-# Before Ray starts: its processes (and so the trial workers) inherit this environment.
-apply_environment_defaults()
-
-import ray  # noqa: E402
 
 START_ATTEMPTS = 3  # an embedded start that timed out is tried again, this many times in all
 
@@ -37,12 +34,14 @@ _NOT_MAIN_THREAD_WARNING = "SIGTERM handler is not set"
 
 
 def prepare_environment() -> None:
-    """Token auth for an embedded cluster; a no-op when joining the one in ``RAY_ADDRESS``.
+    """caviar's environment defaults (Ray's processes inherit them), and token auth for an
+    embedded cluster (none when joining the one in ``RAY_ADDRESS``).
 
     The embedded cluster's GCS port listens on every interface, so it must not run open: token
     auth with a fresh token per sweep, held only in this process tree's environment (nothing
     is written to ~/.ray, which would change `ray start` for good).
     """
+    apply_environment_defaults()
     if os.environ.get("RAY_ADDRESS"):
         return
     if os.environ.setdefault("RAY_AUTH_MODE", "token") == "token":

@@ -14,46 +14,45 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
+import ray
+from ray import tune
+from ray.tune.schedulers import TrialScheduler
+
+import trainables
+from orchestrator.engine import live
+from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
+from orchestrator.engine.observer import SweepObserver
+from orchestrator.engine.progress import ProgressLine
+from orchestrator.engine.scheduler import HalvingScheduler
+from orchestrator.engine.searcher import build_searcher, concurrent_slots
+from orchestrator.engine.trial_actor import CaviarTrainable, load_trial_state
+from orchestrator.engine.trial_choice import NewestFirstFIFO
 from orchestrator.environment import apply_environment_defaults
-
-apply_environment_defaults()  # before Ray and Tune are imported
-
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.schedulers import TrialScheduler  # noqa: E402
-
-import trainables  # noqa: E402
-from orchestrator.engine import live  # noqa: E402
-from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note  # noqa: E402
-from orchestrator.engine.observer import SweepObserver  # noqa: E402
-from orchestrator.engine.progress import ProgressLine  # noqa: E402
-from orchestrator.engine.scheduler import HalvingScheduler  # noqa: E402
-from orchestrator.engine.searcher import build_searcher, concurrent_slots  # noqa: E402
-from orchestrator.engine.trial_actor import CaviarTrainable, load_trial_state  # noqa: E402
-from orchestrator.engine.trial_choice import NewestFirstFIFO  # noqa: E402
-from orchestrator.errors import SweepError, SweepInterrupted  # noqa: E402
-from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones  # noqa: E402
-from orchestrator.search.space import SearchSpace  # noqa: E402
-from orchestrator.search.zoom import region_as_dict  # noqa: E402
-from orchestrator.spec.data import class_names_param, load_data  # noqa: E402
-from orchestrator.spec.models import AshaScheduler, SweepSpec  # noqa: E402
-from orchestrator.store.journal import JOURNAL, Journal, read_journal  # noqa: E402
-from orchestrator.store.markers import (  # noqa: E402
+from orchestrator.errors import SweepError, SweepInterrupted
+from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones
+from orchestrator.search.space import SearchSpace
+from orchestrator.search.zoom import region_as_dict
+from orchestrator.spec.data import class_names_param, load_data
+from orchestrator.spec.models import AshaScheduler, SweepSpec
+from orchestrator.store.journal import JOURNAL, Journal, read_journal
+from orchestrator.store.markers import (
     SweepMarker,
     pick_for_resume,
     refuse_if_unfinished,
     write_marker,
 )
-from orchestrator.store.tracking import SweepTracker, ui_command  # noqa: E402
-from orchestrator.trials import FINAL_OUTCOMES, TrialRecord  # noqa: E402
-from trainables import DataSplits, TensorSplits, get_trainable  # noqa: E402
+from orchestrator.store.tracking import SweepTracker, ui_command
+from orchestrator.trials import FINAL_STATES, Trial
+from trainables import DataSplits, TensorSplits, get_trainable
 
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
 # own records and MLflow, so the analysis' "no result.json" warnings are noise.
@@ -76,9 +75,9 @@ class SweepResult:
     experiment_id: str
     metric: str
     mode: str
-    records: list[TrialRecord]
+    records: list[Trial]
     wall_seconds: float
-    best: TrialRecord | None = None
+    best: Trial | None = None
     best_run_id: str | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
@@ -89,11 +88,12 @@ class SweepResult:
     median_by_round: dict[int, float] = field(default_factory=dict)
     # MLflow run ids of the best-ranked trials, best first (the UI's compare view).
     ranked_run_ids: list[str] = field(default_factory=list)
+    status: str = "FAILED"  # the parent run's end: FINISHED, KILLED (interrupted) or FAILED
 
     @property
     def counts(self) -> dict[str, int]:
-        counted = Counter(r.outcome for r in self.records)
-        return {outcome: counted.get(outcome, 0) for outcome in FINAL_OUTCOMES}
+        counted = Counter(r.state for r in self.records)
+        return {outcome: counted.get(outcome, 0) for outcome in FINAL_STATES}
 
     @property
     def epochs_trained(self) -> int:
@@ -112,120 +112,199 @@ def run_sweep(
     spec_dir: Path | None = None,
     resume: bool = False,
 ) -> SweepResult:
+    """Run (or, with ``resume``, finish) one sweep; raises :class:`SweepInterrupted` on Ctrl-C.
+
+    Everything that can fail on the user's input (the sweep's folder, the data, the machine's
+    size, the tracking store) is checked before Ray starts, in that order.
+    """
+    apply_environment_defaults()  # before Ray starts: its processes inherit the environment
     stream = stream or sys.stdout
     started = time.monotonic()
-    storage_root = (Path(storage_path(spec)) / spec.name).resolve()
+    shown_spec = _shown_spec(spec_filename, spec_dir)
+    place = _choose_sweep(spec, shown_spec, resume)
+    data = load_data(spec.data, spec_dir)  # data paths are relative to the spec's folder
+    if not os.environ.get("RAY_ADDRESS"):  # an embedded Ray cannot grow: it would wait forever
+        refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
+    tracker = _open_tracking(spec, place, data, spec_text, spec_filename)
+    sweep = Sweep(spec, data, tracker, place.run_dir, place.sweep_id, stream, resume)
+    result = _announce(sweep, started)
+    with ThreadPoolExecutor(1, thread_name_prefix="caviar-ray-shutdown") as background:
+        try:
+            with _ray_session(background):  # its shutdown overlaps the summary and report
+                _fit(sweep)
+                result.records = _records(sweep.sweep_id)
+                _rank_and_test(sweep, result)
+            result.status = "FINISHED"
+        except KeyboardInterrupt:
+            result.status = "KILLED"
+            print(INTERRUPTED_NOTE, file=stream, flush=True)
+        finally:
+            _close_sweep(sweep, result, started)
+    if result.status == "KILLED":
+        raise SweepInterrupted(_interrupted_message(spec, result, shown_spec))
+    return result
 
-    # 0. Which sweep: a new one (never beside an unfinished one), or the interrupted one.
+
+INTERRUPTED_NOTE = (
+    "\ncaviar: interrupted: stopping the trials and saving what finished "
+    "(Ctrl-C again stops at once; nothing already journaled is lost)"
+)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What every step of one sweep's run works from."""
+
+    spec: SweepSpec
+    data: DataSplits
+    tracker: SweepTracker
+    run_dir: Path
+    sweep_id: str
+    stream: TextIO
+    resume: bool
+
+
+@dataclass
+class SweepPlace:
+    """Where a sweep lives on disk, and its marker (the interrupted one's, on resume)."""
+
+    run_dir: Path
+    sweep_id: str
+    marker: SweepMarker | None = None
+
+
+def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
+    """A new sweep (never beside an unfinished one), or the interrupted one to finish."""
+    storage_root = (Path(storage_path(spec)) / spec.name).resolve()
     if resume:
         run_dir, marker = pick_for_resume(storage_root, spec.spec_hash())
-        sweep_id = marker.sweep_id
-    else:
-        refuse_if_unfinished(storage_root, _shown_spec(spec_filename, spec_dir))
-        sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        run_dir = storage_root / sweep_id
+        return SweepPlace(run_dir, marker.sweep_id, marker)
+    refuse_if_unfinished(storage_root, shown_spec)
+    sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return SweepPlace(storage_root / sweep_id, sweep_id)
 
-    # 1. Data first: a bad dataset fails before Ray or MLflow start; so does a trial too
-    # large for this machine (an embedded Ray cannot grow: it would wait forever).
-    data = load_data(spec.data, spec_dir)  # data paths are relative to the spec's folder
-    if not os.environ.get("RAY_ADDRESS"):
-        refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
 
-    # 2. The tracking store next: unreachable or refusing, we stop before any compute.
-    if resume:
-        tracker = SweepTracker(marker.tracking_uri, marker.experiment)
-        tracker.resume_sweep(marker.parent_run_id)
-        parent_run_id = marker.parent_run_id
+def _open_tracking(
+    spec: SweepSpec, place: SweepPlace, data: DataSplits, spec_text: str, spec_filename: str
+) -> SweepTracker:
+    """The sweep's MLflow parent run, new or reopened; marks the sweep running on disk.
+
+    An unreachable or refusing store stops the sweep here, before any compute."""
+    if place.marker is not None:
+        tracker = SweepTracker(place.marker.tracking_uri, place.marker.experiment)
+        tracker.resume_sweep(place.marker.parent_run_id)
+        parent_run_id = place.marker.parent_run_id
     else:
         tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
         parent_run_id = tracker.start_sweep(
-            run_name=f"{spec.name}-{sweep_id}",
-            tags=_sweep_tags(spec, sweep_id),
+            run_name=f"{spec.name}-{place.sweep_id}",
+            tags=_sweep_tags(spec, place.sweep_id),
             params=_sweep_params(spec, data),
             spec_text=spec_text,
             spec_filename=spec_filename,
         )
-    marker = SweepMarker(
-        sweep_id, "running", parent_run_id, tracker.uri, tracker.experiment, spec.spec_hash()
+    place.marker = SweepMarker(
+        place.sweep_id, "running", parent_run_id, tracker.uri, tracker.experiment, spec.spec_hash()
     )
-    write_marker(run_dir, marker)
-    verb = "resuming" if resume else "sweep"
+    write_marker(place.run_dir, place.marker)
+    return tracker
+
+
+def _announce(sweep: Sweep, started: float) -> SweepResult:
+    """The sweep's first line, and the result it will fill in."""
+    spec, tracker = sweep.spec, sweep.tracker
+    parent_run_id = str(tracker.parent_run_id)
+    verb = "resuming" if sweep.resume else "sweep"
     print(
-        f"caviar: {verb} {spec.name} ({sweep_id}): {spec.num_trials()} trials, "
-        f"data {spec.data.source} {data.sizes()}; MLflow run {parent_run_id} "
+        f"caviar: {verb} {spec.name} ({sweep.sweep_id}): {spec.num_trials()} trials, "
+        f"data {spec.data.source} {sweep.data.sizes()}; MLflow run {parent_run_id} "
         f"in experiment {tracker.experiment!r} at {tracker.uri}",
-        file=stream,
+        file=sweep.stream,
         flush=True,
     )
-
-    result = SweepResult(
+    return SweepResult(
         name=spec.name,
-        sweep_id=sweep_id,
+        sweep_id=sweep.sweep_id,
         experiment=tracker.experiment,
         tracking_uri=tracker.uri,
         parent_run_id=parent_run_id,
-        storage_dir=run_dir,
+        storage_dir=sweep.run_dir,
         experiment_id=tracker.experiment_id,
         metric=spec.objective.metric,
         mode=spec.mode,
         records=[],
-        wall_seconds=0.0,
+        wall_seconds=time.monotonic() - started,
     )
-    status = "FAILED"
-    started_ray = False
-    observer: SweepObserver | None = None
+
+
+@contextmanager
+def _ray_session(background: ThreadPoolExecutor) -> Iterator[None]:
+    """Ray for the sweep's duration: joined, or started (and then owned) for it. An owned Ray
+    is shut down on ``background`` when the block ends, however it ends: nothing after the
+    block needs Ray (the best checkpoint is read inside it; the report reads MLflow)."""
+    owned = _ensure_ray()
     try:
-        started_ray = _ensure_ray()
-        # 3. The sweep itself.
-        observer = _fit(spec, data, tracker, run_dir, sweep_id, stream, resume)
-        result.records = sorted(observer.records.values(), key=lambda r: r.index)
-        # 4. The best trial, ranked ASHA-aware, evaluated once on the held-out test split.
-        best = ranked(result.records, spec.objective.metric, spec.mode, _milestones(spec))
-        if best:
-            result.best = best[0]
-            tracker.flush()
-            result.best_run_id = tracker.child_run_id(str(result.best.index))
-            top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
-            result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
-            _test_best(spec, data, result, tracker)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print(
-            "\ncaviar: interrupted: stopping the trials and saving what finished "
-            "(Ctrl-C again stops at once; nothing already journaled is lost)",
-            file=stream,
-            flush=True,
-        )
+        yield
     finally:
-        # Nothing below needs Ray (the best checkpoint is read inside the try; the report
-        # reads MLflow): its shutdown overlaps the summary and the report.
-        ray_down = _shutdown_ray_in_background() if started_ray else None
-        observer = _live_observer(sweep_id) or observer
-        if observer is not None and not result.records:
-            result.records = sorted(observer.records.values(), key=lambda r: r.index)
-        result.wall_seconds = time.monotonic() - started
-        tracker.close()
-        if observer is not None and status == "FINISHED":
-            tracker.finalize_children({str(r.index): r.outcome for r in result.records})
-        if status == "KILLED":
-            tracker.interrupt_children()
-        if status != "KILLED":  # an interrupted sweep's totals come when --resume ends it
-            tracker.log_summary(_summary_metrics(result), _summary_tags(result))
-        if status == "FINISHED":
-            _report(result, tracker, stream)
-        tracker.end_sweep(status)
-        result.undelivered = tracker.undelivered
-        marker.status = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
-        write_marker(run_dir, marker)
-        live.unregister(sweep_id)
-        if ray_down is not None:
-            ray_down.result()
+        if owned:
+            background.submit(ray.shutdown)
+
+
+def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
+    """The best trial, ranked ASHA-aware, evaluated once on the held-out test split."""
+    spec, tracker = sweep.spec, sweep.tracker
+    best = ranked(result.records, spec.objective.metric, spec.mode, _milestones(spec))
+    if not best:
+        return
+    result.best = best[0]
+    tracker.flush()
+    result.best_run_id = tracker.child_run_id(str(result.best.index))
+    top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
+    result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
+    model = _score_best(spec, sweep.data, result)
+    result.model_uri = tracker.log_model(
+        model, sweep.data.x_test[:5], Path(trainables.__file__).parent
+    )
+
+
+def _close_sweep(sweep: Sweep, result: SweepResult, started: float) -> None:
+    """Deliver what MLflow lacks, end the runs as the sweep ended, and mark it on disk.
+
+    An interrupted sweep's children end KILLED and it gets no totals or report: those come
+    when ``--resume`` finishes it."""
+    tracker, status = sweep.tracker, result.status
+    if not result.records:
+        result.records = _records(sweep.sweep_id)
+    result.wall_seconds = time.monotonic() - started
+    tracker.close()
+    if status == "FINISHED":
+        tracker.finalize_children({str(r.index): r.state for r in result.records})
     if status == "KILLED":
-        raise SweepInterrupted(
-            _interrupted_message(spec, result, _shown_spec(spec_filename, spec_dir))
-        )
-    return result
+        tracker.interrupt_children()
+    else:
+        tracker.log_summary(_summary_metrics(result), _summary_tags(result))
+    if status == "FINISHED":
+        _report(result, tracker, sweep.stream)
+    tracker.end_sweep(status)
+    result.undelivered = tracker.undelivered
+    marker = SweepMarker(
+        sweep.sweep_id,
+        {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"),
+        result.parent_run_id,
+        tracker.uri,
+        tracker.experiment,
+        sweep.spec.spec_hash(),
+    )
+    write_marker(sweep.run_dir, marker)
+    live.unregister(sweep.sweep_id)
+
+
+def _records(sweep_id: str) -> list[Trial]:
+    """The live observer's trials, by index (none if the sweep never reached Tune)."""
+    found = live.lookup(sweep_id)
+    if found is None or found.observer is None:
+        return []
+    return sorted(found.observer.records.values(), key=lambda r: r.index)
 
 
 def _shown_spec(spec_filename: str, spec_dir: Path | None) -> str:
@@ -234,7 +313,7 @@ def _shown_spec(spec_filename: str, spec_dir: Path | None) -> str:
 
 
 def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) -> str:
-    ended = sum(1 for r in result.records if r.outcome in FINAL_OUTCOMES)
+    ended = sum(1 for r in result.records if r.state in FINAL_STATES)
     remaining = spec.num_trials() - ended
     return (
         f"sweep {result.name} ({result.sweep_id}) interrupted after "
@@ -242,11 +321,6 @@ def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) 
         f"{remaining} remain (MLflow parent run {result.parent_run_id} marked KILLED).\n"
         f"caviar: finish it with:  caviar run {shown_spec} --resume"
     )
-
-
-def _live_observer(sweep_id: str) -> SweepObserver | None:
-    found = live.lookup(sweep_id)
-    return found.observer if found is not None else None
 
 
 def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
@@ -270,8 +344,9 @@ def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
         metrics = {f"importance.{k}": v for k, v in report.importance.items()}
         tags: dict[str, str] = {}
         for round_number, best in report.best_by_round.items():
-            if best.last_value is not None:
-                metrics[f"round{round_number}.best_{history.metric}"] = best.last_value
+            value = best.metric(history.metric)
+            if value is not None:
+                metrics[f"round{round_number}.best_{history.metric}"] = value
             tags[f"caviar.round{round_number}.best_run_id"] = best.run_id
         for round_number, median in report.median_by_round.items():
             metrics[f"round{round_number}.median_completed_{history.metric}"] = median
@@ -280,7 +355,9 @@ def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
                 metrics[f"round{round_number}.importance.{name}"] = share
         tracker.log_summary(metrics, tags)
         result.importance = report.importance
-        result.best_by_round = {r: (b.index, b.last_value) for r, b in report.best_by_round.items()}
+        result.best_by_round = {
+            r: (b.index, b.metric(history.metric)) for r, b in report.best_by_round.items()
+        }
         result.median_by_round = report.median_by_round
     except Exception as error:  # the sweep is logged; a broken plot must not fail it
         print(f"caviar: warning: the report could not be built ({error})", file=stream)
@@ -316,29 +393,63 @@ def _ensure_ray() -> bool:
     return True
 
 
-def _fit(
-    spec: SweepSpec,
-    data: DataSplits,
-    tracker: SweepTracker,
-    run_dir: Path,
-    sweep_id: str,
-    stream: TextIO,
-    resume: bool,
-) -> SweepObserver:
-    """Run (or continue) the sweep's trials; returns the observer, with every record.
+def _fit(sweep: Sweep) -> None:
+    """Run (or continue) the sweep's trials; the live observer ends up with every record.
 
     A resumed sweep does not use Tune's restore (see ``orchestrator/store/journal.py``): the
     searcher, the scheduler and the records are rebuilt from caviar's journal, trials that
     had not ended continue from their last journaled checkpoint, and a fresh Tuner (its own
     folder under the sweep's) runs what is left.
     """
+    spec = sweep.spec
+    slots = _announce_capacity(sweep)
+    progress = ProgressLine(
+        spec.num_trials(), spec.objective.metric, spec.mode, _milestones(spec), sweep.stream
+    )
+    # Registered before the searcher exists: it announces round 1 as it is built.
+    registered = live.LiveSweep(sweep.tracker, progress, _round_listener(sweep))
+    live.register(sweep.sweep_id, registered)
+    search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep.sweep_id)
+    scheduler = _scheduler(spec, searcher.index_of)
+    observer = SweepObserver(
+        sweep.sweep_id, searcher, spec.max_epochs, set(spec.search_space().fixed)
+    )
+    registered.observer = observer
+    journal = Journal(sweep.run_dir / JOURNAL)
+    try:
+        if sweep.resume:  # resuming is loading the journal
+            state = read_journal(journal.path)
+            searcher.replay(state.trials)
+            if isinstance(scheduler, HalvingScheduler):
+                scheduler.replay(state.scheduler_calls)
+            observer.replay(state.trials)
+        observer.journal = journal
+        if isinstance(scheduler, HalvingScheduler):
+            scheduler.journal = journal
+        if searcher.remaining > 0:
+            tuner = _tuner(sweep, search_alg, scheduler, observer, searcher.remaining)
+            tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
+    finally:
+        journal.close()
+        progress.close(_records(sweep.sweep_id))
+
+
+def _announce_capacity(sweep: Sweep) -> int:
+    """How many trials run at once; a note when no node can hold a trial yet."""
+    resources = sweep.spec.resources
     slots = concurrent_slots(
-        ray.cluster_resources(), spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
+        ray.cluster_resources(), resources.cpus_per_trial, resources.gpus_per_trial
     )
     alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    note = waiting_note(alive, spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
+    note = waiting_note(alive, resources.cpus_per_trial, resources.gpus_per_trial)
     if note:
-        print(note, file=stream, flush=True)
+        print(note, file=sweep.stream, flush=True)
+    return slots
+
+
+def _round_listener(sweep: Sweep) -> Callable[[int, SearchSpace, tuple[str, ...]], None]:
+    """Each round's region on the parent run (params, a JSON artifact) and in the terminal."""
+    spec, tracker, stream = sweep.spec, sweep.tracker, sweep.stream
 
     def on_round(round_number: int, space: SearchSpace, notes: tuple[str, ...]) -> None:
         sampled = {f"round{round_number}.{d.name}": d.describe() for d in space.sampled}
@@ -353,16 +464,21 @@ def _fit(
             for note in notes:
                 print(f"caviar:   {note}", file=stream, flush=True)
 
-    progress = ProgressLine(
-        spec.num_trials(), spec.objective.metric, spec.mode, _milestones(spec), stream
-    )
-    # Registered before the searcher exists: it announces round 1 as it is built.
-    registered = live.LiveSweep(tracker, progress, on_round)
-    live.register(sweep_id, registered)
+    return on_round
+
+
+def _tuner(
+    sweep: Sweep,
+    search_alg: Any,
+    scheduler: TrialScheduler,
+    observer: SweepObserver,
+    num_samples: int,
+) -> tune.Tuner:
+    spec = sweep.spec
     trainable = tune.with_resources(
         tune.with_parameters(
             CaviarTrainable,
-            data=data,
+            data=sweep.data,
             trainable_name=spec.trainable,
             checkpoint_every_s=spec.storage.checkpoint_every_s,
             report_every_s=spec.storage.report_every_s,
@@ -370,56 +486,33 @@ def _fit(
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep_id)
-    scheduler = _scheduler(spec, searcher.index_of)
-    observer = SweepObserver(sweep_id, searcher, spec.max_epochs, set(spec.search_space().fixed))
-    registered.observer = observer
-    journal = Journal(run_dir / JOURNAL)
-    try:
-        if resume:
-            state = read_journal(journal.path)
-            searcher.replay(state.trials)
-            if isinstance(scheduler, HalvingScheduler):
-                scheduler.replay(state.scheduler_calls)
-            observer.replay(state.trials)
-        observer.journal = journal
-        if isinstance(scheduler, HalvingScheduler):
-            scheduler.journal = journal
-        remaining = searcher.remaining
-        if remaining > 0:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    metric=spec.objective.metric,
-                    mode=spec.mode,
-                    search_alg=search_alg,
-                    scheduler=scheduler,
-                    num_samples=remaining,
-                    reuse_actors=True,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=_tune_session_name(run_dir),
-                    storage_path=str(run_dir),
-                    callbacks=[observer],
-                    verbose=0,
-                    checkpoint_config=tune.CheckpointConfig(
-                        checkpoint_frequency=0,  # the trial asks for one by time
-                        checkpoint_at_end=True,
-                        # 2, not 1: Tune forces an experiment snapshot whenever a trial has
-                        # saved num_to_keep checkpoints since the last one; at 1, one per trial.
-                        # The journal names the newest, which is never the one removed.
-                        num_to_keep=2,
-                    ),
-                    failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
-                ),
-            )
-            tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
-    finally:
-        journal.close()
-        current = _live_observer(sweep_id) or observer
-        progress.close(current.records.values())
-    return _live_observer(sweep_id) or observer
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=spec.objective.metric,
+            mode=spec.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=_tune_session_name(sweep.run_dir),
+            storage_path=str(sweep.run_dir),
+            callbacks=[observer],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=0,  # the trial asks for one by time
+                checkpoint_at_end=True,
+                # 2, not 1: Tune forces an experiment snapshot whenever a trial has
+                # saved num_to_keep checkpoints since the last one; at 1, one per trial.
+                # The journal names the newest, which is never the one removed.
+                num_to_keep=2,
+            ),
+            failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
+        ),
+    )
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -467,15 +560,6 @@ def _milestones(spec: SweepSpec) -> list[int]:
             spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_epochs
         )
     return [spec.max_epochs]
-
-
-def _test_best(
-    spec: SweepSpec, data: DataSplits, result: SweepResult, tracker: SweepTracker
-) -> None:
-    """Rebuild the best trial from its last checkpoint, score it once on the test split and
-    log it on the parent run."""
-    model = _score_best(spec, data, result)
-    result.model_uri = tracker.log_model(model, data.x_test[:5], Path(trainables.__file__).parent)
 
 
 def _sweep_tags(spec: SweepSpec, sweep_id: str) -> dict[str, str]:
@@ -570,54 +654,16 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-# --- the end of a sweep, overlapped -------------------------------------------------------
-# Helpers for run_sweep: Ray's shutdown, mostly waiting for its processes to exit, runs on a
-# thread while the driver writes the summary and the report.
-
-
 def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:
     """The best trial rebuilt from its last checkpoint and scored once on the test split
     (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode."""
     assert result.best is not None
-    checkpoint = result.best.checkpoint
-    if checkpoint is None:
+    if result.best.checkpoint is None:
         raise SweepError(f"the best trial {result.best.trial_id} left no checkpoint to test")
-    with checkpoint.as_directory() as directory:
+    with tune.Checkpoint.from_directory(result.best.checkpoint).as_directory() as directory:
         state = load_trial_state(directory)
     tensors = TensorSplits.from_splits(data, "cpu")
     session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
     session.load_state_dict(state["session"])
     result.test_loss, result.test_accuracy = session.evaluate(tensors.x_test, tensors.y_test)
     return session.model.eval()
-
-
-class _Background:
-    """One call on a daemon thread; :meth:`result` waits for it and re-raises its error."""
-
-    def __init__(self, name: str, call: Any) -> None:
-        import threading
-
-        self._call = call
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._call()
-        except BaseException as error:  # re-raised on the caller's thread by result()
-            self._error = error
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def _shutdown_ray_in_background() -> _Background:
-    """``ray.shutdown()`` on a thread; ``.result()`` waits for it (and raises what it raised).
-
-    Call it once nothing needs Ray any more (after the best model's checkpoint is read)."""
-    return _Background("caviar-ray-shutdown", ray.shutdown)

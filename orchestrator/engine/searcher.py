@@ -23,8 +23,8 @@ from orchestrator.search.ranking import ranked
 from orchestrator.search.space import SearchSpace, sample_configs
 from orchestrator.search.zoom import keep_count, next_region
 from orchestrator.spec.models import SweepSpec
-from orchestrator.store.journal import RESUME_FROM, JournaledTrial
-from orchestrator.trials import TrialRecord, classify_finished
+from orchestrator.store.journal import RESUME_FROM
+from orchestrator.trials import Trial, TrialState, classify_finished
 
 # Called when a round starts: (round number from 1, its region, notes on how it was derived).
 RoundListener = Callable[[int, SearchSpace, tuple[str, ...]], None]
@@ -51,16 +51,6 @@ class ReplayError(CaviarError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
-class Continuation:
-    """A trial of the killed sweep that had not ended: run it again under a new Ray id."""
-
-    index: int
-    round: int
-    config: dict[str, Any]
-    checkpoint: str | None
-
-
 class RoundSearcher(Searcher):
     """Serves each round's configurations in order; narrows the region between rounds."""
 
@@ -82,14 +72,14 @@ class RoundSearcher(Searcher):
         self.round = 0  # 1-based once started
         self.regions: list[SearchSpace] = []
         self.notes: list[tuple[str, ...]] = []
-        self.index_of: dict[str, int] = {}
-        self.round_of: dict[str, int] = {}
-        self.config_of: dict[str, dict[str, Any]] = {}
-        self.ended: dict[str, tuple[dict[str, Any] | None, bool]] = {}
+        self.index_of: dict[str, int] = {}  # Ray trial id -> caviar index (the scheduler's key)
+        # The trials handed out, by index: config and round; once ended, the state and the
+        # last result Tune passed on completion (all that planning the next round needs).
+        self.trials: dict[int, Trial] = {}
         self.next_index = 0
-        self.continuations: list[Continuation] = []
+        self.continuations: list[Trial] = []  # unended trials of a killed sweep, run first
         self._queue: list[dict[str, Any]] = []
-        self._start_round(())
+        # Round 1 starts at the first suggestion (so building a searcher writes nothing).
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its search algorithm; the listener (MLflow, terminal) stays behind."""
@@ -99,11 +89,13 @@ class RoundSearcher(Searcher):
 
     @property
     def total(self) -> int:
-        return self.plan.rounds * len(self._round_configs(self.original))
+        return self.plan.rounds * self._round_size
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.continuations:
             return self._continue(trial_id, self.continuations.pop(0))
+        if self.round == 0:
+            self._start_round(())
         if not self._queue:
             if self.round >= self.plan.rounds:
                 return Searcher.FINISHED
@@ -114,18 +106,19 @@ class RoundSearcher(Searcher):
             self._start_round(step.notes)
         config = self._queue.pop(0)
         self.index_of[trial_id] = self.next_index
+        self.trials[self.next_index] = Trial(
+            self.next_index, config, round=self.round, trial_id=trial_id
+        )
         self.next_index += 1
-        self.round_of[trial_id] = self.round
-        self.config_of[trial_id] = config
         return dict(config)
 
     @property
     def remaining(self) -> int:
         """Trials still to run: continuations, this round's rest and the rounds to come."""
-        per_round = len(self._round_configs(self.original))
+        per_round = self._round_size
         return len(self.continuations) + self.plan.rounds * per_round - self.next_index
 
-    def replay(self, trials: dict[int, JournaledTrial]) -> None:
+    def replay(self, trials: dict[int, Trial]) -> None:
         """Become the searcher of a killed sweep: same rounds, same regions, same indices.
 
         The journal's trials are suggested again in index order, and each round's ended
@@ -138,9 +131,9 @@ class RoundSearcher(Searcher):
 
         def feed_ended(round_number: int) -> None:
             for trial in trials.values():
-                if trial.round == round_number and trial.outcome and trial.index not in fed:
+                if trial.round == round_number and trial.state.ended and trial.index not in fed:
                     last = trial.history[-1] if trial.history else None
-                    self.on_trial_complete(trial.trial_id, last, trial.outcome == "failed")
+                    self.on_trial_complete(trial.trial_id, last, trial.state is TrialState.FAILED)
                     fed.add(trial.index)
 
         for index in range(top + 1):
@@ -162,49 +155,34 @@ class RoundSearcher(Searcher):
         feed_ended(self.round)
         for index in range(top + 1):
             journaled = trials.get(index)
-            if journaled is not None and journaled.outcome:
+            if journaled is not None and journaled.state.ended:
                 continue
-            trial_id = journaled.trial_id if journaled else f"unstarted-{index}"
-            self.continuations.append(
-                Continuation(
-                    index,
-                    self.round_of.pop(trial_id),
-                    self.config_of.pop(trial_id),
-                    journaled.checkpoint if journaled else None,
-                )
-            )
-            del self.index_of[trial_id]
+            continued = self.trials[index]
+            continued.checkpoint = journaled.checkpoint if journaled else None
+            del self.index_of[continued.trial_id]
+            self.continuations.append(continued)
 
-    def _continue(self, trial_id: str, continuation: Continuation) -> dict[str, Any]:
-        self.index_of[trial_id] = continuation.index
-        self.round_of[trial_id] = continuation.round
-        self.config_of[trial_id] = continuation.config
-        config = dict(continuation.config)
-        if continuation.checkpoint:
-            config[RESUME_FROM] = continuation.checkpoint
+    def _continue(self, trial_id: str, trial: Trial) -> dict[str, Any]:
+        self.index_of[trial_id] = trial.index
+        trial.trial_id = trial_id
+        config = dict(trial.config)
+        if trial.checkpoint:
+            config[RESUME_FROM] = trial.checkpoint
         return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        self.ended[trial_id] = (result, error)
+        index = self.index_of.get(trial_id)
+        trial = self.trials.get(index) if index is not None else None
+        if trial is None:
+            return
+        trial.history = [dict(result)] if result else []
+        trial.state = TrialState.FAILED if error else classify_finished(trial, self.plan.budget)
 
-    def round_records(self, round_number: int) -> list[TrialRecord]:
-        """The ended trials of a round as records, from what Tune passed on completion."""
-        records = []
-        for trial_id, (result, error) in self.ended.items():
-            if self.round_of.get(trial_id) != round_number:
-                continue
-            record = TrialRecord(
-                trial_id,
-                self.index_of[trial_id],
-                self.config_of[trial_id],
-                "running",
-                [dict(result)] if result else [],
-            )
-            record.outcome = "failed" if error else classify_finished(record, self.plan.budget)
-            records.append(record)
-        return records
+    def round_trials(self, round_number: int) -> list[Trial]:
+        """The ended trials of a round, from what Tune passed on completion."""
+        return [t for t in self.trials.values() if t.round == round_number and t.state.ended]
 
     def _start_round(self, notes: tuple[str, ...]) -> None:
         self.round += 1
@@ -218,18 +196,22 @@ class RoundSearcher(Searcher):
         if listener is not None:
             listener(self.round, self.space, notes)
 
+    @property
+    def _round_size(self) -> int:
+        """Trials per round: every grid point, ``samples_per_point`` times (any region)."""
+        return self.original.grid_size() * self.plan.samples_per_point
+
     def _round_configs(self, space: SearchSpace) -> list[dict[str, Any]]:
         # Round 1 uses the sweep seed itself, so a one-round sweep is plain seeded random search.
         seed = self.plan.seed + (self.round - 1) * 7919
         return sample_configs(space, self.plan.samples_per_point, seed)
 
     def _round_has_ended(self) -> bool:
-        started = [t for t, r in self.round_of.items() if r == self.round]
-        return all(t in self.ended for t in started)
+        return all(t.state.ended for t in self.trials.values() if t.round == self.round)
 
     def _kept_configs(self) -> list[dict[str, Any]]:
         best = ranked(
-            self.round_records(self.round),
+            self.round_trials(self.round),
             self.plan.metric,
             self.plan.mode,
             list(self.plan.milestones),
@@ -252,8 +234,8 @@ def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
         rounds=search.rounds_count(),
         samples_per_point=search.samples_per_point(),
         seed=search.seed,
-        keep_top=search.keep_top if search.keep_top is not None else 0.25,
-        margin=search.margin if search.margin is not None else 0.1,
+        keep_top=search.keep_top_value(),
+        margin=search.margin_value(),
         metric=spec.objective.metric,
         mode=spec.mode,
         milestones=tuple(milestones),

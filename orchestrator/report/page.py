@@ -20,8 +20,10 @@ import numpy as np
 
 from orchestrator.report.ui_links import SweepLinks, labelled, run_page, sweep_links
 from orchestrator.search.importance import ScoredTrial, parameter_importance, value_at_first_rung
+from orchestrator.search.ranking import ranked
 from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, RangeDomain
-from orchestrator.store.history import SweepHistory, TrialHistory
+from orchestrator.store.history import SweepHistory
+from orchestrator.trials import Trial, TrialState
 
 ROUND_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 TOP_TRIALS = 10
@@ -33,38 +35,20 @@ class Report:
 
     importance: dict[str, float]
     importance_by_round: dict[int, dict[str, float]]
-    best_by_round: dict[int, TrialHistory]
+    best_by_round: dict[int, Trial]
     median_by_round: dict[int, float] = field(default_factory=dict)  # over completed trials
     files: list[Path] = field(default_factory=list)
 
 
-def rank_trials(history: SweepHistory, trials: Sequence[TrialHistory]) -> list[TrialHistory]:
-    """ASHA-aware order, best first: deepest rung reached, then the objective there."""
-    from orchestrator.search.ranking import rung_reached
-
-    sign = 1.0 if history.mode == "max" else -1.0
-    eligible = [
-        t
-        for t in trials
-        if t.outcome in ("completed", "stopped_early")
-        and t.last_value is not None
-        and math.isfinite(t.last_value)
-    ]
-    return sorted(
-        eligible,
-        key=lambda t: (
-            rung_reached(t.last_epoch, history.milestones),
-            sign * (t.last_value or 0.0),
-            -t.index,
-        ),
-        reverse=True,
-    )
+def rank_trials(history: SweepHistory, trials: Sequence[Trial]) -> list[Trial]:
+    """ASHA-aware order, best first: the sweep's own ranking (deepest rung, then objective)."""
+    return ranked(trials, history.metric, history.mode, history.milestones)
 
 
 def ui_links(history: SweepHistory, ui_base: str) -> SweepLinks:
     """The sweep's runs table and a compare view of its best trials, in ``rank_trials`` order."""
-    ranked = [t.run_id for t in rank_trials(history, history.trials)]
-    return sweep_links(ui_base, history.experiment_id, ranked)
+    best_first = [t.run_id for t in rank_trials(history, history.trials) if t.run_id]
+    return sweep_links(ui_base, history.experiment_id, best_first)
 
 
 def analyse(history: SweepHistory) -> Report:
@@ -72,13 +56,13 @@ def analyse(history: SweepHistory) -> Report:
     domains = _domains(history.regions[0]) if history.regions else []
     first_rung = history.milestones[0]
 
-    def scored(trials: Sequence[TrialHistory]) -> list[ScoredTrial]:
+    def scored(trials: Sequence[Trial]) -> list[ScoredTrial]:
         out = []
         for t in trials:
-            if t.outcome == "failed":
+            if t.state is TrialState.FAILED:
                 continue
-            entries = [{"epoch": e, history.metric: v} for e, v in t.curve]
-            value = None if t.diverged else value_at_first_rung(entries, history.metric, first_rung)
+            diverged = t.state is TrialState.DIVERGED
+            value = None if diverged else value_at_first_rung(t.history, history.metric, first_rung)
             out.append(ScoredTrial(t.config, value))
         return out
 
@@ -96,12 +80,16 @@ def analyse(history: SweepHistory) -> Report:
             by_round[r] = parameter_importance(scored(members), domains, mode)
     best = {}
     for r in rounds:
-        ranked = rank_trials(history, [t for t in history.trials if t.round == r])
-        if ranked:
-            best[r] = ranked[0]
+        in_round = rank_trials(history, [t for t in history.trials if t.round == r])
+        if in_round:
+            best[r] = in_round[0]
     medians = {}
     for r in rounds:
-        done = [t.last_value for t in history.trials if t.round == r and t.outcome == "completed"]
+        done = [
+            t.metric(history.metric)
+            for t in history.trials
+            if t.round == r and t.state is TrialState.COMPLETED
+        ]
         if done:
             medians[r] = float(np.median([v for v in done if v is not None]))
     return Report(importance, by_round, best, medians)
@@ -167,19 +155,20 @@ def _plot_objective_vs_parameters(history: SweepHistory, path: Path) -> Path | N
     cols = min(3, len(domains))
     rows = math.ceil(len(domains) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
-    values = [t.last_value for t in history.trials if t.last_value is not None]
+    metric = history.metric
+    values = [v for t in history.trials if (v := t.metric(metric)) is not None]
     floor = min(values) if values else 0.0
     rounds = sorted({t.round for t in history.trials})
     for ax, domain in zip(axes.flat, domains, strict=False):
         _draw_regions(ax, history, domain)
         for r in rounds:
             trials = [t for t in history.trials if t.round == r]
-            ok = [t for t in trials if t.last_value is not None and not t.diverged]
-            bad = [t for t in trials if t.diverged]
+            bad = [t for t in trials if t.state is TrialState.DIVERGED]
+            ok = [t for t in trials if t.metric(metric) is not None and t not in bad]
             xs = _xs(domain, [t.config.get(domain.name) for t in ok], jitter_seed=r)
             ax.scatter(
                 xs,
-                [t.last_value for t in ok],
+                [t.metric(metric) for t in ok],
                 s=22,
                 alpha=0.8,
                 color=_colour(r),
@@ -269,9 +258,10 @@ def _plot_learning_curves(history: SweepHistory, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
     for t in history.trials:
-        if not t.curve:
+        curve = t.curve(history.metric)
+        if not curve:
             continue
-        epochs, values = zip(*t.curve, strict=True)
+        epochs, values = zip(*curve, strict=True)
         ax.plot(epochs, values, color=_colour(t.round), alpha=0.35, lw=1)
     for m in history.milestones[:-1]:
         ax.axvline(m, color="grey", ls="--", lw=0.8)
@@ -338,11 +328,12 @@ def _html(
 ) -> str:
     esc = html.escape
 
-    def link(t: TrialHistory) -> str:
+    def link(t: Trial) -> str:
+        run_id = t.run_id or ""
         if not ui_base:
-            return esc(t.run_id)
-        url = run_page(ui_base, history.experiment_id, t.run_id)
-        return f'<a href="{esc(url)}">{esc(t.run_id[:8])}</a>'
+            return esc(run_id)
+        url = run_page(ui_base, history.experiment_id, run_id)
+        return f'<a href="{esc(url)}">{esc(run_id[:8])}</a>'
 
     ui_paragraph = ""
     if ui_base:
@@ -357,18 +348,18 @@ def _html(
 
     rows_rounds = "".join(
         f"<tr><td>{r}</td><td>{esc(_region_text(_region(history, r)))}</td>"
-        f"<td>{b.last_value:.4f}</td><td>{_median_text(report, r)}</td>"
+        f"<td>{b.metric(history.metric):.4f}</td><td>{_median_text(report, r)}</td>"
         f"<td>#{b.index}</td><td>{link(b)}</td></tr>"
         for r, b in sorted(report.best_by_round.items())
-        if b.last_value is not None
+        if b.metric(history.metric) is not None
     )
     top = rank_trials(history, history.trials)[:TOP_TRIALS]
     names = list(history.regions[0]) if history.regions else []
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
     rows_top = "".join(
-        f"<tr><td>{i + 1}</td><td>#{t.index}</td><td>{t.round}</td><td>{esc(t.outcome)}</td>"
-        f"<td>{t.last_epoch}</td><td>{(t.last_value or 0):.4f}</td>"
-        + "".join(f"<td>{esc(_fmt(t.config.get(n)))}</td>" for n in names)
+        f"<tr><td>{i + 1}</td><td>#{t.index}</td><td>{t.round}</td><td>{esc(t.state)}</td>"
+        f"<td>{t.epochs}</td><td>{(t.metric(history.metric) or 0):.4f}</td>"
+        + "".join(f"<td>{esc(format_value(t.config.get(n)))}</td>" for n in names)
         + f"<td>{link(t)}</td></tr>"
         for i, t in enumerate(top)
     )
@@ -424,13 +415,15 @@ def _region_text(region: dict[str, Any]) -> str:
     parts = []
     for name, d in region.items():
         if "low" in d:
-            parts.append(f"{name} {d['scale']}[{_fmt(d['low'])}, {_fmt(d['high'])}]")
+            low, high = format_value(d["low"]), format_value(d["high"])
+            parts.append(f"{name} {d['scale']}[{low}, {high}]")
         elif "values" in d:
             parts.append(f"{name} {{{', '.join(map(str, d['values']))}}}")
     return "; ".join(parts)
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any, digits: int = 4) -> str:
+    """A parameter's value as people read it: floats to ``digits`` significant digits."""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.{digits}g}"
     return str(value)

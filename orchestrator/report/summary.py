@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.engine.run import SweepResult
+from orchestrator.report.page import format_value
 from orchestrator.report.ui_links import sweep_links, text_lines, ui_base
 
 
@@ -21,7 +22,7 @@ def format_summary(result: SweepResult) -> str:
         best = result.best
         value = best.metric(result.metric)
         lines += [
-            f"  best trial:      #{best.index} ({best.trial_id}), {best.outcome.replace('_', ' ')} "
+            f"  best trial:      #{best.index} ({best.trial_id}), {best.state.replace('_', ' ')} "
             f"after {best.epochs} epochs",
             f"  best {result.metric}: {value:.4f}" if value is not None else "",
         ]
@@ -31,7 +32,7 @@ def format_summary(result: SweepResult) -> str:
             )
         sampled = {k: v for k, v in best.config.items()}
         lines.append("  best config:")
-        lines += [f"    {k}: {_fmt(v)}" for k, v in sorted(sampled.items())]
+        lines += [f"    {k}: {format_value(v, digits=6)}" for k, v in sorted(sampled.items())]
     if len(result.best_by_round) > 1:
         for round_number, (index, value) in sorted(result.best_by_round.items()):
             shown = f"{value:.4f}" if value is not None else "-"
@@ -65,9 +66,3 @@ def _link_lines(result: SweepResult) -> list[str]:
     base = ui_base(result.tracking_uri, result.ui_command)
     links = sweep_links(base, result.experiment_id, result.ranked_run_ids)
     return text_lines(links, indent="  ")
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)

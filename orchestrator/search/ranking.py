@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Literal
 
-from orchestrator.trials import TrialRecord
+from orchestrator.trials import Trial
 
 
 def asha_rung_epochs(
@@ -44,10 +44,10 @@ def rung_reached(epochs: int, milestones: list[int]) -> int:
 
 
 def rank_key(
-    record: TrialRecord, metric: str, mode: Literal["max", "min"], milestones: list[int]
+    record: Trial, metric: str, mode: Literal["max", "min"], milestones: list[int]
 ) -> tuple[int, float] | None:
     """Sort key, larger is better; ``None`` for trials that cannot be best."""
-    if record.outcome in ("diverged", "failed", "running"):
+    if not record.state.ranked:
         return None
     value = record.metric(metric)
     if value is None:
@@ -56,11 +56,11 @@ def rank_key(
 
 
 def ranked(
-    records: Iterable[TrialRecord],
+    records: Iterable[Trial],
     metric: str,
     mode: Literal["max", "min"],
     milestones: list[int],
-) -> list[TrialRecord]:
+) -> list[Trial]:
     """Eligible trials, best first; ties keep the plan's order (lower index first)."""
     keyed = [(rank_key(r, metric, mode, milestones), r) for r in records]
     eligible = [(k, r) for k, r in keyed if k is not None]

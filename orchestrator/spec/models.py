@@ -393,6 +393,14 @@ DataSpec = Annotated[
 # --- search, scheduler, objective, resources, tracking, storage --------------------------
 
 
+# Defaults that depend on the strategy. The fields stay None when unset (so a spec's hash,
+# and what "set by the user" means, do not change); ``caviar schema`` shows these values.
+DEFAULT_SAMPLES_PER_POINT = 16  # random: trials per grid point; zoom: per round per point
+DEFAULT_ZOOM_ROUNDS = 3
+DEFAULT_KEEP_TOP = 0.25
+DEFAULT_MARGIN = 0.1
+
+
 class SearchSpec(StrictModel):
     strategy: Annotated[
         Literal["random", "grid", "zoom"],
@@ -414,6 +422,7 @@ class SearchSpec(StrictModel):
                 "random: trials per grid point (default 16). grid: repeats of the whole grid "
                 "(default 1). zoom: use trials_per_round."
             ),
+            json_schema_extra={"default": DEFAULT_SAMPLES_PER_POINT},
         ),
     ] = None
     seed: Annotated[int, Field(description="Seed of the sampled configurations.")] = 0
@@ -422,11 +431,22 @@ class SearchSpec(StrictModel):
         Field(ge=1, description="Cap on trials running at once (default: as many as fit)."),
     ] = None
     rounds: Annotated[
-        int | None, Field(ge=1, le=100, description="zoom: number of rounds (default 3).")
+        int | None,
+        Field(
+            ge=1,
+            le=100,
+            description="zoom: number of rounds (default 3).",
+            json_schema_extra={"default": DEFAULT_ZOOM_ROUNDS},
+        ),
     ] = None
     trials_per_round: Annotated[
         int | None,
-        Field(ge=1, le=100_000, description="zoom: trials per round per grid point (default 16)."),
+        Field(
+            ge=1,
+            le=100_000,
+            description="zoom: trials per round per grid point (default 16).",
+            json_schema_extra={"default": DEFAULT_SAMPLES_PER_POINT},
+        ),
     ] = None
     keep_top: Annotated[
         float | None,
@@ -436,6 +456,7 @@ class SearchSpec(StrictModel):
                 "zoom: the best trials that define the next region: a fraction (< 1) of the "
                 "round's ranked trials, or a count (>= 1). Default 0.25."
             ),
+            json_schema_extra={"default": DEFAULT_KEEP_TOP},
         ),
     ] = None
     margin: Annotated[
@@ -447,6 +468,7 @@ class SearchSpec(StrictModel):
                 "zoom: widen the box around the kept trials by this share of the previous "
                 "region's width on each side (in the scale's coordinate). Default 0.1."
             ),
+            json_schema_extra={"default": DEFAULT_MARGIN},
         ),
     ] = None
 
@@ -468,13 +490,19 @@ class SearchSpec(StrictModel):
 
     def samples_per_point(self) -> int:
         if self.strategy == "zoom":
-            return self.trials_per_round or 16
+            return self.trials_per_round or DEFAULT_SAMPLES_PER_POINT
         if self.num_trials is not None:
             return self.num_trials
-        return 16 if self.strategy == "random" else 1
+        return DEFAULT_SAMPLES_PER_POINT if self.strategy == "random" else 1
 
     def rounds_count(self) -> int:
-        return (self.rounds or 3) if self.strategy == "zoom" else 1
+        return (self.rounds or DEFAULT_ZOOM_ROUNDS) if self.strategy == "zoom" else 1
+
+    def keep_top_value(self) -> float:
+        return self.keep_top if self.keep_top is not None else DEFAULT_KEEP_TOP
+
+    def margin_value(self) -> float:
+        return self.margin if self.margin is not None else DEFAULT_MARGIN
 
 
 class AshaScheduler(StrictModel):

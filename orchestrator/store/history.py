@@ -9,25 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class TrialHistory:
-    run_id: str
-    trial_id: str
-    index: int
-    round: int
-    outcome: str
-    config: dict[str, Any]
-    curve: list[tuple[int, float]]  # (epoch, objective) in epoch order
-    diverged: bool = False
-
-    @property
-    def last_epoch(self) -> int:
-        return self.curve[-1][0] if self.curve else 0
-
-    @property
-    def last_value(self) -> float | None:
-        return self.curve[-1][1] if self.curve else None
+from orchestrator.trials import Trial
 
 
 @dataclass
@@ -40,6 +22,6 @@ class SweepHistory:
     mode: str
     milestones: list[int]
     regions: list[dict[str, Any]]  # per round: parameter -> {scale, low, high, integer} | ...
-    trials: list[TrialHistory] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)  # by index; run_id set, one metric
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)

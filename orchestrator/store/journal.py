@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.errors import CaviarError
-from orchestrator.trials import with_epoch
+from orchestrator.trials import Trial, TrialState, with_epoch
 
 JOURNAL = "journal.jsonl"
 # The configuration key that hands a continued trial the checkpoint it restarts from. The
@@ -74,26 +74,10 @@ class Journal:
 
 
 @dataclass
-class JournaledTrial:
-    """One trial as the journal tells it."""
-
-    index: int
-    trial_id: str
-    round: int
-    config: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    checkpoint: str | None = None
-    outcome: str | None = None  # None: it had not ended when the sweep stopped
-    error: str | None = None
-    started_at: float | None = None  # when the driver saw it start / end (seconds, epoch)
-    ended_at: float | None = None
-
-
-@dataclass
 class JournalState:
     """Everything a resumed sweep needs, in the order it happened."""
 
-    trials: dict[int, JournaledTrial] = field(default_factory=dict)
+    trials: dict[int, Trial] = field(default_factory=dict)
     scheduler_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -126,11 +110,11 @@ def _apply(state: JournalState, event: dict[str, Any]) -> None:
         return
     index = int(event.get("i", -1))
     if kind == "trial":
-        state.trials[index] = JournaledTrial(
+        state.trials[index] = Trial(
             index,
-            str(event["id"]),
-            int(event["round"]),
             dict(event["config"]),
+            round=int(event["round"]),
+            trial_id=str(event["id"]),
             started_at=_t(event),
         )
         return
@@ -138,11 +122,13 @@ def _apply(state: JournalState, event: dict[str, Any]) -> None:
     if trial is None:
         return
     if kind == "result":
-        trial.history = with_epoch(trial.history, dict(event["r"]))
+        entry = dict(event["r"])
+        trial.history = with_epoch(trial.history, entry)
+        trial.node_id = entry.get("node_id", trial.node_id)
     elif kind == "checkpoint":
         trial.checkpoint = str(event["path"])
     elif kind == "end":
-        trial.outcome = str(event["outcome"])
+        trial.state = TrialState(str(event["outcome"]))
         trial.error = event.get("error")
         trial.ended_at = _t(event)
 

@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
-from orchestrator.store.history import SweepHistory, TrialHistory
+from orchestrator.store.history import SweepHistory
 from orchestrator.store.uri import absolute_uri, check_reachable
+from orchestrator.trials import Trial, TrialState
 
 RUN_ID_PATTERN = r"[0-9a-f]{32}"
 
@@ -69,15 +70,14 @@ def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
             curve = sorted((int(m.step), float(m.value)) for m in history)
             config = {k: _parse_param(v) for k, v in child.data.params.items()}
             trials.append(
-                TrialHistory(
-                    run_id=child.info.run_id,
-                    trial_id=tags.get("caviar.trial_id", child.info.run_id),
+                Trial(
                     index=int(tags.get("caviar.trial_index", "0")),
-                    round=int(tags.get("caviar.round", "1")),
-                    outcome=tags.get("caviar.outcome", "running"),
                     config=config,
-                    curve=curve,
-                    diverged=tags.get("caviar.outcome") == "diverged",
+                    round=int(tags.get("caviar.round", "1")),
+                    trial_id=tags.get("caviar.trial_id", child.info.run_id),
+                    state=_state(tags.get("caviar.outcome")),
+                    history=[{"epoch": epoch, metric: value} for epoch, value in curve],
+                    run_id=child.info.run_id,
                 )
             )
     except MlflowException as error:
@@ -124,6 +124,14 @@ def _find_parent(client: MlflowClient, key: str, looks_like_run_id: bool) -> Any
     if not runs:
         raise TrackingError(f"experiment {key!r} holds no caviar sweep")
     return runs[0]
+
+
+def _state(outcome: str | None) -> TrialState:
+    """A child run's ``caviar.outcome`` tag; one not (yet) set is a trial still running."""
+    try:
+        return TrialState(outcome or "running")
+    except ValueError:
+        return TrialState.RUNNING
 
 
 def _parse_param(text: str) -> Any:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from orchestrator.environment import apply_environment_defaults
+from orchestrator.store.mlflow_sink import MlflowSink
+from orchestrator.store.reader import read_sweep
 from orchestrator.store.uri import absolute_uri, check_reachable, ui_base, ui_command
 from orchestrator.store.writer import (
     SYSTEM_CLOCK,
@@ -37,11 +38,6 @@ from orchestrator.store.writer import (
     call_with_retries,
     epoch_ms,
 )
-
-apply_environment_defaults()  # before MLflow is imported
-
-from orchestrator.store.mlflow_sink import MlflowSink  # noqa: E402
-from orchestrator.store.reader import read_sweep  # noqa: E402
 
 __all__ = [
     "SweepTracker",

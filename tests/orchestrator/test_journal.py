@@ -17,6 +17,7 @@ from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.searcher import ReplayError, RoundPlan, RoundSearcher
 from orchestrator.search.space import RangeDomain, SearchSpace
 from orchestrator.store.journal import RESUME_FROM, Journal, JournalError, read_journal
+from orchestrator.trials import TrialState
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
 
@@ -43,7 +44,7 @@ def test_events_read_back_with_one_entry_per_epoch(tmp_path: Path) -> None:
     state = read_journal(tmp_path / "j.jsonl")
     trial = state.trials[0]
     assert [e["epoch"] for e in trial.history] == [1, 2, 3, 4]
-    assert (trial.checkpoint, trial.outcome) == ("/x/checkpoint_000001", "completed")
+    assert (trial.checkpoint, trial.state) == ("/x/checkpoint_000001", TrialState.COMPLETED)
 
 
 def test_a_line_cut_by_the_kill_is_dropped_and_damage_inside_is_an_error(tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def _run_searcher(searcher: RoundSearcher, journal: Journal, stop_after: int) ->
         config = searcher.suggest(trial_id)
         if config is None:  # round over: end the rest, then go on
             for other, index in searcher.index_of.items():
-                if other not in searcher.ended:
+                if not searcher.trials[index].state.ended:
                     result = {"epoch": 4, "val_accuracy": suggested[index]["learning_rate"]}
                     searcher.on_trial_complete(other, result)
                     journal.append("result", i=index, r=result)
@@ -91,7 +92,7 @@ def _run_searcher(searcher: RoundSearcher, journal: Journal, stop_after: int) ->
             config = searcher.suggest(trial_id)
         assert isinstance(config, dict)
         index = searcher.index_of[trial_id]
-        _journal_trial(journal, index, trial_id, searcher.round_of[trial_id], config)
+        _journal_trial(journal, index, trial_id, searcher.trials[index].round, config)
         suggested.append(config)
         if index % 4 < 2:
             result = {"epoch": 4, "val_accuracy": config["learning_rate"]}
@@ -124,7 +125,8 @@ def test_replayed_searcher_continues_the_killed_one_exactly(tmp_path: Path) -> N
     first = resumed.suggest("new-a")
     assert first == {**suggested[6], RESUME_FROM: "/ckpt/6"}
     assert resumed.suggest("new-b") == suggested[7]  # never checkpointed: starts over
-    assert resumed.index_of["new-a"] == 6 and resumed.round_of["new-b"] == 2
+    assert resumed.index_of["new-a"] == 6 and resumed.trials[7].round == 2
+    assert resumed.trials[7].trial_id == "new-b"
     assert "t6" not in resumed.index_of
     assert resumed.suggest("new-c") is None  # round 2 has not ended
 
@@ -156,8 +158,8 @@ def test_a_finished_plan_has_nothing_left(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.jsonl")
     searcher = RoundSearcher(SPACE, _plan(1))
     _run_searcher(searcher, journal, stop_after=4)
-    for trial_id, index in searcher.index_of.items():
-        if trial_id not in searcher.ended:
+    for index, trial in searcher.trials.items():
+        if not trial.state.ended:
             journal.append("end", i=index, outcome="stopped_early")
     journal.close()
     resumed = RoundSearcher(SPACE, _plan(1))

@@ -49,7 +49,7 @@ def test_a_trial_that_fails_before_it_starts_is_a_failed_trial_with_its_run(
         observer.on_trial_complete(0, [], started)
         observer.on_trial_error(0, [], unstarted)  # its reset failed: no on_trial_start
 
-        outcomes = {r.trial_id: r.outcome for r in observer.records.values()}
+        outcomes = {r.trial_id: r.state for r in observer.records.values()}
         assert outcomes == {"a": "stopped_early", "b": "failed"}
         tracker.flush()
         run_id = tracker.child_run_id(str(searcher.index_of["b"]))

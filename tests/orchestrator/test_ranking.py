@@ -8,12 +8,12 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones, rung_reached
-from orchestrator.trials import TrialRecord, classify_finished
+from orchestrator.trials import Trial, TrialState, classify_finished
 
 
-def _record(index: int, epochs: int, acc: float, outcome: str = "completed") -> TrialRecord:
+def _record(index: int, epochs: int, acc: float, outcome: str = "completed") -> Trial:
     history = [{"epoch": e, "val_accuracy": acc} for e in range(1, epochs + 1)]
-    return TrialRecord(f"t{index}", index, {}, outcome, history)  # type: ignore[arg-type]
+    return Trial(index, {}, trial_id=f"t{index}", state=TrialState(outcome), history=history)
 
 
 def test_milestones_follow_the_reduction_factor_and_end_at_the_budget() -> None:

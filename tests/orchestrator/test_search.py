@@ -32,7 +32,8 @@ def test_next_round_waits_for_the_round_then_narrows_around_the_best() -> None:
         searcher.on_trial_complete(trial_id, {"epoch": 4, "val_accuracy": accuracy})
     second = searcher.suggest("t4")
     assert second is not None and second != Searcher.FINISHED
-    assert searcher.round_of == {**{t: 1 for t in first}, "t4": 2}
+    rounds_by_id = {t.trial_id: t.round for t in searcher.trials.values()}
+    assert rounds_by_id == {**{t: 1 for t in first}, "t4": 2}
     assert [r for r, _ in rounds] == [1, 2]
     region = rounds[1][1].domains[0]
     assert region.low <= first[best_id]["learning_rate"] <= region.high

@@ -8,19 +8,19 @@ from urllib.parse import parse_qs, urlsplit
 
 from orchestrator.engine.run import SweepResult
 from orchestrator.report.summary import format_summary
-from orchestrator.trials import TrialRecord
+from orchestrator.trials import Trial, TrialState
 
 RUN_IDS = [f"{i:x}" * 32 for i in (10, 3, 7)]  # best first, as run_sweep ranks them
 
 
 def _result(tracking_uri: str, ranked_run_ids: list[str]) -> SweepResult:
     records = [
-        TrialRecord(
-            f"t{i}",
+        Trial(
             i,
             {"learning_rate": 0.01 * (i + 1)},
-            "completed",
-            [{"epoch": 3, "val_accuracy": 0.9 - i / 100}],
+            trial_id=f"t{i}",
+            state=TrialState.COMPLETED,
+            history=[{"epoch": 3, "val_accuracy": 0.9 - i / 100}],
         )
         for i in range(3)
     ]
