@@ -99,8 +99,6 @@ class LocalCluster:
             CAVIAR_NUM_CPUS="1",
             CAVIAR_OBJECT_STORE_MEMORY=str(150 * 1024 * 1024),
             CAVIAR_RAY_TEMP_DIR=str(self.root / ("h" if service == "ray-head" else "w")),
-            # Ray's default (30 s) for a raylet to register is short on a loaded 2-core box.
-            RAY_raylet_start_wait_time_s="90",
         )
         # Each node gets its own agent ports: the defaults collide when two share a host.
         ports = iter(self.head_agent_ports if service == "ray-head" else self.worker_agent_ports)

@@ -190,6 +190,9 @@ def test_results_land_on_the_clusters_shared_storage(
 ) -> None:
     sweep_dirs = list((local_cluster.storage / "cluster-sweep").iterdir())
     assert len(sweep_dirs) == 1 and sweep_dirs[0].is_dir()
+    # The sweep's journal and Tune's results (the trials' checkpoints) are in it.
+    assert (sweep_dirs[0] / "journal.jsonl").is_file()
+    assert list(sweep_dirs[0].glob("tune-1/trial_*/checkpoint_*")), list(sweep_dirs[0].iterdir())
     assert str(local_cluster.storage) in sweep["result"].stdout  # "Ray results: ..."
 
 
@@ -289,6 +292,8 @@ def test_a_cluster_without_caviar_is_diagnosed(sweep: dict[str, Any], local_clus
 
 
 def test_stop_ends_a_running_job(sweep: dict[str, Any], local_cluster: Any) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     folder = sweep["folder"]
     (folder / "long.yaml").write_text(
         SPEC.replace("cluster-sweep", "cluster-long").replace("max_epochs: 24", "max_epochs: 500")
@@ -297,6 +302,15 @@ def test_stop_ends_a_running_job(sweep: dict[str, Any], local_cluster: Any) -> N
     assert submitted.returncode == 0, submitted.stderr
     job = re.search(r"submitted job (\S+)", submitted.stdout)
     assert job and "follow:" in submitted.stdout
+    client = JobSubmissionClient(
+        local_cluster.address, headers={"Authorization": f"Bearer {local_cluster.token}"}
+    )
+    deadline = time.monotonic() + 120
+    while client.get_job_status(job.group(1)) == JobStatus.PENDING:  # its driver not yet up
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.5)
+    assert client.get_job_status(job.group(1)) == JobStatus.RUNNING
     stopped = caviar(local_cluster, "stop", job.group(1), cwd=folder)
     assert stopped.returncode == 0, stopped.stderr
     assert f"job {job.group(1)}: STOPPED" in stopped.stdout
+    assert client.get_job_status(job.group(1)) == JobStatus.STOPPED

@@ -89,7 +89,6 @@ class PlainCluster:
         return clean_env(
             PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
             RAY_AUTH_MODE="disabled",
-            RAY_raylet_start_wait_time_s="90",  # Ray's 30 s is short on a loaded 2-core box
             **{MARKER: str(self.root)},
         )
 
@@ -272,7 +271,7 @@ def submit(cluster: PlainCluster, folder: Path, spec: str) -> subprocess.Complet
     )  # fmt: skip
 
 
-def test_a_sweep_runs_on_two_nodes_that_share_one_temp_folder(
+def test_a_sweep_runs_on_a_cluster_whose_two_nodes_share_one_temp_folder(
     plain_cluster: PlainCluster, tmp_path: Path
 ) -> None:
     # The condition this test is about: both raylets unpack jobs into one folder.

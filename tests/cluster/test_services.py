@@ -105,6 +105,7 @@ def test_mlflow_builds_the_postgres_uri_into_its_environment_quoting_the_passwor
     assert uri == "postgresql+psycopg2://ml%20flow:p%40ss%2Fw%3Ard@postgres:5432/mlflow"
     assert "p%40ss" not in command.describe() and ":***@postgres" in command.describe()
     argv = command.argv
+    assert not [a for a in argv if "postgresql" in a or "p@ss" in a or "p%40ss" in a], argv
     assert argv[:2] == ["mlflow", "server"] and "--serve-artifacts" in argv
     assert flag(argv, "--host") == "127.0.0.1" and flag(argv, "--port") == "5000"
 

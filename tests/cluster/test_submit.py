@@ -7,7 +7,9 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -155,9 +157,18 @@ def test_upload_leaves_out_vcs_venvs_local_stores_results_and_env_files(tmp_path
     assert "cluster.env" not in names
 
 
-def test_build_request_refuses_a_local_store_before_any_network(tmp_path: Path) -> None:
+def test_build_request_refuses_a_local_store_before_any_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = tmp_path / "local.yaml"
     spec.write_text(spec_with("tracking: {uri: 'sqlite:///mlflow.db'}\n"))
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("build_request opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     with pytest.raises(SpecError, match="tracking.uri"):
         cluster.build_request(spec)
 
@@ -411,8 +422,16 @@ def test_caviar_run_as_a_job_without_a_tracking_server_exits_2_before_starting_r
     """The real command, in the environment Ray's job supervisor gives it."""
     (tmp_path / "iris.yaml").write_text(SPEC)
     environ = job_environ()
-    result = run_caviar("run", "iris.yaml", cwd=tmp_path, timeout=120, **environ)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "job's temporary working directory" in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 8
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "caviar_runs").exists()
+    # Any Ray this run started would leave its session folder under RAY_TMPDIR/ray.
+    ray_root = Path(tempfile.mkdtemp(prefix="cv-", dir="/tmp"))  # short, as Ray's sockets need
+    try:
+        result = run_caviar(
+            "run", "iris.yaml", cwd=tmp_path, timeout=120, RAY_TMPDIR=str(ray_root), **environ
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "job's temporary working directory" in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) < 8
+        assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "caviar_runs").exists()
+        assert not (ray_root / "ray").exists()  # Ray never started
+    finally:
+        shutil.rmtree(ray_root, ignore_errors=True)

@@ -78,9 +78,10 @@ def _finish(process: subprocess.Popen[str], timeout: float = 300) -> str:
 
 
 def _training(folder: Path) -> set[int]:
-    """Trials that have reported epoch 3 or later and not ended, from the sweep's journal
-    (written as results arrive; MLflow lags it by the tracker's batching)."""
+    """Trials that have reported epoch 3 or later, hold a checkpoint and have not ended, from
+    the sweep's journal (written as results arrive; MLflow lags it by the tracker's batching)."""
     epochs: dict[int, int] = {}
+    checkpointed: set[int] = set()
     ended: set[int] = set()
     for journal in folder.glob("caviar_runs/*/*/journal.jsonl"):
         for line in journal.read_text().splitlines():
@@ -90,9 +91,32 @@ def _training(folder: Path) -> set[int]:
                 continue  # a line still being written
             if event.get("e") == "result":
                 epochs[event["i"]] = int(event["r"].get("epoch", 0))
+            elif event.get("e") == "checkpoint":
+                checkpointed.add(event["i"])
             elif event.get("e") == "end":
                 ended.add(event["i"])
-    return {i for i, epoch in epochs.items() if epoch >= 3 and i not in ended}
+    return {i for i, epoch in epochs.items() if epoch >= 3 and i in checkpointed and i not in ended}
+
+
+def _restarts(journal: Path) -> list[tuple[int, int, int]]:
+    """(trial, epoch of its last checkpoint, first epoch reported after) for each time a trial's
+    epochs start coming from another worker process: a restart. A checkpoint's epoch is the
+    last one its trial reported before the checkpoint's line."""
+    found = []
+    pid: dict[int, int] = {}
+    last_epoch: dict[int, int] = {}
+    saved_at: dict[int, int] = {}
+    for line in journal.read_text().splitlines():
+        event = json.loads(line)
+        index = event.get("i")
+        if event["e"] == "checkpoint":
+            saved_at[index] = last_epoch.get(index, 0)
+        elif event["e"] == "result":
+            epoch, worker = int(event["r"]["epoch"]), int(event["r"]["worker_pid"])
+            if index in pid and pid[index] != worker:
+                found.append((index, saved_at.get(index, 0), epoch))
+            pid[index], last_epoch[index] = worker, epoch
+    return found
 
 
 def _kill_a_worker_mid_trial(folder: Path, session: int) -> int:
@@ -126,6 +150,12 @@ def test_a_killed_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
         assert child.data.tags["caviar.outcome"] == "completed"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
         assert sorted(steps) == list(range(1, 31))  # replayed epochs are not logged twice
+    # Retried, in a new worker, from where its last checkpoint left it (not from epoch 1).
+    (journal,) = tmp_path.glob("caviar_runs/retry/*/journal.jsonl")
+    restarts = _restarts(journal)
+    assert restarts, "no trial was restarted in another worker"
+    assert all(first == saved + 1 for _, saved, first in restarts), restarts
+    assert any(saved >= 1 for _, saved, _ in restarts), restarts
 
 
 def test_after_its_retries_a_trial_fails_with_the_error_and_the_sweep_goes_on(
@@ -204,6 +234,7 @@ def test_tracking_server_outage_loses_nothing(tmp_path: Path, server_port: int) 
         while time.monotonic() < deadline and not _max_steps(tmp_path / "server.db"):
             time.sleep(0.3)
         _stop(server)  # gone mid-sweep ...
+        assert process.poll() is None, "the sweep ended before the server went away"
         time.sleep(6)
         server = _start_mlflow(tmp_path, server_port)  # ... and back
         out = _finish(process)

@@ -146,19 +146,28 @@ def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(
     `caviar run` must not join it (a bare ray.init() would: every trial then died unstarted);
     it starts its own Ray, as the README promises, and every trial runs."""
     (tmp_path / "spec.yaml").write_text(SMALL_SPEC)
-    out = subprocess.run(
-        [CAVIAR, "run", "spec.yaml"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # A Ray the sweep starts puts its session folder under RAY_TMPDIR/ray; joining the head
+    # (started with a --temp-dir of its own) would put none there.
+    ray_root = Path(tempfile.mkdtemp(prefix="cv-", dir="/tmp"))
+    try:
+        out = subprocess.run(
+            [CAVIAR, "run", "spec.yaml"],
+            cwd=tmp_path,
+            env=clean_env(RAY_TMPDIR=str(ray_root)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        sessions = [p.name for p in (ray_root / "ray").glob("session_*") if not p.is_symlink()]
+    finally:
+        _kill_processes_naming(ray_root)
+        shutil.rmtree(ray_root, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "trials:          3 (3 completed, 0 stopped early, 0 diverged, 0 failed)" in (
         out.stdout
     ), out.stdout[-2000:]
     assert "ActorDiedError" not in out.stderr
+    assert len(sessions) == 1, sessions  # its own Ray: one new session, not the head's
     assert plain_head.process.poll() is None  # the user's cluster is untouched
 
 
@@ -173,15 +182,22 @@ def test_gpus_no_node_offers_are_named_at_once_on_a_cluster_and_refused_embedded
             "name: beside-a-cluster", "name: gpus\nresources: {gpus_per_trial: 0.25}"
         )
     )
-    refused = subprocess.run(
-        [CAVIAR, "run", "spec.yaml"], cwd=tmp_path, env=clean_env(), capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+    ray_root = Path(tempfile.mkdtemp(prefix="cv-", dir="/tmp"))  # RAY_TMPDIR: see above
+    try:
+        refused = subprocess.run(
+            [CAVIAR, "run", "spec.yaml"], cwd=tmp_path, env=clean_env(RAY_TMPDIR=str(ray_root)),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        ray_started = (ray_root / "ray").exists()
+    finally:
+        _kill_processes_naming(ray_root)
+        shutil.rmtree(ray_root, ignore_errors=True)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "resources.gpus_per_trial: asks for 0.25 GPU per trial" in refused.stderr
     assert "gpus_per_trial: 0 to train on the CPU" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "caviar_runs").exists()
+    assert not ray_started  # refused before Ray started
 
     waiting = subprocess.Popen(
         [CAVIAR, "run", "spec.yaml"],

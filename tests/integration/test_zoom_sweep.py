@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,9 @@ def test_caviar_report_writes_plots_and_a_self_contained_page(zoom_sweep: dict[s
         assert result.returncode == 0, result.stderr
         page = (out / "report.html").read_text()
         assert page.count("data:image/png;base64,") == 3
+        # Self-contained: every image inline, no stylesheet, script or frame fetched.
+        assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * 3
+        assert not re.search(r"<(link|script|iframe|object|embed)\b|url\(", page)
         assert zoom_sweep["parent"].info.run_id in page
         assert "learning_rate" in page and "round" in page
         for png in ("objective_vs_parameters.png", "learning_curves.png", "importance.png"):

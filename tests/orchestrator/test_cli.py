@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from conftest import run_caviar
@@ -39,11 +41,17 @@ def test_validate_bad_spec_exits_2_listing_problems_without_traceback(tmp_path: 
 def test_run_with_a_bad_spec_fails_before_any_compute(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: bad\nspace: {}\n")
-    result = run_caviar("run", str(spec), cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "mlflow.db").exists()
-    assert not (tmp_path / "caviar_runs").exists()
+    # Any Ray this run started would leave its session folder under RAY_TMPDIR/ray.
+    ray_root = Path(tempfile.mkdtemp(prefix="cv-", dir="/tmp"))  # short, as Ray's sockets need
+    try:
+        result = run_caviar("run", str(spec), cwd=tmp_path, RAY_TMPDIR=str(ray_root))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "mlflow.db").exists()
+        assert not (tmp_path / "caviar_runs").exists()
+        assert not (ray_root / "ray").exists()  # Ray never started
+    finally:
+        shutil.rmtree(ray_root, ignore_errors=True)
 
 
 def test_missing_spec_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.errors import SpecError
 from orchestrator.spec.models import json_schema, load_spec, parse_spec, parse_spec_text
+from trainables import get_trainable
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 
@@ -85,6 +86,8 @@ def test_unknown_keys_are_errors_with_a_suggestion() -> None:
 def test_unknown_parameter_lists_the_trainable_parameters() -> None:
     problems = _paths(_minimal(space={"learnig_rate": {"values": [0.1]}}))
     assert "learning_rate" in problems["space.learnig_rate"]
+    listed = problems["space.learnig_rate"].split("its parameters are ", 1)[1]
+    assert listed.split(", ") == sorted(get_trainable("bn_softmax_mlp").parameter_names())
 
 
 def test_parameter_in_space_and_fixed() -> None:
@@ -125,6 +128,8 @@ def test_unknown_trainable_lists_the_valid_ones() -> None:
 def test_unknown_metric_lists_the_reported_ones() -> None:
     problems = _paths(_minimal(objective={"metric": "f1"}))
     assert "val_accuracy" in problems["objective.metric"]
+    listed = problems["objective.metric"].split("choose one of ", 1)[1]
+    assert set(listed.split(", ")) == set(get_trainable("bn_softmax_mlp").metrics)
 
 
 def test_grid_strategy_rejects_ranges_and_counts_the_grid() -> None:

@@ -312,9 +312,13 @@ def test_ewma_mode_keeps_running_average(small_tensors: TensorSplits) -> None:
 def test_trailing_batch_of_one_row_is_dropped(small_tensors: TensorSplits) -> None:
     n_train = int(small_tensors.x_train.shape[0])
     # One full batch plus a single leftover row, which BatchNorm could not train on.
-    session = TrainingSession({**FAST, "batch_size": n_train - 1}, small_tensors)
+    config = {**FAST, "batch_size": n_train - 1, "optimizer": "adam"}
+    session = TrainingSession(config, small_tensors)
     result = session.step()
     assert not result["diverged"] and math.isfinite(result["train_loss"])
+    # Adam counts its updates: one per epoch, for the full batch; none for the leftover row.
+    steps = {int(state["step"]) for state in session.optimizer.state.values()}
+    assert steps == {1}
 
 
 def test_batch_larger_than_training_set(small_tensors: TensorSplits) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +71,26 @@ def test_non_numeric_features(tmp_path: Path) -> None:
     assert "features must be numbers" in _error(path)
 
 
-def test_object_arrays_are_not_unpickled(tmp_path: Path) -> None:
+class _Exploit:
+    """Unpickling this would run a command; the reader must refuse the array unread."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch pwned",))
+
+
+def test_object_arrays_are_not_unpickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_npz(
         tmp_path / "d.npz", X=np.ones((4, 2)), y=np.array(["a", None, "b", "a"], dtype=object)
     )
     message = _error(path)
     assert "holds Python objects" in message and "dtype=str" in message
+    # An object array whose unpickling would leave a file behind: refused, and no file.
+    exploit = np.empty(4, dtype=object)
+    exploit[:] = [_Exploit(), "a", "b", "a"]
+    path = write_npz(tmp_path / "e.npz", X=np.ones((4, 2)), y=exploit)
+    monkeypatch.chdir(tmp_path)
+    assert "holds Python objects" in _error(path)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_one_hot_labels_are_refused(tmp_path: Path) -> None:

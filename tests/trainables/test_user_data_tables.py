@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from user_data_files import fruit_table, write_csv
 
@@ -195,9 +194,22 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     assert "cannot be read as Parquet" in _error(path, label="fruit", file_format="parquet")
 
 
-def test_pandas_is_imported_only_to_read_a_table() -> None:
-    """trainables itself must not need pandas: it is imported by the reader, lazily."""
+def test_pandas_is_imported_only_to_read_a_table(tmp_path: Path) -> None:
+    """trainables itself must not need pandas: it is imported by the reader, lazily. In a
+    fresh interpreter: not after importing the reader, only once a table is read."""
+    import subprocess
+
     import trainables.tabular as tabular
 
     assert "pandas" not in vars(tabular)
-    assert isinstance(pd.DataFrame, type)
+    path = write_csv(tmp_path / "fruit.csv", fruit_table())
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from trainables import load_table\n"
+        "print('pandas' in sys.modules)\n"
+        f"load_table(Path({str(path)!r}), label='fruit')\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
