@@ -10,19 +10,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from trainables.arrays import load_npz
 from trainables.config import MlpConfig
 from trainables.data import (
     BUNDLED_DATASETS,
+    IMAGE_DATASETS,
+    TABLE_FORMATS,
     DataError,
     DataSplits,
+    ImageData,
     load_bundled,
+    load_images,
+    load_npz,
+    load_table,
     make_synthetic,
+    read_idx,
     split_and_scale,
     split_and_scale_with_test,
 )
-from trainables.idx import read_idx
-from trainables.images import IMAGE_DATASETS, ImageData, load_images
 from trainables.registry import (
     TrainableDefinition,
     UnknownTrainableError,
@@ -30,7 +34,6 @@ from trainables.registry import (
     register,
     trainable_names,
 )
-from trainables.tabular import TABLE_FORMATS, load_table
 
 if TYPE_CHECKING:
     from trainables.model import BnSoftmaxMLP, recompute_population_statistics

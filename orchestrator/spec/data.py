@@ -33,10 +33,7 @@ from trainables import (
     split_and_scale,
     split_and_scale_with_test,
 )
-from trainables.arrays import load_npz
-from trainables.data import Dataset
-from trainables.images import ImageData, load_images, missing_files
-from trainables.tabular import load_table
+from trainables.data import Dataset, ImageData, load_images, load_npz, load_table, missing_files
 
 AnyData = BundledData | SyntheticData | FileData
 

@@ -12,7 +12,7 @@ import pytest
 from user_data_files import fake_cifar10, fake_mnist, write_idx
 
 from trainables import DataError, load_images, read_idx
-from trainables.images import expected_files, missing_files
+from trainables.data import expected_files, missing_files
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, ">i4", ">f4"])

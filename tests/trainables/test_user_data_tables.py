@@ -199,7 +199,7 @@ def test_pandas_is_imported_only_to_read_a_table(tmp_path: Path) -> None:
     fresh interpreter: not after importing the reader, only once a table is read."""
     import subprocess
 
-    import trainables.tabular as tabular
+    import trainables.data.tabular as tabular
 
     assert "pandas" not in vars(tabular)
     path = write_csv(tmp_path / "fruit.csv", fruit_table())

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from trainables.data import DataError, Dataset
-from trainables.idx import read_idx
+from trainables.data.idx import read_idx
+from trainables.data.splits import DataError, Dataset
 
 __all__ = ["IMAGE_DATASETS", "ImageData", "expected_files", "load_images", "missing_files"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data import DataError
+from trainables.data.splits import DataError
 
 __all__ = ["closest", "positions", "require_file"]
 

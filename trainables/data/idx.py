@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data import DataError
+from trainables.data.splits import DataError
 
 __all__ = ["read_idx"]
 

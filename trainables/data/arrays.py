@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data import DataError, Dataset
-from trainables.files import closest, positions, require_file
-from trainables.labels import class_labels
+from trainables.data.files import closest, positions, require_file
+from trainables.data.labels import class_labels
+from trainables.data.splits import DataError, Dataset
 
 __all__ = ["load_npz"]
 

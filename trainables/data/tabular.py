@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from trainables.data import DataError, Dataset
-from trainables.files import closest, positions, require_file
-from trainables.labels import class_labels
+from trainables.data.files import closest, positions, require_file
+from trainables.data.labels import class_labels
+from trainables.data.splits import DataError, Dataset
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from trainables.data import DataError
+from trainables.data.splits import DataError
 
 __all__ = ["class_labels"]
 
