@@ -303,7 +303,7 @@ def read_caviar_journal(storage_dir: Path) -> SweepRead:
                 last_val_accuracy=_finite(trial.history[-1].get("val_accuracy")),
                 epoch_seconds=sum(float(e.get("epoch_seconds", 0.0)) for e in trial.history),
                 config=dict(trial.config),
-                outcome=trial.outcome or "unknown",
+                outcome=str(trial.state),
             )
         )
     read = SweepRead(trials)
