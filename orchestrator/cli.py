@@ -76,7 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("spec", type=Path, help="the sweep spec (YAML)")
     validate.set_defaults(handler=_validate)
 
-    schema = commands.add_parser("schema", help="print the spec's JSON Schema")
+    schema = commands.add_parser(
+        "schema", help="print the spec's JSON Schema, or a trainable's parameters"
+    )
+    schema.add_argument(
+        "--trainable",
+        metavar="NAME",
+        help="a registered name, package.module:NAME (this folder first) or an entry point",
+    )
     schema.set_defaults(handler=_schema)
 
     run = commands.add_parser("run", help="run a sweep on this machine (or RAY_ADDRESS)")
@@ -119,9 +126,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from orchestrator.spec.models import json_schema
+    from orchestrator.spec.models import json_schema, trainable_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    schema = json_schema() if args.trainable is None else trainable_schema(args.trainable)
+    print(json.dumps(schema, indent=2))
     return 0
 
 

@@ -9,8 +9,9 @@ runs trials through it without importing any model code by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +74,13 @@ class UnknownTrainableError(KeyError):
     KeyError would otherwise print the message wrapped in quotes.
     """
 
-    def __init__(self, name: str, valid: tuple[str, ...]) -> None:
+    def __init__(self, name: str, valid: tuple[str, ...], reason: str | None = None) -> None:
         self.name = name
         self.valid = valid
         super().__init__(
-            f"unknown trainable {name!r}; valid names: {', '.join(valid) or '(none registered)'}"
+            reason
+            or f"unknown trainable {name!r}; registered: {', '.join(valid) or '(none)'}, "
+            "or name your own as package.module:NAME"
         )
 
     def __str__(self) -> str:
@@ -97,17 +100,40 @@ def register(definition: TrainableDefinition) -> None:
     _REGISTRY[definition.name] = definition
 
 
-def get_trainable(name: str) -> TrainableDefinition:
-    """Look up a trainable by the name a spec uses."""
+def get_trainable(name: str, search_path: Sequence[str | Path] = ()) -> TrainableDefinition:
+    """The trainable a spec names: a registered name, an import path ``package.module:NAME``
+    (``search_path``, the spec's folder, first), or a ``caviar.trainables`` entry point.
+
+    One found by import path or entry point is registered under that reference, so later
+    lookups in this process are a dictionary read. Raises :class:`UnknownTrainableError`
+    with the reason (a missing module, attribute, or something that is not a trainable).
+    """
+    from trainables.references import (
+        TrainableReferenceError,
+        entry_point_trainable,
+        import_trainable,
+        is_import_path,
+    )
+
+    found = _REGISTRY.get(name)
+    if found is not None:
+        return found
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownTrainableError(name, trainable_names()) from None
+        if is_import_path(name):
+            found = import_trainable(name, search_path)
+        else:
+            found = entry_point_trainable(name)
+    except TrainableReferenceError as error:
+        raise UnknownTrainableError(name, trainable_names(), str(error)) from None
+    if found is None:
+        raise UnknownTrainableError(name, trainable_names())
+    _REGISTRY[name] = found
+    return found
 
 
 def trainable_names() -> tuple[str, ...]:
-    """Registered names, sorted, for error messages and CLI listings."""
-    return tuple(sorted(_REGISTRY))
+    """Registered names (not import paths), sorted, for error messages and CLI listings."""
+    return tuple(sorted(n for n in _REGISTRY if ":" not in n))
 
 
 def _bn_softmax_mlp_session(

@@ -42,12 +42,16 @@ class SweepObserver(Callback):
         budget: int,
         fixed_names: set[str],
         journal: Journal | None = None,
+        metrics: tuple[str, ...] = (),
     ) -> None:
         self.sweep_id = sweep_id
         self.searcher = searcher
         self.budget = budget
         self.fixed_names = fixed_names
         self.journal = journal
+        # Logged per epoch: caviar's own, and whatever else the trainable declares.
+        self.epoch_metrics = (*EPOCH_METRICS, *(m for m in metrics if m not in EPOCH_METRICS))
+        self.recorded_keys = (*RECORDED_KEYS, *(m for m in metrics if m not in RECORDED_KEYS))
         self.records: dict[int, Trial] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,7 +124,7 @@ class SweepObserver(Callback):
         if record is None:
             return
         for epoch in result.get(EPOCH_RESULTS) or [result]:
-            entry = {k: epoch[k] for k in RECORDED_KEYS if k in epoch}
+            entry = {k: epoch[k] for k in self.recorded_keys if k in epoch}
             self._journal("result", i=record.index, r=entry)
             self._record_result(record, entry)
 
@@ -195,7 +199,10 @@ class SweepObserver(Callback):
         metrics = {
             k: float(v)
             for k, v in entry.items()
-            if k in EPOCH_METRICS and isinstance(v, (int, float)) and math.isfinite(float(v))
+            if k in self.epoch_metrics
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(float(v))
         }
         ended_at = entry.get("ended_at")
         self.tracker.trial_metrics(

@@ -126,7 +126,7 @@ def run_sweep(
     if not os.environ.get("RAY_ADDRESS"):  # an embedded Ray cannot grow: it would wait forever
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
     tracker = _open_tracking(spec, place, data, spec_text, spec_filename)
-    sweep = Sweep(spec, data, tracker, place.run_dir, place.sweep_id, stream, resume)
+    sweep = Sweep(spec, data, tracker, place.run_dir, place.sweep_id, stream, resume, spec_dir)
     result = _announce(sweep, started)
     with ThreadPoolExecutor(1, thread_name_prefix="caviar-ray-shutdown") as background:
         try:
@@ -162,6 +162,7 @@ class Sweep:
     sweep_id: str
     stream: TextIO
     resume: bool
+    spec_dir: Path | None = None
 
 
 @dataclass
@@ -262,9 +263,7 @@ def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
     top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
     result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
     model = _score_best(spec, sweep.data, result)
-    result.model_uri = tracker.log_model(
-        model, sweep.data.x_test[:5], Path(trainables.__file__).parent
-    )
+    result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], _model_code(model))
 
 
 def _close_sweep(sweep: Sweep, result: SweepResult, started: float) -> None:
@@ -412,7 +411,11 @@ def _fit(sweep: Sweep) -> None:
     search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep.sweep_id)
     scheduler = _scheduler(spec, searcher.index_of)
     observer = SweepObserver(
-        sweep.sweep_id, searcher, spec.max_epochs, set(spec.search_space().fixed)
+        sweep.sweep_id,
+        searcher,
+        spec.max_epochs,
+        set(spec.search_space().fixed),
+        metrics=tuple(get_trainable(spec.trainable).metrics),
     )
     registered.observer = observer
     journal = Journal(sweep.run_dir / JOURNAL)
@@ -480,6 +483,7 @@ def _tuner(
             CaviarTrainable,
             data=sweep.data,
             trainable_name=spec.trainable,
+            trainable_path=_trainable_path(sweep),
             checkpoint_every_s=spec.storage.checkpoint_every_s,
             report_every_s=spec.storage.report_every_s,
             report_at=_report_at(spec),
@@ -652,6 +656,24 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _trainable_path(sweep: Sweep) -> tuple[str, ...]:
+    """Where trial workers look for a trainable named by import path: the spec's folder (on
+    this machine; a job's workers also find it in their working directory)."""
+    return (str(sweep.spec_dir.resolve()),) if sweep.spec_dir is not None else ()
+
+
+def _model_code(model: Any) -> list[Path]:
+    """The code the logged model needs to load without caviar's driver: ``trainables``, and
+    the user's module when the network is defined outside it."""
+    paths = [Path(trainables.__file__).parent]
+    module = sys.modules.get(type(model).__module__)
+    source = getattr(module, "__file__", None)
+    if source and not Path(source).resolve().is_relative_to(paths[0].resolve()):
+        path = Path(source)
+        paths.append(path.parent if path.name == "__init__.py" else path)
+    return paths
 
 
 def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:

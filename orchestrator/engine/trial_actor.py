@@ -39,11 +39,14 @@ class CaviarTrainable(tune.Trainable):
         config: dict[str, Any],
         data: DataSplits,
         trainable_name: str,
+        trainable_path: tuple[str, ...] = (),
         checkpoint_every_s: float = 0.0,
         report_every_s: float = 0.0,
         report_at: tuple[int, ...] = (),
     ) -> None:
-        self._definition = get_trainable(trainable_name)
+        # The spec's folder where it exists on this node, else the job's working directory.
+        search = [p for p in trainable_path if Path(p).is_dir()] + [os.getcwd()]
+        self._definition = get_trainable(trainable_name, search)
         self._checkpoint_every_s = checkpoint_every_s
         self._report_every_s = report_every_s
         self._report_at = frozenset(report_at)

@@ -658,7 +658,14 @@ class SweepSpec(StrictModel):
         default_factory=BundledData
     )
     trainable: Annotated[
-        str, Field(description="Registered trainable to tune (default bn_softmax_mlp).")
+        str,
+        Field(
+            description=(
+                "The trainable to tune: a registered name (default bn_softmax_mlp), an import "
+                "path package.module:NAME (the spec's folder first, then sys.path), or a "
+                "caviar.trainables entry point."
+            )
+        ),
     ] = "bn_softmax_mlp"
     space: Annotated[
         dict[str, Parameter],
@@ -687,9 +694,10 @@ class SweepSpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _sections_agree(self) -> SweepSpec:
+    def _sections_agree(self, info: ValidationInfo) -> SweepSpec:
         # Not a ValueError on purpose: SpecError passes through pydantic with its paths intact.
-        problems = list(_cross_section_problems(self))
+        spec_dir = (info.context or {}).get("spec_dir")
+        problems = list(_cross_section_problems(self, spec_dir))
         if problems:
             raise SpecError(problems)
         return self
@@ -770,12 +778,14 @@ def _natural_mode(trainable: str, metric: str) -> Literal["max", "min"]:
     return "min" if mode == "min" else "max"
 
 
-def _cross_section_problems(spec: SweepSpec) -> Iterable[Problem]:
-    """Checks that need more than one section; each problem carries the path to fix."""
+def _cross_section_problems(spec: SweepSpec, spec_dir: Path | None = None) -> Iterable[Problem]:
+    """Checks that need more than one section; each problem carries the path to fix.
+
+    A trainable named by import path is imported here, the spec's folder first."""
     from trainables import UnknownTrainableError, get_trainable
 
     try:
-        definition = get_trainable(spec.trainable)
+        definition = get_trainable(spec.trainable, [spec_dir] if spec_dir else [])
     except UnknownTrainableError as error:
         yield Problem("trainable", str(error.args[0]) if error.args else str(error))
         return
@@ -883,7 +893,7 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         raise SpecError([Problem("", "is not a text file; a spec is YAML text")], source) from None
     except OSError as error:
         raise SpecError([Problem("", f"cannot be read: {error.strerror}")], source) from None
-    return parse_spec_text(text, source)
+    return parse_spec_text(text, source, spec_dir=file.resolve().parent)
 
 
 # A spec is a few levels deep (section, parameter, field, list); anything far deeper is not a
@@ -896,7 +906,9 @@ _TOO_DEEP = (
 )
 
 
-def parse_spec_text(text: str, source: str | None = None) -> SweepSpec:
+def parse_spec_text(
+    text: str, source: str | None = None, spec_dir: Path | None = None
+) -> SweepSpec:
     try:
         data = yaml.safe_load(text)  # safe: a spec can never construct Python objects
     except yaml.YAMLError as error:
@@ -914,7 +926,7 @@ def parse_spec_text(text: str, source: str | None = None) -> SweepSpec:
         raise SpecError(
             [Problem("", f"must be a mapping of sections, got a {type(data).__name__}")], source
         )
-    return parse_spec(data, source)
+    return parse_spec(data, source, spec_dir)
 
 
 def _depth(data: object) -> int:
@@ -934,9 +946,12 @@ def _depth(data: object) -> int:
     return deepest
 
 
-def parse_spec(data: Mapping[str, Any], source: str | None = None) -> SweepSpec:
+def parse_spec(
+    data: Mapping[str, Any], source: str | None = None, spec_dir: Path | None = None
+) -> SweepSpec:
+    """The validated spec; ``spec_dir`` is where a trainable's import path is looked up first."""
     try:
-        return SweepSpec.model_validate(data)
+        return SweepSpec.model_validate(data, context={"spec_dir": spec_dir})
     except ValidationError as error:
         raise SpecError(_problems(error), source) from None
     except SpecError as error:
@@ -1019,6 +1034,21 @@ def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
     for model in models:
         keys += [k for k in model.model_fields if k not in keys]
     return keys
+
+
+def trainable_schema(reference: str, search_dir: Path | None = None) -> dict[str, Any]:
+    """The JSON Schema of the parameters a trainable takes, with the metrics it reports."""
+    from trainables import UnknownTrainableError, get_trainable
+
+    try:
+        definition = get_trainable(reference, [search_dir or Path.cwd()])
+    except UnknownTrainableError as error:
+        raise SpecError([Problem("trainable", str(error))]) from None
+    schema = definition.config_model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"{reference} parameters"
+    schema["x-caviar-metrics"] = dict(definition.metrics)
+    return schema
 
 
 def json_schema() -> dict[str, Any]:

@@ -247,7 +247,7 @@ class MlflowSink:
         assert self.parent_run_id is not None
         self.client.log_artifact(self.parent_run_id, str(local_path), artifact_dir)
 
-    def log_model(self, model: Any, input_example: Any, code_dir: Path) -> str:
+    def log_model(self, model: Any, input_example: Any, code_paths: Sequence[Path]) -> str:
         """Log the best trial's network on the parent run; returns its model URI."""
         import mlflow.pytorch
         from mlflow.models import infer_signature
@@ -269,7 +269,8 @@ class MlflowSink:
                     signature=signature,
                     input_example=input_example,
                     pip_requirements=[torch_version],  # skips MLflow's slow requirement inference
-                    code_paths=[str(code_dir)],  # the model class loads without caviar installed
+                    # The model class loads without caviar installed (or the user's folder).
+                    code_paths=[str(path) for path in code_paths],
                     # MLflow 3's default, "pt2", runs torch.export: it imports torch's whole
                     # compiler stack and traces the network, 1.5-2 s at the end of every sweep.
                     # The pickled module loads with the code logged beside it.

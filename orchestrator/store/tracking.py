@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -189,9 +189,10 @@ class SweepTracker:
         assert self.parent_run_id is not None
         self._retry(lambda: self._sink.end_parent(status))
 
-    def log_model(self, model: Any, input_example: Any, code_dir: Path) -> str:
-        """Log the best trial's network on the parent run; returns its model URI."""
-        return self._sink.log_model(model, input_example, code_dir)
+    def log_model(self, model: Any, input_example: Any, code_paths: Sequence[Path]) -> str:
+        """Log the best trial's network on the parent run, with the code it needs to load
+        (``code_paths``: folders or files); returns its model URI."""
+        return self._sink.log_model(model, input_example, code_paths)
 
     # --- child runs (asynchronous) -----------------------------------------------------
 

@@ -25,18 +25,23 @@ from postgres import PostgresServer, unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
-# Each trial trains for several seconds (20,000 rows in batches of 8): longer than starting a
-# trial actor on the second node (about 6 s on 2 busy cores). With shorter trials Tune hands
-# every trial to the first actor as it frees up, and the second node never runs one.
+# The sweep is the user's own model (examples/own_model/models.py, copied beside the spec as a
+# user's project would have it): the job's folder must reach the driver and every trial actor
+# on both nodes. Each trial trains for several seconds (12,000 rows in batches of 16): longer
+# than starting a trial actor on the second node (about 6 s on 2 busy cores). With shorter
+# trials Tune hands every trial to the first actor as it frees up, and the second node never
+# runs one.
+MODELS = Path(__file__).resolve().parents[2] / "examples" / "own_model" / "models.py"
 SPEC = """
 name: cluster-sweep
-data: {source: synthetic, n_samples: 20000, n_features: 20, n_classes: 3, seed: 0}
+trainable: models:DIGITS_CNN
+data: {source: synthetic, n_samples: 12000, n_features: 64, n_classes: 3, seed: 0}
 space:
   learning_rate: {scale: log, low: 0.01, high: 0.3}
-  hidden_units: {values: [8, 16]}
-fixed: {optimizer: sgd, momentum: 0.9, batch_size: 8, layers: 1}
+  channels: {values: [4, 8]}
+fixed: {momentum: 0.9, batch_size: 16}
 search: {num_trials: 6, seed: 1}
-scheduler: {kind: fifo, max_epochs: 24}
+scheduler: {kind: fifo, max_epochs: 8}
 resources: {cpus_per_trial: 1}
 storage: {checkpoint_every_s: 0}
 """
@@ -57,6 +62,7 @@ def caviar(
 def sweep(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("submit")
     (folder / "sweep.yaml").write_text(SPEC)
+    (folder / "models.py").write_text(MODELS.read_text())
     started = time.monotonic()
     try:
         result = caviar(local_cluster, "submit", "sweep.yaml", "--follow", cwd=folder, timeout=420)
@@ -127,6 +133,9 @@ def test_mlflow_server_holds_the_parent_run_and_its_children(
     finally:
         mlflow.set_tracking_uri(previous)
     assert (Path(model) / "MLmodel").is_file()
+    # The user's model travelled with the job and was logged with its code.
+    assert parent.data.params["trainable"] == "models:DIGITS_CNN"
+    assert (Path(model) / "code" / "models.py").is_file()
     assert f"parent run {parent.info.run_id} at {local_cluster.mlflow_uri}" in (
         sweep["result"].stdout
     )
@@ -296,7 +305,7 @@ def test_stop_ends_a_running_job(sweep: dict[str, Any], local_cluster: Any) -> N
 
     folder = sweep["folder"]
     (folder / "long.yaml").write_text(
-        SPEC.replace("cluster-sweep", "cluster-long").replace("max_epochs: 24", "max_epochs: 500")
+        SPEC.replace("cluster-sweep", "cluster-long").replace("max_epochs: 8", "max_epochs: 500")
     )
     submitted = caviar(local_cluster, "submit", "long.yaml", cwd=folder)
     assert submitted.returncode == 0, submitted.stderr
