@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -961,13 +960,28 @@ def parse_spec(
 def _problems(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors():
-        loc = tuple(p for p in item["loc"] if not _is_tag(p))
+        # The last part of an unknown key's location is the key the user wrote, even one
+        # spelled like a union's tag; anywhere else a tag is pydantic's, and dropped.
+        last = len(item["loc"]) - 1 if item["type"] == "extra_forbidden" else -1
+        loc = tuple(p for i, p in enumerate(item["loc"]) if i == last or not _is_tag(p))
         problems.append(Problem(_format_path(loc), _message(item, loc)))
     return problems
 
 
+# The tags of the discriminated unions above: pydantic puts them in an error's location, where
+# a user would not recognise them. Only these are dropped: a user's own key that merely looks
+# like one ("_____") keeps its place in the path.
+_UNION_TAGS = frozenset(
+    {
+        "__range__", "__choice__", "__grid__",
+        "__bundled__", "__synthetic__", "__csv__", "__parquet__", "__npz__", "__torchvision__",
+        "__asha__", "__fifo__",
+    }
+)  # fmt: skip
+
+
 def _is_tag(part: Any) -> bool:
-    return isinstance(part, str) and bool(re.fullmatch(r"__\w+__", part))
+    return isinstance(part, str) and part in _UNION_TAGS
 
 
 def _format_path(loc: tuple[Any, ...]) -> str:

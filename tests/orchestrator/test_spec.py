@@ -83,6 +83,14 @@ def test_unknown_keys_are_errors_with_a_suggestion() -> None:
     assert "unknown key" in problems["colour"]
 
 
+def test_an_unknown_key_that_looks_like_a_union_tag_keeps_its_path() -> None:
+    """Found by the fuzz test: pydantic's union tags (``__asha__``) are dropped from a path,
+    a user's key of underscores is not."""
+    problems = _paths(_minimal(_____=1, __asha__=2))
+    assert "unknown key" in problems["_____"]
+    assert "" not in problems
+
+
 def test_unknown_parameter_lists_the_trainable_parameters() -> None:
     problems = _paths(_minimal(space={"learnig_rate": {"values": [0.1]}}))
     assert "learning_rate" in problems["space.learnig_rate"]

@@ -133,7 +133,10 @@ def _validate(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(spec=broken_specs())
 def test_broken_specs_exit_2_with_paths(
@@ -150,7 +153,10 @@ def test_broken_specs_exit_2_with_paths(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.one_of(st.binary(min_size=1, max_size=200), st.text(max_size=200)))
 def test_arbitrary_bytes_and_text_never_crash(
@@ -209,7 +215,10 @@ def deeply_nested_texts(draw: st.DrawFn) -> str:
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(text=deeply_nested_texts())
 def test_deeply_nested_values_exit_2_with_one_message(
