@@ -7,6 +7,7 @@ recorded as it arrives (MLflow, progress), so an interrupted sweep loses nothing
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -126,7 +127,10 @@ def run_sweep(
     if not os.environ.get("RAY_ADDRESS"):  # an embedded Ray cannot grow: it would wait forever
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
     tracker = _open_tracking(spec, place, data, spec_text, spec_filename)
-    sweep = Sweep(spec, data, tracker, place.run_dir, place.sweep_id, stream, resume, spec_dir)
+    assert place.marker is not None  # written by _open_tracking
+    sweep = Sweep(
+        spec, data, tracker, place.run_dir, place.sweep_id, stream, resume, place.marker, spec_dir
+    )
     result = _announce(sweep, started)
     with ThreadPoolExecutor(1, thread_name_prefix="caviar-ray-shutdown") as background:
         try:
@@ -162,6 +166,7 @@ class Sweep:
     sweep_id: str
     stream: TextIO
     resume: bool
+    marker: SweepMarker  # as written when the sweep started running
     spec_dir: Path | None = None
 
 
@@ -286,14 +291,8 @@ def _close_sweep(sweep: Sweep, result: SweepResult, started: float) -> None:
         _report(result, tracker, sweep.stream)
     tracker.end_sweep(status)
     result.undelivered = tracker.undelivered
-    marker = SweepMarker(
-        sweep.sweep_id,
-        {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"),
-        result.parent_run_id,
-        tracker.uri,
-        tracker.experiment,
-        sweep.spec.spec_hash(),
-    )
+    status_on_disk = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
+    marker = dataclasses.replace(sweep.marker, status=status_on_disk)
     write_marker(sweep.run_dir, marker)
     live.unregister(sweep.sweep_id)
 
