@@ -113,6 +113,15 @@ def run_caviar(ctx: Context, workdir: Path, **env: str) -> tuple[Timed, SweepRea
     return timed, read
 
 
+def run_caviar_unpacked(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
+    """A2: caviar with ``resources.pack_size: 1``: one trial per worker, no fused packs (the
+    spec's default, ``auto``, packs small networks: see docs/performance.md)."""
+    spec = dict(ctx.spec)
+    spec["resources"] = {**(spec.get("resources") or {}), "pack_size": 1}
+    write_yaml(spec, workdir / SPEC_FILE)
+    return run_caviar(ctx, workdir)
+
+
 def run_caviar_cold_cache(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
     """A1: caviar with an empty cache folder, as on a machine's first sweep: MLflow migrates a
     new SQLite store itself (and caviar keeps it as the template), to price the template."""
@@ -196,6 +205,7 @@ def run_optuna(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
 
 SYSTEMS: dict[str, Runner] = {
     "caviar": run_caviar,
+    "caviar_unpacked": run_caviar_unpacked,
     "caviar_untracked": run_caviar_untracked,
     "caviar_cold_cache": run_caviar_cold_cache,
     "ray_tune_docs": run_ray_tune_docs,

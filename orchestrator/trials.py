@@ -43,6 +43,14 @@ FINAL_STATES: tuple[TrialState, ...] = (
 # step may train several epochs between reports; its top-level metrics are the last epoch's,
 # which is what Tune and the scheduler look at.
 EPOCH_RESULTS = "epoch_results"
+# A fused pack's Tune trial trains several caviar trials (``trainables.pack``). Its config
+# holds ``PACK_MEMBERS``: [[index, config], ...]; each step result holds ``MEMBER_RESULTS``:
+# [[index, [epoch, ...]], ...], the epochs each member trained in the step, and
+# ``MEMBER_LAST``: [[index, entry], ...], every member's newest epoch (with ``"left": True``
+# for a member the scheduler stopped). Lists, not dicts: Tune flattens nested dicts.
+PACK_MEMBERS = "pack_members"
+MEMBER_RESULTS = "member_results"
+MEMBER_LAST = "member_last"
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Trial:
     started_at: float | None = None  # wall-clock seconds since the epoch, as the driver saw it
     ended_at: float | None = None
     run_id: str | None = None  # its MLflow child run, when read back from MLflow
+    pack: int | None = None  # trained in a fused pack: the index of the pack's first member
 
     @property
     def last(self) -> dict[str, Any]:
@@ -102,8 +111,13 @@ def with_epoch(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dic
 
 def classify_finished(trial: Trial, budget: int) -> TrialState:
     """How a trial that ended without an error ended: diverged, completed or stopped early."""
-    if trial.last.get("diverged"):
+    return classify_last(trial.last, budget)
+
+
+def classify_last(last: dict[str, Any], budget: int) -> TrialState:
+    """How a trial ended, from its newest epoch: diverged, completed or stopped early."""
+    if last.get("diverged"):
         return TrialState.DIVERGED
-    if trial.epochs >= budget:
+    if int(last.get("epoch", 0)) >= budget:
         return TrialState.COMPLETED
     return TrialState.STOPPED_EARLY

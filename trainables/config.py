@@ -12,7 +12,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["MlpConfig"]
+__all__ = ["SHAPE_FIELDS", "MlpConfig"]
+
+SHAPE_FIELDS: tuple[str, ...] = (
+    "layers",
+    "hidden_units",
+    "activation",
+    "batch_norm",
+    "optimizer",
+    "batch_size",
+)
+"""The fields members of one fused pack must share (``trainables.pack``); all others are per
+member. Here, free of torch, so a sweep's driver can group configs without building a pack."""
 
 
 class MlpConfig(BaseModel):

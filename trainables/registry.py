@@ -9,7 +9,7 @@ runs trials through it without importing any model code by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from trainables.config import MlpConfig
+from trainables.config import SHAPE_FIELDS, MlpConfig
 
 if TYPE_CHECKING:  # torch is imported by the sessions, not by looking a trainable up
     import torch
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported by the sessions, not by looking a trainab
 
 __all__ = [
     "BN_SOFTMAX_MLP",
+    "Packing",
     "TrainableDefinition",
     "UnknownTrainableError",
     "get_trainable",
@@ -48,6 +49,8 @@ class TrainableDefinition:
     config_model: type[pydantic.BaseModel]
     metrics: Mapping[str, str]
     make_session: Callable[[Mapping[str, Any], TensorSplits, torch.device | str], TrainingSession]
+    # How several trials of one shape train as one fused model; None: this trainable does not.
+    packing: Packing | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.strip():
@@ -65,6 +68,19 @@ class TrainableDefinition:
     def parameter_names(self) -> tuple[str, ...]:
         """The keys a spec may set or search for this trainable."""
         return tuple(self.config_model.model_fields)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """A trainable's fused training: K trials whose configs share ``shape_key`` train as one
+    model (``make_pack``), each member reporting what its own session would. ``shape_fields``
+    are the config keys members must share (a sweep draws them once per pack);
+    ``auto_size(config, device_kind, waiting, n_features, n_classes)`` is how many to fuse."""
+
+    shape_fields: tuple[str, ...]
+    shape_key: Callable[[Mapping[str, Any]], Hashable]
+    make_pack: Callable[[Sequence[Mapping[str, Any]], TensorSplits, torch.device | str], Any]
+    auto_size: Callable[[Mapping[str, Any], str, int, int, int], int]
 
 
 class UnknownTrainableError(KeyError):
@@ -146,6 +162,28 @@ def _bn_softmax_mlp_session(
     return TrainingSession(config, tensors, device)
 
 
+def _bn_softmax_mlp_shape(config: Mapping[str, Any]) -> Hashable:
+    from trainables.pack import shape_key
+
+    return shape_key(config)
+
+
+def _bn_softmax_mlp_pack(
+    configs: Sequence[Mapping[str, Any]], tensors: TensorSplits, device: torch.device | str
+) -> Any:
+    from trainables.pack import PackSession
+
+    return PackSession(configs, tensors, device)
+
+
+def _bn_softmax_mlp_pack_size(
+    config: Mapping[str, Any], device_kind: str, waiting: int, n_features: int, n_classes: int
+) -> int:
+    from trainables.pack import auto_pack_size
+
+    return auto_pack_size(config, device_kind, waiting, n_features=n_features, n_classes=n_classes)
+
+
 BN_SOFTMAX_MLP = TrainableDefinition(
     name="bn_softmax_mlp",
     description=(
@@ -160,6 +198,12 @@ BN_SOFTMAX_MLP = TrainableDefinition(
         "train_loss": "min",
     },
     make_session=_bn_softmax_mlp_session,
+    packing=Packing(
+        shape_fields=SHAPE_FIELDS,
+        shape_key=_bn_softmax_mlp_shape,
+        make_pack=_bn_softmax_mlp_pack,
+        auto_size=_bn_softmax_mlp_pack_size,
+    ),
 )
 
 register(BN_SOFTMAX_MLP)

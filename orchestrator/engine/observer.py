@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.store.journal import RESUME_FROM, Journal
 from orchestrator.store.tracking import SweepTracker
-from orchestrator.trials import EPOCH_RESULTS, Trial, TrialState, classify_finished, with_epoch
+from orchestrator.trials import (
+    EPOCH_RESULTS,
+    MEMBER_RESULTS,
+    Trial,
+    TrialState,
+    classify_finished,
+    with_epoch,
+)
 from trainables.train import RESULT_KEYS
 
 # What a trial reports that is a per-epoch metric (everything numeric we own, nothing of Ray's).
@@ -33,6 +41,10 @@ class SweepObserver(Callback):
     Records are keyed by the trial's caviar index, which a trial keeps when a resumed sweep
     runs it again under a new Ray trial id. Every event is journaled before it is queued for
     MLflow, so the journal always holds at least what MLflow holds.
+
+    A fused pack's Tune trial is several records, one per member, each started, fed and
+    ended as its own trial; a member ends when it leaves its pack (stopped by the scheduler,
+    finished or diverged), not when the pack does.
     """
 
     def __init__(
@@ -43,6 +55,7 @@ class SweepObserver(Callback):
         fixed_names: set[str],
         journal: Journal | None = None,
         metrics: tuple[str, ...] = (),
+        left_at: Mapping[int, int] | None = None,
     ) -> None:
         self.sweep_id = sweep_id
         self.searcher = searcher
@@ -53,6 +66,8 @@ class SweepObserver(Callback):
         self.epoch_metrics = (*EPOCH_METRICS, *(m for m in metrics if m not in EPOCH_METRICS))
         self.recorded_keys = (*RECORDED_KEYS, *(m for m in metrics if m not in RECORDED_KEYS))
         self.records: dict[int, Trial] = {}
+        # The scheduler's pack members that left, with the epoch they left at.
+        self.left_at: Mapping[int, int] = left_at if left_at is not None else {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the Tuner; the journal's open file stays here."""
@@ -90,7 +105,13 @@ class SweepObserver(Callback):
         """
         for trial in sorted(trials.values(), key=lambda t: t.index):
             record = self._start_record(
-                trial.index, trial.trial_id, trial.config, trial.round, trial.started_at
+                trial.index,
+                trial.trial_id,
+                trial.config,
+                trial.round,
+                trial.started_at,
+                trial.pack,
+                self._pack_size(trials, trial.pack),
             )
             for entry in trial.history:
                 self._record_result(record, entry)
@@ -104,6 +125,11 @@ class SweepObserver(Callback):
     # --- Tune's events -----------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        members = self.searcher.members_of.get(trial.trial_id)
+        if members is not None:
+            for index in members:
+                self._start_member(index, trial.trial_id)
+            return
         index = self.searcher.index_of.get(trial.trial_id)
         if index is None:
             return
@@ -117,9 +143,30 @@ class SweepObserver(Callback):
         self._journal("trial", i=index, id=trial.trial_id, round=round_number, config=config)
         self._start_record(index, trial.trial_id, config, round_number, time.time())
 
+    def _start_member(self, index: int, trial_id: str) -> None:
+        """A pack member starts with its pack (or continues, after a restart or resume)."""
+        known = self.records.get(index)
+        if known is not None:
+            known.trial_id = trial_id
+            return
+        planned = self.searcher.trials[index]
+        pack = planned.pack
+        self._journal(
+            "trial", i=index, id=trial_id, round=planned.round, config=planned.config, pack=pack
+        )
+        size = self._pack_size(self.searcher.trials, pack)
+        self._start_record(index, trial_id, planned.config, planned.round, time.time(), pack, size)
+
+    @staticmethod
+    def _pack_size(trials: Mapping[int, Trial], pack: int | None) -> int:
+        return sum(1 for t in trials.values() if pack is not None and t.pack == pack)
+
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        if MEMBER_RESULTS in result:
+            self._pack_result(result)
+            return
         record = self._record_of(trial)
         if record is None:
             return
@@ -128,7 +175,39 @@ class SweepObserver(Callback):
             self._journal("result", i=record.index, r=entry)
             self._record_result(record, entry)
 
+    def _pack_result(self, result: dict) -> None:
+        for index, epochs in result[MEMBER_RESULTS]:
+            record = self.records.get(int(index))
+            if record is None or record.state.ended:
+                continue  # a member that left its pack: epochs trained after are not its own
+            left_at = self.left_at.get(record.index)
+            for epoch in epochs:
+                if left_at is not None and int(epoch.get("epoch", 0)) > left_at:
+                    break
+                entry = {k: epoch[k] for k in self.recorded_keys if k in epoch}
+                self._journal("result", i=record.index, r=entry)
+                self._record_result(record, entry)
+            last = record.last
+            if left_at is not None or last.get("diverged") or record.epochs >= self.budget:
+                self._end_member(record)
+
+    def _end_member(self, record: Trial) -> None:
+        record.state = classify_finished(record, self.budget)
+        self._journal("end", i=record.index, outcome=record.state)
+        self._end(record, "FINISHED", time.time())
+
+    def _members(self, trial: Any) -> list[Trial]:
+        """The records of a pack's members (none for a trial that is not a pack)."""
+        members = self.searcher.members_of.get(trial.trial_id, ())
+        return [self.records[i] for i in members if i in self.records]
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        members = self._members(trial)
+        if members:
+            for member in members:
+                if not member.state.ended:
+                    self._end_member(member)
+            return
         record = self._record_of(trial)
         if record is None:
             return
@@ -137,6 +216,16 @@ class SweepObserver(Callback):
         self._end(record, "FINISHED", time.time())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        members = self._members(trial)
+        if members or trial.trial_id in self.searcher.members_of:
+            if not members:  # the pack failed before it started: its members still count
+                self.on_trial_start(iteration, trials, trial)
+                members = self._members(trial)
+            error = _error_summary(trial)
+            for member in members:
+                if not member.state.ended:
+                    self._fail(member, error)
+            return
         record = self._record_of(trial)
         if record is None:
             # It failed before it started: its reused actor died while being reset for it.
@@ -145,18 +234,21 @@ class SweepObserver(Callback):
             record = self._record_of(trial)
             if record is None:
                 return
+        self._fail(record, _error_summary(trial))
+
+    def _fail(self, record: Trial, error: str) -> None:
         record.state = TrialState.FAILED
-        record.error = _error_summary(trial)
+        record.error = error
         self._journal("end", i=record.index, outcome=record.state, error=record.error)
         self._end(record, "FAILED", time.time())
 
     def on_checkpoint(
         self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
     ) -> None:
-        record = self._record_of(trial)
-        if record is not None:
-            record.checkpoint = str(checkpoint.path)
-            self._journal("checkpoint", i=record.index, path=record.checkpoint)
+        for record in self._members(trial) or [self._record_of(trial)]:
+            if record is not None:
+                record.checkpoint = str(checkpoint.path)
+                self._journal("checkpoint", i=record.index, path=record.checkpoint)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.progress.update(self.records.values())
@@ -174,19 +266,27 @@ class SweepObserver(Callback):
         config: dict[str, Any],
         round_number: int,
         started_at: float | None,
+        pack: int | None = None,
+        pack_size: int = 1,
     ) -> Trial:
-        record = Trial(index, config, round=round_number, trial_id=trial_id, started_at=started_at)
+        record = Trial(
+            index, config, round_number, trial_id=trial_id, started_at=started_at, pack=pack
+        )
         self.records[index] = record
+        tags = {
+            "caviar.trial_id": trial_id,
+            "caviar.trial_index": str(index),
+            "caviar.round": str(round_number),
+            "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),
+        }
+        if pack is not None:
+            tags["caviar.pack"] = str(pack)
+            tags["caviar.pack_size"] = str(pack_size)
         self.tracker.trial_started(
             str(index),
             run_name=f"trial-{index:03d}",
             params=config,
-            tags={
-                "caviar.trial_id": trial_id,
-                "caviar.trial_index": str(index),
-                "caviar.round": str(round_number),
-                "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),
-            },
+            tags=tags,
             started_at=started_at,
         )
         self.progress.update(self.records.values())

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ import trainables
 from orchestrator.engine import live
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
+from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.searcher import build_searcher, concurrent_slots
@@ -407,14 +408,24 @@ def _fit(sweep: Sweep) -> None:
     # Registered before the searcher exists: it announces round 1 as it is built.
     registered = live.LiveSweep(sweep.tracker, progress, _round_listener(sweep))
     live.register(sweep.sweep_id, registered)
-    search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep.sweep_id)
-    scheduler = _scheduler(spec, searcher.index_of)
+    packer = packer_for(
+        spec,
+        n_features=sweep.data.n_features,
+        n_classes=sweep.data.n_classes,
+        slots=slots,
+        search_path=_trainable_path(sweep),
+    )
+    search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep.sweep_id, packer)
+    # Packs whose members the scheduler may stop need its stops delivered between steps.
+    mailbox = start_mailbox() if packer is not None and _uses_halving(spec) else None
+    scheduler = _scheduler(spec, searcher.index_of, searcher.members_of, mailbox)
     observer = SweepObserver(
         sweep.sweep_id,
         searcher,
         spec.max_epochs,
         set(spec.search_space().fixed),
-        metrics=tuple(get_trainable(spec.trainable).metrics),
+        metrics=tuple(get_trainable(spec.trainable, _trainable_path(sweep)).metrics),
+        left_at=scheduler.left_at if isinstance(scheduler, HalvingScheduler) else None,
     )
     registered.observer = observer
     journal = Journal(sweep.run_dir / JOURNAL)
@@ -429,9 +440,10 @@ def _fit(sweep: Sweep) -> None:
         if isinstance(scheduler, HalvingScheduler):
             scheduler.journal = journal
         if searcher.remaining > 0:
-            tuner = _tuner(sweep, search_alg, scheduler, observer, searcher.remaining)
+            tuner = _tuner(sweep, search_alg, scheduler, observer, searcher.remaining, mailbox)
             tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
     finally:
+        stop_mailbox(mailbox)
         journal.close()
         progress.close(_records(sweep.sweep_id))
 
@@ -475,6 +487,7 @@ def _tuner(
     scheduler: TrialScheduler,
     observer: SweepObserver,
     num_samples: int,
+    mailbox: Any = None,
 ) -> tune.Tuner:
     spec = sweep.spec
     trainable = tune.with_resources(
@@ -486,6 +499,7 @@ def _tuner(
             checkpoint_every_s=spec.storage.checkpoint_every_s,
             report_every_s=spec.storage.report_every_s,
             report_at=_report_at(spec),
+            mailbox=mailbox,
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
@@ -532,10 +546,21 @@ def _tune_session_name(run_dir: Path) -> str:
     return f"tune-{number}"
 
 
-def _scheduler(spec: SweepSpec, index_of: Mapping[str, int]) -> TrialScheduler:
+def _uses_halving(spec: SweepSpec) -> bool:
+    return isinstance(spec.scheduler, AshaScheduler)
+
+
+def _scheduler(
+    spec: SweepSpec,
+    index_of: Mapping[str, int],
+    members_of: Mapping[str, Sequence[int]] | None = None,
+    mailbox: Any = None,
+) -> TrialScheduler:
     if isinstance(spec.scheduler, AshaScheduler):
         return HalvingScheduler(
             index_of,
+            members_of=members_of,
+            mailbox=mailbox,
             seed=spec.search.seed,
             metric=spec.objective.metric,
             mode=spec.mode,
@@ -595,6 +620,7 @@ def _sweep_params(spec: SweepSpec, data: DataSplits) -> dict[str, Any]:
         "objective": f"{spec.mode} {spec.objective.metric}",
         "resources.cpus_per_trial": spec.resources.cpus_per_trial,
         "resources.gpus_per_trial": spec.resources.gpus_per_trial,
+        "resources.pack_size": spec.resources.pack_size,
     }
     if isinstance(spec.scheduler, AshaScheduler):
         params["scheduler.grace_period"] = spec.scheduler.grace_period
@@ -612,6 +638,7 @@ def _summary_metrics(result: SweepResult) -> dict[str, float]:
         f"trials_{outcome}": float(count) for outcome, count in result.counts.items()
     }
     metrics["epochs_trained"] = float(result.epochs_trained)
+    metrics["fused_packs"] = float(len({r.pack for r in result.records if r.pack is not None}))
     metrics["wall_seconds"] = result.wall_seconds
     if result.best is not None:
         value = result.best.metric(result.metric)
@@ -682,7 +709,7 @@ def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:
     if result.best.checkpoint is None:
         raise SweepError(f"the best trial {result.best.trial_id} left no checkpoint to test")
     with tune.Checkpoint.from_directory(result.best.checkpoint).as_directory() as directory:
-        state = load_trial_state(directory)
+        state = load_trial_state(directory, result.best.index)
     tensors = TensorSplits.from_splits(data, "cpu")
     session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
     session.load_state_dict(state["session"])

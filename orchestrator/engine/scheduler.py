@@ -7,12 +7,17 @@ promote trials an uninterrupted sweep would have stopped. The decisions are made
 resumes); fed the journaled calls again in their order, it holds exactly the rungs it held when
 the sweep was killed. The journal lines are those ``JournaledASHA`` wrote (``sched`` events
 with ``op``, ``k``, ``r``, ``d``), so journals written by either replay in either.
+
+A fused pack (one Tune trial, several caviar trials) is judged member by member, through the
+same calls keyed by each member's index: a member the scheduler stops leaves its pack (the
+stop is posted to the sweep's pack mailbox, which the pack reads before its next step), and
+the pack's Tune trial stops only when no member is left to train.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ray.tune.experiment import Trial
@@ -21,6 +26,7 @@ from ray.tune.schedulers import TrialScheduler
 from orchestrator.engine.trial_choice import NewestPendingFirst
 from orchestrator.search.halving import Decision, SuccessiveHalving
 from orchestrator.store.journal import Journal
+from orchestrator.trials import MEMBER_LAST, MEMBER_RESULTS
 
 
 class HalvingScheduler(NewestPendingFirst, TrialScheduler):
@@ -40,9 +46,17 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
         reduction_factor: float = 4,
         brackets: int = 1,
         stop_last_trials: bool = True,
+        members_of: Mapping[str, Sequence[int]] | None = None,
+        mailbox: Any = None,
     ) -> None:
         super().__init__()
         self.index_of = index_of  # the searcher's live map: Ray trial id -> caviar index
+        # The searcher's live map of packs: Ray trial id -> its members' indices.
+        self.members_of: Mapping[str, Sequence[int]] = members_of if members_of is not None else {}
+        self.mailbox = mailbox
+        # Pack members that left their pack (stopped here, finished or diverged), with the
+        # epoch they left at: their later epochs, if a pack trained on, are not theirs.
+        self.left_at: dict[int, int] = {}
         self.journal: Journal | None = None
         self.halving = SuccessiveHalving(
             max_t, grace_period, reduction_factor, brackets, mode, seed, stop_last_trials
@@ -62,16 +76,65 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
         return metric in (None, self._objective) and mode in (None, self._mode)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        if self._is_pack(trial):
+            for index in self.members_of[trial.trial_id]:
+                self._handle_key("add", str(index))
+            return
         self._handle("add", trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if self._is_pack(trial):
+            return self._pack_result(trial, result)
         return self._handle("result", trial, result) or TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        if self._is_pack(trial):
+            newest = {int(i): entry for i, entry in (result or {}).get(MEMBER_LAST) or ()}
+            for index in self.members_of[trial.trial_id]:
+                if index not in self.left_at:
+                    entry = newest.get(index, {})
+                    self._handle_key("complete", str(index), self._judged(entry))
+                    self.left_at[index] = int(entry.get("epoch", 0))
+            return
         self._handle("complete", trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        if self._is_pack(trial):
+            for index in self.members_of[trial.trial_id]:
+                self._handle_key("remove", str(index))
+            return
         self._handle("remove", trial)
+
+    def _is_pack(self, trial: Trial) -> bool:
+        return trial.trial_id in self.members_of
+
+    def _pack_result(self, trial: Trial, result: dict) -> str:
+        """Judge each member at its newest epoch of the step; post the stops to the pack."""
+        members = self.members_of[trial.trial_id]
+        stopped: list[int] = []
+        for index, epochs in result.get(MEMBER_RESULTS) or ():
+            index = int(index)
+            if index in self.left_at or not epochs:
+                continue
+            newest = epochs[-1]
+            epoch = int(newest.get(self._time_attr, 0))
+            judged = self._judged(newest)
+            if newest.get("diverged") or epoch >= self.halving.max_epochs:
+                self._handle_key("complete", str(index), judged)  # it ended on its own
+                self.left_at[index] = epoch
+                continue
+            if self._handle_key("result", str(index), judged) == TrialScheduler.STOP:
+                self._handle_key("complete", str(index), judged)  # as Tune ends a stopped trial
+                self.left_at[index] = epoch
+                stopped.append(index)
+        if self.mailbox is not None:
+            self.mailbox.post.remote(members[0], int(result["training_iteration"]), stopped)
+        if all(index in self.left_at for index in members):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def _judged(self, entry: dict) -> dict:
+        return {k: entry[k] for k in (self._time_attr, self._objective) if k in entry}
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
         """An errored trial sends no more results; ASHA keeps its bracket and scores."""
@@ -107,6 +170,9 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
         the epoch to the rebuilt scheduler, which decides alike."""
         index = self.index_of.get(trial.trial_id)
         key = str(index) if index is not None else trial.trial_id
+        return self._handle_key(op, key, result)
+
+    def _handle_key(self, op: str, key: str, result: dict | None = None) -> str | None:
         decision = self._receive(op, key, result or {})
         self._log(op, key, result, decision)
         return decision

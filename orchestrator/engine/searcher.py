@@ -19,12 +19,19 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from orchestrator.engine import live
 from orchestrator.errors import CaviarError
+from orchestrator.search.packing import Packer, pack_round
 from orchestrator.search.ranking import ranked
 from orchestrator.search.space import SearchSpace, sample_configs
 from orchestrator.search.zoom import keep_count, next_region
 from orchestrator.spec.models import SweepSpec
 from orchestrator.store.journal import RESUME_FROM
-from orchestrator.trials import Trial, TrialState, classify_finished
+from orchestrator.trials import (
+    MEMBER_LAST,
+    PACK_MEMBERS,
+    Trial,
+    TrialState,
+    classify_last,
+)
 
 # Called when a round starts: (round number from 1, its region, notes on how it was derived).
 RoundListener = Callable[[int, SearchSpace, tuple[str, ...]], None]
@@ -60,6 +67,7 @@ class RoundSearcher(Searcher):
         plan: RoundPlan,
         on_round: RoundListener | None = None,
         sweep_id: str | None = None,
+        packer: Packer | None = None,
     ) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
         self.sweep_id = (
@@ -72,13 +80,20 @@ class RoundSearcher(Searcher):
         self.round = 0  # 1-based once started
         self.regions: list[SearchSpace] = []
         self.notes: list[tuple[str, ...]] = []
-        self.index_of: dict[str, int] = {}  # Ray trial id -> caviar index (the scheduler's key)
+        self.packer = packer  # None: one trial per Tune trial, as planned
+        self.index_of: dict[str, int] = {}  # Ray trial id -> caviar index (its first member's)
+        # Ray trial id -> the caviar indices a fused pack trains (only packs are here; a
+        # continued pack may be down to one member).
+        self.members_of: dict[str, tuple[int, ...]] = {}
+        self._member_last: dict[int, dict[str, Any]] = {}  # a pack member's newest epoch
         # The trials handed out, by index: config and round; once ended, the state and the
         # last result Tune passed on completion (all that planning the next round needs).
         self.trials: dict[int, Trial] = {}
         self.next_index = 0
-        self.continuations: list[Trial] = []  # unended trials of a killed sweep, run first
-        self._queue: list[dict[str, Any]] = []
+        # Unended trials of a killed sweep, run first: each a Tune trial's worth (one trial,
+        # or the unended members of one pack).
+        self.continuations: list[list[Trial]] = []
+        self._queue: list[list[dict[str, Any]]] = []  # the round's Tune trials still to hand out
         # Round 1 starts at the first suggestion (so building a searcher writes nothing).
 
     def __getstate__(self) -> dict[str, Any]:
@@ -104,27 +119,35 @@ class RoundSearcher(Searcher):
             step = next_region(self.space, self.original, self._kept_configs(), self.plan.margin)
             self.space = step.space
             self._start_round(step.notes)
-        config = self._queue.pop(0)
-        self.index_of[trial_id] = self.next_index
-        self.trials[self.next_index] = Trial(
-            self.next_index, config, round=self.round, trial_id=trial_id
-        )
-        self.next_index += 1
-        return dict(config)
+        unit = self._queue.pop(0)
+        indices = tuple(range(self.next_index, self.next_index + len(unit)))
+        pack = indices[0] if len(unit) > 1 else None
+        for index, config in zip(indices, unit, strict=True):
+            self.trials[index] = Trial(index, config, self.round, trial_id=trial_id, pack=pack)
+        self.next_index += len(unit)
+        self._assign(trial_id, indices, packed=pack is not None)
+        return tune_config(list(zip(indices, unit, strict=True)), packed=pack is not None)
+
+    def _assign(self, trial_id: str, indices: tuple[int, ...], packed: bool) -> None:
+        self.index_of[trial_id] = indices[0]
+        if packed:
+            self.members_of[trial_id] = indices
 
     @property
     def remaining(self) -> int:
         """Trials still to run: continuations, this round's rest and the rounds to come."""
         per_round = self._round_size
-        return len(self.continuations) + self.plan.rounds * per_round - self.next_index
+        continued = sum(len(unit) for unit in self.continuations)
+        return continued + self.plan.rounds * per_round - self.next_index
 
     def replay(self, trials: dict[int, Trial]) -> None:
         """Become the searcher of a killed sweep: same rounds, same regions, same indices.
 
-        The journal's trials are suggested again in index order, and each round's ended
-        trials are reported before the next round is planned, exactly as they were; a
-        configuration that differs from the journal's means the plan changed, and stops the
-        resume. Trials that had not ended become continuations, served before anything new.
+        The journal's trials are suggested again in index order (packs formed again alike),
+        and each round's ended trials are reported before the next round is planned, exactly
+        as they were; a configuration that differs from the journal's means the plan changed,
+        and stops the resume. Trials that had not ended become continuations, served before
+        anything new: a pack's unended members continue together.
         """
         top = max(trials, default=-1)
         fed: set[int] = set()
@@ -133,52 +156,93 @@ class RoundSearcher(Searcher):
             for trial in trials.values():
                 if trial.round == round_number and trial.state.ended and trial.index not in fed:
                     last = trial.history[-1] if trial.history else None
-                    self.on_trial_complete(trial.trial_id, last, trial.state is TrialState.FAILED)
+                    self._complete(trial.index, last, trial.state)
                     fed.add(trial.index)
 
-        for index in range(top + 1):
-            journaled = trials.get(index)
-            trial_id = journaled.trial_id if journaled else f"unstarted-{index}"
+        planned: list[tuple[int, ...]] = []
+        while self.next_index <= top:
+            first = self.next_index
+            journaled = trials.get(first)
+            trial_id = journaled.trial_id if journaled else f"unstarted-{first}"
             if not self._queue:
                 feed_ended(self.round)
-            config = self.suggest(trial_id)
-            if not isinstance(config, dict):
+            suggested = self.suggest(trial_id)
+            if not isinstance(suggested, dict):
                 raise ReplayError(
-                    f"trial {index} of the journal has no place in the spec's plan (round "
+                    f"trial {first} of the journal has no place in the spec's plan (round "
                     f"{self.round} has not ended); the sweep cannot be resumed"
                 )
-            if journaled is not None and _plain(config) != journaled.config:
-                raise ReplayError(
-                    f"trial {index} ran {journaled.config}, but the spec now plans {config}; "
-                    "a resumed sweep must run the same plan"
-                )
+            indices = self.members_of.pop(trial_id, None) or (self.index_of[trial_id],)
+            del self.index_of[trial_id]
+            planned.append(indices)
+            for index in indices:
+                known = trials.get(index)
+                config = self.trials[index].config
+                if known is not None and _plain(config) != known.config:
+                    raise ReplayError(
+                        f"trial {index} ran {known.config}, but the spec now plans {config}; "
+                        "a resumed sweep must run the same plan"
+                    )
         feed_ended(self.round)
-        for index in range(top + 1):
-            journaled = trials.get(index)
-            if journaled is not None and journaled.state.ended:
-                continue
-            continued = self.trials[index]
-            continued.checkpoint = journaled.checkpoint if journaled else None
-            del self.index_of[continued.trial_id]
-            self.continuations.append(continued)
+        for indices in planned:
+            unit = []
+            for index in indices:
+                known = trials.get(index)
+                if known is not None and known.state.ended:
+                    continue
+                continued = self.trials[index]
+                continued.checkpoint = known.checkpoint if known else None
+                unit.append(continued)
+            if unit:
+                self.continuations.append(unit)
 
-    def _continue(self, trial_id: str, trial: Trial) -> dict[str, Any]:
-        self.index_of[trial_id] = trial.index
-        trial.trial_id = trial_id
-        config = dict(trial.config)
-        if trial.checkpoint:
-            config[RESUME_FROM] = trial.checkpoint
+    def _continue(self, trial_id: str, unit: list[Trial]) -> dict[str, Any]:
+        packed = unit[0].pack is not None
+        self._assign(trial_id, tuple(trial.index for trial in unit), packed)
+        for trial in unit:
+            trial.trial_id = trial_id
+        config = tune_config([(t.index, t.config) for t in unit], packed=packed)
+        checkpoints = {str(t.index): t.checkpoint for t in unit if t.checkpoint}
+        if packed and checkpoints:
+            config[RESUME_FROM] = checkpoints
+        elif not packed and unit[0].checkpoint:
+            config[RESUME_FROM] = unit[0].checkpoint
         return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        for index, entry in result.get(MEMBER_LAST) or ():
+            self._member_last[int(index)] = entry
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        index = self.index_of.get(trial_id)
-        trial = self.trials.get(index) if index is not None else None
+        indices = self.members_of.get(trial_id)
+        if indices is None:  # one trial, not a pack
+            index = self.index_of.get(trial_id)
+            if index is not None:
+                failed = TrialState.FAILED
+                state = failed if error else classify_last(result or {}, self.plan.budget)
+                self._complete(index, result, state)
+            return
+        self.on_trial_result(trial_id, result or {})
+        for index in indices:
+            trial = self.trials[index]
+            if trial.state.ended:
+                continue
+            last = self._member_last.get(index)
+            ended_before = last is not None and (last.get("left") or _member_done(last, self))
+            if error and not ended_before:
+                self._complete(index, last, TrialState.FAILED)
+            else:
+                self._complete(index, last, classify_last(last or {}, self.plan.budget))
+
+    def _complete(self, index: int, last: dict[str, Any] | None, state: TrialState) -> None:
+        """A trial ended with ``last`` as its newest epoch (all planning the next round needs)."""
+        trial = self.trials.get(index)
         if trial is None:
             return
-        trial.history = [dict(result)] if result else []
-        trial.state = TrialState.FAILED if error else classify_finished(trial, self.plan.budget)
+        trial.history = [dict(last)] if last else []
+        trial.state = state
 
     def round_trials(self, round_number: int) -> list[Trial]:
         """The ended trials of a round, from what Tune passed on completion."""
@@ -188,7 +252,7 @@ class RoundSearcher(Searcher):
         self.round += 1
         self.regions.append(self.space)
         self.notes.append(notes)
-        self._queue = self._round_configs(self.space)
+        self._queue = pack_round(self._round_configs(self.space), self.packer)
         listener = self.on_round
         if listener is None:
             found = live.lookup(self.sweep_id)
@@ -223,6 +287,18 @@ class RoundSearcher(Searcher):
         never from Tune's snapshot, so pickling it at every snapshot would be wasted time."""
 
 
+def tune_config(members: list[tuple[int, dict[str, Any]]], packed: bool) -> dict[str, Any]:
+    """What Tune hands the trial actor: a trial's own config, or a pack's members."""
+    if not packed:
+        return dict(members[0][1])
+    return {PACK_MEMBERS: [[index, dict(config)] for index, config in members]}
+
+
+def _member_done(last: dict[str, Any], searcher: RoundSearcher) -> bool:
+    """A member that finished its epochs or diverged (it left its pack on its own)."""
+    return bool(last.get("diverged")) or int(last.get("epoch", 0)) >= searcher.plan.budget
+
+
 def _plain(config: dict[str, Any]) -> Any:
     """A configuration as it reads back from the journal's JSON."""
     return json.loads(json.dumps(config))
@@ -244,7 +320,11 @@ def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
 
 
 def build_searcher(
-    spec: SweepSpec, slots: int, milestones: list[int], sweep_id: str | None = None
+    spec: SweepSpec,
+    slots: int,
+    milestones: list[int],
+    sweep_id: str | None = None,
+    packer: Packer | None = None,
 ) -> tuple[Searcher, RoundSearcher]:
     """The searcher to give Ray, and the round searcher inside it (for trial indices, rounds).
 
@@ -254,7 +334,9 @@ def build_searcher(
 
     The limit is :func:`live_trials` (a trial waiting per slot), not ``slots``: see there.
     """
-    searcher = RoundSearcher(spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id)
+    searcher = RoundSearcher(
+        spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id, packer=packer
+    )
     limit = spec.search.max_concurrent or live_trials(slots)
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, limit)), searcher
 

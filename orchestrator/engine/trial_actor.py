@@ -10,6 +10,12 @@ trained in ``EPOCH_RESULTS``: a round trip through Ray costs milliseconds of dri
 actor time, as much as a whole epoch of a small network, while ASHA only decides at its
 rungs. The driver still logs and journals each epoch as its own step.
 
+A fused pack's trial (config key ``PACK_MEMBERS``) trains its members as one model
+(``trainables.pack``) and reports each member's epochs (``MEMBER_RESULTS``); before each step
+after the first it takes from the sweep's :class:`~orchestrator.engine.packs.PackMailbox` the
+members the scheduler stopped at its last result, and they leave the pack (their state kept for
+the checkpoint). Every checkpoint holds one file per member, in a plain trial's format.
+
 An actor keeps the dataset it was given, already converted to tensors on its device, for its
 whole life: the data crosses the object store once per actor, and a trial never reloads it.
 """
@@ -24,11 +30,14 @@ from typing import Any
 import torch
 from ray import tune
 
+from orchestrator.engine.packs import MAILBOX_WAIT_S
 from orchestrator.store.journal import RESUME_FROM
-from orchestrator.trials import EPOCH_RESULTS
+from orchestrator.trials import EPOCH_RESULTS, MEMBER_LAST, MEMBER_RESULTS, PACK_MEMBERS
 from trainables import DataSplits, TensorSplits, TrainingSession, get_trainable
+from trainables.registry import TrainableDefinition
 
 STATE_FILE = "state.pt"
+MEMBER_FILE = "member-{index}.pt"  # a pack member's state, in STATE_FILE's format
 
 
 class CaviarTrainable(tune.Trainable):
@@ -43,6 +52,7 @@ class CaviarTrainable(tune.Trainable):
         checkpoint_every_s: float = 0.0,
         report_every_s: float = 0.0,
         report_at: tuple[int, ...] = (),
+        mailbox: Any = None,
     ) -> None:
         # The spec's folder where it exists on this node, else the job's working directory.
         search = [p for p in trainable_path if Path(p).is_dir()] + [os.getcwd()]
@@ -50,6 +60,7 @@ class CaviarTrainable(tune.Trainable):
         self._checkpoint_every_s = checkpoint_every_s
         self._report_every_s = report_every_s
         self._report_at = frozenset(report_at)
+        self._mailbox = mailbox  # the scheduler's stops for packs (None: it stops none)
         self._last_checkpoint = time.monotonic()
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
         torch.set_num_threads(max(1, int(cpus)))
@@ -58,6 +69,7 @@ class CaviarTrainable(tune.Trainable):
         self._pid = os.getpid()  # journaled: shows which worker process ran each trial
         self._tensors = TensorSplits.from_splits(data, self._device)
         self._last_result: dict[str, Any] = {}
+        self._pack: _PackRun | None = None
         self._start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -70,11 +82,20 @@ class CaviarTrainable(tune.Trainable):
         """A new trial, or one a resumed sweep continues from the checkpoint it names."""
         config = dict(config)
         resume_from = config.pop(RESUME_FROM, None)
+        members = config.get(PACK_MEMBERS)
+        if members is not None:
+            self._pack = _PackRun(self._definition, members, self._tensors, self._device)
+            if resume_from:
+                self._pack.load({int(i): Path(p) for i, p in dict(resume_from).items()})
+            return
+        self._pack = None
         self._session = self._new_session(config)
         if resume_from:
             self.load_checkpoint(resume_from)
 
     def step(self) -> dict[str, Any]:
+        if self._pack is not None:
+            return self._step_pack(self._pack)
         if self._session.finished and self._last_result:
             # Continued from the checkpoint a trial took as it ended (its driver died before
             # journaling the end): report the last epoch again and stop; the driver does not
@@ -99,6 +120,24 @@ class CaviarTrainable(tune.Trainable):
             result["should_checkpoint"] = True
         return result
 
+    def _step_pack(self, pack: _PackRun) -> dict[str, Any]:
+        left = False
+        if self._mailbox is not None and self.iteration > 0:
+            import ray
+
+            stopped = ray.get(self._mailbox.take.remote(pack.key, self.iteration, MAILBOX_WAIT_S))
+            left = pack.stop(stopped or ())
+        deadline = time.monotonic() + self._report_every_s
+        trained = pack.train(deadline, self._report_at, self._node, self._pid)
+        result = pack.result(trained)
+        if pack.finished:
+            result["done"] = True
+        interval = self._checkpoint_every_s
+        due = interval > 0 and time.monotonic() - self._last_checkpoint >= interval
+        if due or left:  # a stopped member's state reaches a checkpoint at once
+            result["should_checkpoint"] = True
+        return result
+
     def _must_report(self, epoch: dict[str, Any]) -> bool:
         """An epoch the driver must see before the next one trains: a rung (ASHA decides
         there whether the trial goes on), or the trial's end."""
@@ -106,6 +145,9 @@ class CaviarTrainable(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self._last_checkpoint = time.monotonic()
+        if self._pack is not None:
+            self._pack.save(Path(checkpoint_dir))
+            return
         torch.save(
             {
                 "config": {k: v for k, v in self.config.items() if k != RESUME_FROM},
@@ -116,6 +158,10 @@ class CaviarTrainable(tune.Trainable):
         )
 
     def load_checkpoint(self, checkpoint: str | dict[str, Any]) -> None:
+        if self._pack is not None:  # a failed pack restarted by Tune: every member is there
+            directory = Path(str(checkpoint))
+            self._pack.load({index: directory for index in self._pack.indices})
+            return
         state = torch.load(
             Path(str(checkpoint)) / STATE_FILE, map_location=self._device, weights_only=False
         )
@@ -144,6 +190,117 @@ def _node_id() -> str:
         return os.uname().nodename
 
 
-def load_trial_state(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """Read back what ``save_checkpoint`` wrote: the trial's config and session state."""
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+def load_trial_state(checkpoint_dir: str | Path, index: int | None = None) -> dict[str, Any]:
+    """Read back what ``save_checkpoint`` wrote: the trial's config and session state (for a
+    pack's checkpoint, member ``index``'s)."""
+    directory = Path(checkpoint_dir)
+    member = directory / MEMBER_FILE.format(index=index)
+    path = member if index is not None and member.exists() else directory / STATE_FILE
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class _PackRun:
+    """A fused pack's members, by caviar index, with what the actor must remember of them:
+    each member's newest epoch and the state of those the scheduler stopped."""
+
+    def __init__(
+        self,
+        definition: TrainableDefinition,
+        members: list[list[Any]],
+        tensors: TensorSplits,
+        device: torch.device,
+    ) -> None:
+        if definition.packing is None:
+            raise ValueError(f"trainable {definition.name!r} cannot train a fused pack")
+        self.indices = [int(index) for index, _ in members]
+        self.configs = {int(index): dict(config) for index, config in members}
+        self.key = self.indices[0]  # the mailbox's name for this pack
+        self._id = {index: position for position, index in enumerate(self.indices)}
+        self.session = definition.packing.make_pack(
+            [self.configs[i] for i in self.indices], tensors, device
+        )
+        self.last: dict[int, dict[str, Any]] = {}
+        self.left: dict[int, dict[str, Any]] = {}  # stopped members' state at their stop
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.session.finished)
+
+    def stop(self, indices: Any) -> bool:
+        """The scheduler stopped these members: they leave the fused model. True if any did."""
+        leaving = [int(i) for i in indices if int(i) in self._id and int(i) not in self.left]
+        for index in leaving:
+            self.left[index] = self.session.member_state_dict(self._id[index])
+            self.last[index] = {**self.last.get(index, {}), "left": True}
+        if leaving:
+            self.session.remove([self._id[i] for i in leaving])
+        return bool(leaving)
+
+    def train(
+        self, deadline: float, report_at: frozenset[int], node: str, pid: int
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Epochs of every live member until one reaches a rung, all are done, or the
+        deadline passes."""
+        trained: dict[int, list[dict[str, Any]]] = {}
+        while not self.session.finished:
+            step = self.session.step()
+            ended_at = time.time()
+            reached_rung = False
+            for member, result in step.items():
+                index = self.indices[member]
+                entry = {**result, "node_id": node, "worker_pid": pid, "ended_at": ended_at}
+                trained.setdefault(index, []).append(entry)
+                self.last[index] = entry
+                reached_rung = reached_rung or int(result.get("epoch", 0)) in report_at
+            if reached_rung or time.monotonic() >= deadline:
+                break
+        return trained
+
+    def result(self, trained: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+        """The step's result: every member's epochs and newest epoch; at the top level the
+        first member's newest epoch (Tune requires the objective there; caviar ignores it)."""
+        newest = [self.last[i] for i in self.indices if i in trained] or list(self.last.values())
+        top = {k: v for k, v in (newest[0] if newest else {}).items() if k != "left"}
+        return {
+            **top,
+            MEMBER_RESULTS: [[index, epochs] for index, epochs in trained.items()],
+            MEMBER_LAST: [
+                [index, self.last[index]] for index in self.indices if index in self.last
+            ],
+        }
+
+    def member_state(self, index: int) -> dict[str, Any]:
+        if index in self.left:
+            return self.left[index]
+        return self.session.member_state_dict(self._id[index])
+
+    def save(self, directory: Path) -> None:
+        for index in self.indices:
+            torch.save(
+                {
+                    "config": self.configs[index],
+                    "session": self.member_state(index),
+                    "last_result": self.last.get(index, {}),
+                    "left": index in self.left,
+                },
+                directory / MEMBER_FILE.format(index=index),
+            )
+
+    def load(self, checkpoints: dict[int, Path]) -> None:
+        """Members from their checkpoints (a member without one starts afresh); members that
+        had left stay out."""
+        states: dict[int, dict[str, Any]] = {}
+        leaving: list[int] = []
+        for index, directory in checkpoints.items():
+            path = directory / MEMBER_FILE.format(index=index)
+            if index not in self._id or not path.exists():
+                continue
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            states[self._id[index]] = saved["session"]
+            if saved.get("last_result"):
+                self.last[index] = dict(saved["last_result"])
+            if saved.get("left"):
+                leaving.append(index)
+        self.left = {}
+        self.session.load_member_states(states)
+        self.stop(leaving)

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 from orchestrator.engine.run import SweepResult
 from orchestrator.report.page import format_value
 from orchestrator.report.ui_links import sweep_links, text_lines, ui_base
+from orchestrator.trials import Trial
+
+
+def pack_sizes(records: Sequence[Trial]) -> list[int]:
+    """Members per fused pack, in pack order (empty when no trial was packed)."""
+    sizes = Counter(r.pack for r in records if r.pack is not None)
+    return [sizes[pack] for pack in sorted(sizes)]
+
+
+def _sizes_text(sizes: list[int]) -> str:
+    counted = Counter(sizes)
+    return ", ".join(
+        f"{size}" if n == 1 else f"{size} (x{n})"
+        for size, n in sorted(counted.items(), reverse=True)
+    )
 
 
 def format_summary(result: SweepResult) -> str:
@@ -16,6 +34,11 @@ def format_summary(result: SweepResult) -> str:
         f"  trials:          {len(result.records)} ({outcome_text})",
         f"  epochs trained:  {result.epochs_trained}",
     ]
+    packs = pack_sizes(result.records)
+    if packs:
+        alone = len(result.records) - sum(packs)
+        text = f"  fused packs:     {len(packs)} packs of {_sizes_text(packs)} trials"
+        lines.append(text + (f", {alone} trials alone" if alone else ""))
     if result.best is None:
         lines.append("  best trial:      none (every trial diverged or failed)")
     else:

@@ -561,6 +561,25 @@ class ResourcesSpec(StrictModel):
         Field(ge=0, le=64, description="GPUs per trial; a fraction (0.25) packs trials per GPU."),
     ] = 0
 
+    pack_size: Annotated[
+        int | Literal["auto"],
+        Field(
+            description=(
+                "Trials trained as one fused model per worker: 1 (one trial per worker), "
+                "a number K, or auto (chosen from the network's shape and the device; 1 for "
+                "trainables that cannot be packed). Each member is still its own trial."
+            ),
+            json_schema_extra={"default": "auto"},
+        ),
+    ] = "auto"
+
+    @field_validator("pack_size")
+    @classmethod
+    def _pack_size_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError(f"must be auto or a whole number from 1 to 1024, got {value}")
+        return value
+
     @field_validator("gpus_per_trial")
     @classmethod
     def _whole_above_one(cls, value: float) -> float:
@@ -830,6 +849,14 @@ def _cross_section_problems(spec: SweepSpec, spec_dir: Path | None = None) -> It
             "objective.metric",
             f"{spec.trainable} does not report {spec.objective.metric!r}; "
             f"choose one of {', '.join(definition.metrics)}",
+        )
+
+    pack_size = spec.resources.pack_size
+    if isinstance(pack_size, int) and pack_size > 1 and definition.packing is None:
+        yield Problem(
+            "resources.pack_size",
+            f"{spec.trainable} cannot be packed (it defines no fused training); "
+            "use pack_size: 1 or auto",
         )
 
     if spec.search.strategy == "grid":

@@ -7,7 +7,8 @@ checkpoints it names may already be rotated away. caviar therefore keeps its own
 JSON line per event, written by the driver before the event is passed on to MLflow, each with
 its wall-clock time ``t`` (seconds since the epoch):
 
-- ``trial``: a trial started (its index, round, Ray trial id and configuration);
+- ``trial``: a trial started (its index, round, Ray trial id and configuration; for a fused
+  pack's member, ``pack``: the index of the pack's first member);
 - ``result``: one epoch's result of a trial;
 - ``checkpoint``: a trial's checkpoint is persisted (its path);
 - ``end``: a trial ended (outcome, error);
@@ -116,6 +117,7 @@ def _apply(state: JournalState, event: dict[str, Any]) -> None:
             round=int(event["round"]),
             trial_id=str(event["id"]),
             started_at=_t(event),
+            pack=int(event["pack"]) if event.get("pack") is not None else None,
         )
         return
     trial = state.trials.get(index)

@@ -303,11 +303,12 @@ class MlflowSink:
         reopened = any(isinstance(op, ReopenRun) for op in ops)
         if reopened and not ends:
             client.update_run(run_id, status="RUNNING")
-        params = [_param(k, v) for op in starts for k, v in op.params.items()]
+        reopens = [op for op in ops if isinstance(op, ReopenRun)]
+        params = [_param(k, v) for op in [*starts, *reopens] for k, v in op.params.items()]
         metrics = [
             _metric(point) for op in ops if isinstance(op, LogMetrics) for point in op.metrics
         ]
-        tags = [RunTag(k, str(v)) for op in ends for k, v in op.tags.items()]
+        tags = [RunTag(k, str(v)) for op in [*reopens, *ends] for k, v in op.tags.items()]
         for call in _batches(params, metrics, tags):
             client.log_batch(run_id, **call)
         if ends:

@@ -208,7 +208,7 @@ class SweepTracker:
         the trial started: the run gets that start time, not the moment the writer got to it,
         so the UI's durations are the trials' own."""
         if trial in self._sink.child_runs:  # a resumed sweep: the run exists, open it again
-            self._writer.submit(ReopenRun(trial))
+            self._writer.submit(ReopenRun(trial, dict(params), dict(tags)))
             return
         start = StartRun(trial, run_name, dict(params), dict(tags), epoch_ms(started_at))
         self._writer.submit(start)

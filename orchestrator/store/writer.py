@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,14 @@ class StartRun:
 
 @dataclass(frozen=True)
 class ReopenRun:
-    """Mark a trial's existing run running again (a resumed sweep continues it)."""
+    """Mark a trial's existing run running again (a resumed sweep continues it). Its params
+    and tags are logged again: a sweep killed just after creating the run may not have
+    logged them (logging an equal value twice changes nothing)."""
 
     kind: ClassVar[str] = "reopen"
     trial: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

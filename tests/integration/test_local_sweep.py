@@ -44,7 +44,7 @@ space:
 fixed: {optimizer: sgd, batch_size: 16, layers: 2}
 search: {strategy: random, num_trials: 2, seed: 5, max_concurrent: 1}  # one at a time: see above
 scheduler: {kind: asha, grace_period: 2, reduction_factor: 2, max_epochs: 6}
-resources: {cpus_per_trial: 1}
+resources: {cpus_per_trial: 1, pack_size: 1}  # pinned unpacked; packs: test_packed_sweep.py
 # report_every_s far above any epoch: batches end only at ASHA's rungs and the last epoch
 storage: {checkpoint_every_s: 0.2, report_every_s: 60}
 """

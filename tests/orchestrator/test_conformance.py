@@ -243,7 +243,7 @@ def test_a_resumed_sweep_is_the_killed_sweep(strategy: str, scheduler: str, tmp_
     }
     # Searcher: the same plan, regions and ended trials; the running ones become continuations.
     theirs, ours = _searcher_state(killed.searcher), _searcher_state(resumed.searcher)
-    continued = {t.index for t in resumed.searcher.continuations}
+    continued = {t.index for unit in resumed.searcher.continuations for t in unit}
     assert continued == {i for i, t in killed.searcher.trials.items() if not t.state.ended}
     assert ours == theirs
     assert _scheduler_state(resumed.scheduler, range(total)) == _scheduler_state(
@@ -258,7 +258,7 @@ def test_a_resumed_sweep_is_the_killed_sweep(strategy: str, scheduler: str, tmp_
         # resumed sweep's continuations do, so both see the same trials start.
         del killed.running[trial_id]
         checkpoint = f"/ckpt/{running['index']}-{running['epoch']}"
-        killed.searcher.continuations.append(killed.searcher.trials[running["index"]])
+        killed.searcher.continuations.append([killed.searcher.trials[running["index"]]])
         killed.searcher.trials[running["index"]].checkpoint = checkpoint
         del killed.searcher.index_of[trial_id]
     killed.log.clear()

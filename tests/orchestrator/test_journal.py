@@ -116,7 +116,7 @@ def test_replayed_searcher_continues_the_killed_one_exactly(tmp_path: Path) -> N
     resumed.replay(state.trials)
     assert replayed_rounds == rounds_seen  # the same regions, derived the same way
     # Round 1's unfinished trials (2, 3) ended before round 2 began; 6 and 7 had not ended.
-    assert [c.index for c in resumed.continuations] == [6, 7]
+    assert [[c.index for c in unit] for unit in resumed.continuations] == [[6], [7]]
     assert resumed.remaining == 2 + 12 - 8
     assert resumed.suggest("too-early") is not None  # a continuation, not "wait for round 2"
 

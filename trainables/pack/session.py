@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainables.config import MlpConfig
+from trainables.config import SHAPE_FIELDS, MlpConfig
 from trainables.model import BnSoftmaxMLP
 from trainables.pack.model import FusedMLP, MlpShape
 from trainables.pack.optim import PackOptimizer
@@ -31,15 +31,6 @@ from trainables.train import TensorSplits, _stream_seeds, build_optimizer, learn
 
 __all__ = ["SHAPE_FIELDS", "PackSession", "shape_key"]
 
-SHAPE_FIELDS: tuple[str, ...] = (
-    "layers",
-    "hidden_units",
-    "activation",
-    "batch_norm",
-    "optimizer",
-    "batch_size",
-)
-"""The config fields every member of a pack must share; every other field is per member."""
 
 _STATE_FORMAT = "caviar.pack/1"
 _EVAL_ELEMENTS = 1 << 24
@@ -472,6 +463,19 @@ class PackSession:
                 f"the state holds members {sorted(members)}, the pack expects {sorted(expected)}"
             )
         self._rebuild(members, removed)
+
+    def load_member_states(self, states: Mapping[int, Mapping[str, Any]]) -> None:
+        """Load several members at once from TrainingSession.state_dict()s (or
+        member_state_dict()s), e.g. a pack continued from its members' checkpoints; members
+        not in ``states`` keep their current state, removed members come back when given."""
+        for member_id in states:
+            if not 0 <= member_id < len(self.configs):
+                raise KeyError(f"no member {member_id} (the pack has {len(self.configs)})")
+        if not states:
+            return
+        members = {m: self.member_state_dict(m) for m in self.member_ids if m not in states}
+        members.update({int(m): dict(s) for m, s in states.items()})
+        self._rebuild(members, self._removed - set(states))
 
     def load_member_state_dict(self, member_id: int, state: Mapping[str, Any]) -> None:
         """Load one member from a TrainingSession.state_dict() (or member_state_dict()),
