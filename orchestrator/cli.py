@@ -108,10 +108,102 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
+    _add_panda(commands)
+
     from orchestrator.cluster import commands as cli_cluster
 
     cli_cluster.add_commands(commands)
     return parser
+
+
+def _add_panda(commands: argparse._SubParsersAction) -> None:
+    """``caviar panda``: one model, babysat (docs: README, "Panda mode")."""
+    panda = commands.add_parser(
+        "panda",
+        help="train one model and adjust it as it trains (adjust/stop it from another shell)",
+        description="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume] | "
+        "caviar panda adjust RUN_ID NAME=VALUE ... [--rewind-to EPOCH] | "
+        "caviar panda stop RUN_ID",
+    )
+    panda.add_argument(
+        "target", metavar="SPEC | adjust | stop", help="the spec (YAML), or adjust / stop"
+    )
+    panda.add_argument("words", nargs="*", metavar="RUN_ID NAME=VALUE", help=argparse.SUPPRESS)
+    panda.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a starting value (over fixed and the middle of each space range)",
+    )
+    panda.add_argument("--epochs", type=int, help="the epoch budget (default: the spec's)")
+    panda.add_argument(
+        "--resume", action="store_true", help="continue this spec's interrupted panda session"
+    )
+    panda.add_argument(
+        "--rewind-to",
+        type=int,
+        metavar="EPOCH",
+        help="adjust: go back to this epoch's checkpoint of the current branch first",
+    )
+    panda.add_argument(
+        "--wait", type=float, default=120.0, help="adjust/stop: seconds to wait for the answer"
+    )
+    panda.add_argument("--tracking-uri", help="adjust/stop: the MLflow store to look the run up")
+    panda.set_defaults(handler=_panda)
+
+
+def _panda(args: argparse.Namespace) -> int:
+    if args.target in ("adjust", "stop"):
+        from orchestrator.panda.changes import PandaError, parse_assignments
+        from orchestrator.panda.command import adjust_command, stop_command
+
+        if not args.words:
+            raise PandaError(f"caviar panda {args.target} needs the session's MLflow run id")
+        run_id, words = args.words[0], args.words[1:]
+        if args.target == "stop":
+            if words:
+                raise PandaError(f"caviar panda stop takes only the run id, got {words}")
+            return stop_command(run_id, args.wait, args.tracking_uri)
+        changes = parse_assignments(words)
+        return adjust_command(run_id, changes, args.rewind_to, args.wait, args.tracking_uri)
+    from orchestrator.panda.changes import PandaError, parse_assignments
+    from orchestrator.spec.models import load_spec
+
+    if args.words:
+        raise PandaError(f"unexpected arguments {args.words}; starting values go after --set")
+    spec_path = Path(args.target)
+    spec = load_spec(spec_path)
+    sets = parse_assignments(args.sets)
+    from orchestrator.spec.data import check_data_files
+
+    check_data_files(spec.data, spec_path.parent)
+    if not os.environ.get("RAY_ADDRESS"):
+        from orchestrator.engine.capacity import refuse_on_this_machine
+
+        refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
+    _exit_without_final_collection()
+    from orchestrator.engine import raystart
+
+    raystart.start_in_background()  # overlaps the imports, the data and the MLflow parent run
+    try:
+        from orchestrator.panda.command import run_panda
+        from orchestrator.panda.summary import format_summary
+
+        result = run_panda(
+            spec,
+            spec_path.read_text(encoding="utf-8"),
+            spec_path.name,
+            spec_dir=spec_path.parent,
+            sets=sets,
+            epochs=args.epochs,
+            resume=args.resume,
+        )
+    finally:
+        raystart.discard()
+    print(format_summary(result))
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -94,8 +94,9 @@ def decide(
         idle = epochs_since_best(branch, metric, mode, rules.stop.min_delta)
         if idle >= rules.stop.patience:
             return Action(
-                "stop", "rule:stop", f"no better {metric} for {idle} epochs (patience "
-                f"{rules.stop.patience})"
+                "stop",
+                "rule:stop",
+                f"no better {metric} for {idle} epochs (patience {rules.stop.patience})",
             )
     plateau = rules.plateau
     if plateau is not None and LEARNING_RATE in config:

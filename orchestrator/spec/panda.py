@@ -98,6 +98,6 @@ class PandaSpec(_Strict):
             "`caviar panda adjust --rewind-to` can go back to.",
         ),
     ] = 10
-    rules: Annotated[
-        PandaRules, Field(description="What the session does without a person.")
-    ] = Field(default_factory=PandaRules)
+    rules: Annotated[PandaRules, Field(description="What the session does without a person.")] = (
+        Field(default_factory=PandaRules)
+    )
