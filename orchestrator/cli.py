@@ -117,19 +117,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_panda(commands: argparse._SubParsersAction) -> None:
-    """``caviar panda``: one model, babysat (docs: README, "Panda mode")."""
+    """``caviar panda``: one model, babysat (README, "Panda mode"). Its three forms take
+    different arguments, so the rest of the line is parsed by the form's own parser."""
     panda = commands.add_parser(
         "panda",
         help="train one model and adjust it as it trains (adjust/stop it from another shell)",
-        description="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume] | "
-        "caviar panda adjust RUN_ID NAME=VALUE ... [--rewind-to EPOCH] | "
-        "caviar panda stop RUN_ID",
+        usage="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume]\n"
+        "       caviar panda adjust RUN_ID [NAME=VALUE ...] [--rewind-to EPOCH] [--wait S]\n"
+        "       caviar panda stop RUN_ID [--wait S]",
     )
-    panda.add_argument(
-        "target", metavar="SPEC | adjust | stop", help="the spec (YAML), or adjust / stop"
-    )
-    panda.add_argument("words", nargs="*", metavar="RUN_ID NAME=VALUE", help=argparse.SUPPRESS)
-    panda.add_argument(
+    panda.add_argument("target", metavar="SPEC|adjust|stop")
+    panda.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    panda.set_defaults(handler=_panda)
+
+
+def _panda_form(target: str) -> argparse.ArgumentParser:
+    """The parser of one form of ``caviar panda``."""
+    if target in ("adjust", "stop"):
+        form = argparse.ArgumentParser(prog=f"caviar panda {target}")
+        form.add_argument("run_id", help="the session's MLflow parent run id (printed at start)")
+        if target == "adjust":
+            form.add_argument("changes", nargs="*", metavar="NAME=VALUE")
+            form.add_argument(
+                "--rewind-to",
+                type=int,
+                metavar="EPOCH",
+                help="go back to this epoch's checkpoint of the current branch first",
+            )
+        form.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it")
+        form.add_argument("--tracking-uri", help="the MLflow store (to find the session)")
+        return form
+    form = argparse.ArgumentParser(prog="caviar panda SPEC")
+    form.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -137,45 +156,31 @@ def _add_panda(commands: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="a starting value (over fixed and the middle of each space range)",
     )
-    panda.add_argument("--epochs", type=int, help="the epoch budget (default: the spec's)")
-    panda.add_argument(
-        "--resume", action="store_true", help="continue this spec's interrupted panda session"
+    form.add_argument("--epochs", type=int, help="the epoch budget (default: the spec's)")
+    form.add_argument(
+        "--resume", action="store_true", help="continue this spec's interrupted session"
     )
-    panda.add_argument(
-        "--rewind-to",
-        type=int,
-        metavar="EPOCH",
-        help="adjust: go back to this epoch's checkpoint of the current branch first",
-    )
-    panda.add_argument(
-        "--wait", type=float, default=120.0, help="adjust/stop: seconds to wait for the answer"
-    )
-    panda.add_argument("--tracking-uri", help="adjust/stop: the MLflow store to look the run up")
-    panda.set_defaults(handler=_panda)
+    return form
 
 
 def _panda(args: argparse.Namespace) -> int:
-    if args.target in ("adjust", "stop"):
-        from orchestrator.panda.changes import PandaError, parse_assignments
-        from orchestrator.panda.command import adjust_command, stop_command
+    from orchestrator.panda.changes import parse_assignments
 
-        if not args.words:
-            raise PandaError(f"caviar panda {args.target} needs the session's MLflow run id")
-        run_id, words = args.words[0], args.words[1:]
-        if args.target == "stop":
-            if words:
-                raise PandaError(f"caviar panda stop takes only the run id, got {words}")
-            return stop_command(run_id, args.wait, args.tracking_uri)
-        changes = parse_assignments(words)
-        return adjust_command(run_id, changes, args.rewind_to, args.wait, args.tracking_uri)
-    from orchestrator.panda.changes import PandaError, parse_assignments
+    form = _panda_form(args.target).parse_intermixed_args(args.rest)
+    if args.target == "stop":
+        from orchestrator.panda.command import stop_command
+
+        return stop_command(form.run_id, form.wait, form.tracking_uri)
+    if args.target == "adjust":
+        from orchestrator.panda.command import adjust_command
+
+        changes = parse_assignments(form.changes)
+        return adjust_command(form.run_id, changes, form.rewind_to, form.wait, form.tracking_uri)
     from orchestrator.spec.models import load_spec
 
-    if args.words:
-        raise PandaError(f"unexpected arguments {args.words}; starting values go after --set")
     spec_path = Path(args.target)
     spec = load_spec(spec_path)
-    sets = parse_assignments(args.sets)
+    sets = parse_assignments(form.sets)
     from orchestrator.spec.data import check_data_files
 
     check_data_files(spec.data, spec_path.parent)
@@ -197,8 +202,8 @@ def _panda(args: argparse.Namespace) -> int:
             spec_path.name,
             spec_dir=spec_path.parent,
             sets=sets,
-            epochs=args.epochs,
-            resume=args.resume,
+            epochs=form.epochs,
+            resume=form.resume,
         )
     finally:
         raystart.discard()
