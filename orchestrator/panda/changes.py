@@ -47,14 +47,25 @@ def parse_assignments(words: Sequence[str]) -> dict[str, Any]:
         name = name.strip()
         if not sep or not name or not text.strip():
             raise PandaError(f"expected NAME=VALUE, got {word!r} (for example learning_rate=0.01)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+        value = _scalar(text.strip())
         if isinstance(value, (dict, list)) or value is None:
             raise PandaError(f"{name}: expected a number, a word or true/false, got {text!r}")
         changes[ALIASES.get(name, name)] = value
     return changes
+
+
+def _scalar(text: str) -> Any:
+    """A number as Python reads it (``1e-3``, which YAML 1.1 leaves a string), else YAML's
+    reading (``true``, words)."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def check_known(changes: Iterable[str], known: Iterable[str], trainable: str) -> None:
