@@ -123,6 +123,7 @@ def run_panda(
     trainer: Trainer | None = None
     status = "FAILED"
     try:
+        _announce(spec, marker, tracker, stream, resume)  # the run id, before Ray's start
         trainer = make_trainer(spec, data, spec_dir)
         session = PandaSession(
             spec,
@@ -135,7 +136,6 @@ def run_panda(
             on_epoch=view.on_epoch,
             on_event=view.on_event,
         )
-        _announce(spec, marker, tracker, stream, resume)
         if record is not None:
             session.resume()
         else:
