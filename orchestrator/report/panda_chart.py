@@ -10,11 +10,15 @@ faded: the old branch is part of the record.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 from orchestrator.store.panda_runs import PandaHistory, SegmentRun
 
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
 CHART = "panda_branches.png"
 
 
@@ -77,8 +81,9 @@ def plot_branches(history: PandaHistory, path: Path, metrics: tuple[str, ...]) -
         ax.grid(True, alpha=0.25)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title(
-        f"{history.name}: {len(history.segments)} segments "
-        "(circle: adjustment, triangle: rewind; faded: abandoned branches)"
+        f"{history.name}: {len(history.segments)} segments\n"
+        "circle: adjustment, triangle: rewind; faded: abandoned branches",
+        fontsize=10,
     )
     axes[-1].set_xlabel("epoch (the session's axis)")
     if len(history.segments) <= 12:
@@ -90,8 +95,14 @@ def plot_branches(history: PandaHistory, path: Path, metrics: tuple[str, ...]) -
 
 
 def _label(segment: SegmentRun) -> str:
-    what = segment.changes.strip("{}").replace('"', "") or "no change"
-    return f"{segment.index}: {what} ({segment.by})"
+    try:
+        changes = json.loads(segment.changes) if segment.changes else {}
+    except ValueError:
+        changes = {}
+    what = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items()
+    )
+    return f"{segment.index}: {what or 'no change'} ({segment.by})"
 
 
 def write_panda_report(history: PandaHistory, folder: Path, metrics: tuple[str, ...]) -> Path:
