@@ -123,11 +123,22 @@ def _add_panda(commands: argparse._SubParsersAction) -> None:
         "panda",
         help="train one model and adjust it as it trains (adjust/stop it from another shell)",
         usage="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume]\n"
+        "       caviar panda --from RUN_ID [--epochs N] [--tracking-uri URI]\n"
         "       caviar panda adjust RUN_ID [NAME=VALUE ...] [--rewind-to EPOCH] [--wait S]\n"
         "       caviar panda stop RUN_ID [--wait S]",
     )
-    panda.add_argument("target", metavar="SPEC|adjust|stop")
+    panda.add_argument("target", nargs="?", metavar="SPEC|adjust|stop")
     panda.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    # Options given before SPEC land here; after it, in `rest` (parsed by _panda_form).
+    panda.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_ID",
+        help="continue a sweep trial (or a sweep's best) from its checkpoint; "
+        "--epochs then counts the epochs added",
+    )
+    panda.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    panda.add_argument("--tracking-uri", help=argparse.SUPPRESS)
     panda.set_defaults(handler=_panda)
 
 
@@ -164,8 +175,14 @@ def _panda_form(target: str) -> argparse.ArgumentParser:
 
 
 def _panda(args: argparse.Namespace) -> int:
-    from orchestrator.panda.changes import parse_assignments
+    from orchestrator.panda.changes import PandaError, parse_assignments
 
+    if args.from_run is not None:
+        if args.target is not None:
+            raise PandaError("--from takes the trial's run id instead of a spec; give one")
+        return _panda_from(args)
+    if args.target is None:
+        raise PandaError("give a spec (caviar panda SPEC) or --from RUN_ID")
     form = _panda_form(args.target).parse_intermixed_args(args.rest)
     if args.target == "stop":
         from orchestrator.panda.command import stop_command
@@ -202,8 +219,31 @@ def _panda(args: argparse.Namespace) -> int:
             spec_path.name,
             spec_dir=spec_path.parent,
             sets=sets,
-            epochs=form.epochs,
+            epochs=form.epochs if form.epochs is not None else args.epochs,
             resume=form.resume,
+        )
+    finally:
+        raystart.discard()
+    print(format_summary(result))
+    return 0
+
+
+def _panda_from(args: argparse.Namespace) -> int:
+    """``caviar panda --from RUN_ID``: a sweep's trial continued as a panda session."""
+    _exit_without_final_collection()
+    from orchestrator.engine import raystart
+    from orchestrator.panda.origin import continue_from
+
+    if args.tracking_uri:  # where the trial is, and (unless its spec names one) the session
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    origin = continue_from(args.from_run, args.tracking_uri, args.epochs, Path.cwd())
+    raystart.start_in_background()
+    try:
+        from orchestrator.panda.command import run_panda
+        from orchestrator.panda.summary import format_summary
+
+        result = run_panda(
+            origin.spec, origin.spec_text, origin.spec_filename, Path.cwd(), origin=origin
         )
     finally:
         raystart.discard()

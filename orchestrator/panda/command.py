@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import SweepInterrupted
@@ -27,6 +27,9 @@ from orchestrator.panda.record import read_session
 from orchestrator.panda.session import PandaOutcome, PandaSession
 from orchestrator.panda.start import initial_config
 from orchestrator.panda.trainer import Trainer
+
+if TYPE_CHECKING:
+    from orchestrator.panda.origin import Origin
 from orchestrator.spec.models import SweepSpec
 from orchestrator.store.journal import JOURNAL, Journal
 from orchestrator.store.markers import SweepMarker, read_marker, unfinished, write_marker
@@ -80,8 +83,11 @@ def run_panda(
     stream: TextIO | None = None,
     make_trainer: TrainerFactory = ray_trainer,
     tty: bool | None = None,
+    origin: Origin | None = None,
 ) -> PandaResult:
-    """Run one panda session to its end; raises SweepInterrupted on Ctrl-C (resumable)."""
+    """Run one panda session to its end; raises SweepInterrupted on Ctrl-C (resumable).
+
+    ``origin``: a sweep trial to continue (``caviar panda --from``) instead of a new model."""
     from orchestrator.panda.live_view import LiveView
     from orchestrator.spec.data import class_names_param, load_data
 
@@ -93,7 +99,7 @@ def run_panda(
         folder, marker = _pick_for_resume(root, spec)
         config: dict[str, Any] = {}
     else:
-        config = initial_config(spec, sets or {}, epochs)
+        config = origin.config if origin else initial_config(spec, sets or {}, epochs)
         session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         folder = root / session_id
         folder.mkdir(parents=True)
@@ -108,7 +114,7 @@ def run_panda(
         tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
         run_id = tracker.start_sweep(
             run_name=f"{spec.name}-panda-{session_id}",
-            tags=_session_tags(spec, session_id, folder),
+            tags=_session_tags(spec, session_id, folder, origin),
             params=_session_params(spec, data, config, class_names_param(data)),
             spec_text=spec_text,
             spec_filename=spec_filename,
@@ -138,6 +144,8 @@ def run_panda(
         )
         if record is not None:
             session.resume()
+        elif origin is not None:
+            session.start(config, origin.checkpoint, origin.start_epoch)
         else:
             session.start(config)
         outcome = session.run()
@@ -205,8 +213,12 @@ def _announce(
     )
 
 
-def _session_tags(spec: SweepSpec, session_id: str, folder: Path) -> dict[str, str]:
+def _session_tags(
+    spec: SweepSpec, session_id: str, folder: Path, origin: Origin | None
+) -> dict[str, str]:
+    from_run = {"caviar.panda.from_run": origin.from_run} if origin else {}
     return {
+        **from_run,
         "caviar.kind": "panda",
         "caviar.mode": "panda",
         "caviar.sweep_id": session_id,

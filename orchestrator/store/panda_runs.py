@@ -126,3 +126,55 @@ def read_panda(run_id: str, uri: str | None = None, metrics: tuple[str, ...] = (
         dict(parent.data.metrics),
         segments,
     )
+
+
+@dataclass
+class TrialRun:
+    """A sweep trial as MLflow holds it: what ``caviar panda --from`` continues."""
+
+    run_id: str
+    trial_index: int
+    config: dict[str, str]  # params, as strings
+    sweep_id: str
+    sweep_run_id: str
+    experiment: str
+    tracking_uri: str
+    spec_filename: str
+    spec_text: str
+
+
+def read_trial_run(run_id: str, uri: str | None = None) -> TrialRun | None:
+    """The trial run ``run_id``, or a sweep parent run's best trial; None if neither."""
+    client, uri = _client(uri)
+    try:
+        run = client.get_run(run_id)
+        if run.data.tags.get("caviar.kind") == "sweep":
+            best = run.data.tags.get("caviar.best_run_id")
+            if best is None:
+                return None
+            run = client.get_run(best)
+        parent_id = run.data.tags.get("mlflow.parentRunId")
+        index = run.data.tags.get("caviar.trial_index")
+        if parent_id is None or index is None:
+            return None
+        parent = client.get_run(parent_id)
+        if parent.data.tags.get("caviar.kind") != "sweep":
+            return None
+        specs = client.list_artifacts(parent_id, "spec")
+        if not specs:
+            return None
+        text = client.download_artifacts(parent_id, specs[0].path)
+        experiment = client.get_experiment(parent.info.experiment_id).name
+    except MlflowException:
+        return None
+    return TrialRun(
+        run.info.run_id,
+        int(index),
+        dict(run.data.params),
+        parent.data.tags.get("caviar.sweep_id", ""),
+        parent_id,
+        experiment,
+        uri,
+        Path(specs[0].path).name,
+        Path(text).read_text(encoding="utf-8"),
+    )
