@@ -110,6 +110,18 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_panda(commands)
 
+    revisit = commands.add_parser(
+        "revisit",
+        help="re-train a past sweep's top configurations on today's data; compare the ranks",
+    )
+    revisit.add_argument("sweep", help="an experiment name (its latest sweep) or a parent run id")
+    revisit.add_argument("--top", type=int, default=5, help="how many of the best (default 5)")
+    revisit.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    revisit.set_defaults(handler=_revisit)
+
     from orchestrator.cluster import commands as cli_cluster
 
     cli_cluster.add_commands(commands)
@@ -248,6 +260,24 @@ def _panda_from(args: argparse.Namespace) -> int:
     finally:
         raystart.discard()
     print(format_summary(result))
+    return 0
+
+
+def _revisit(args: argparse.Namespace) -> int:
+    _exit_without_final_collection()
+    from orchestrator.engine import raystart
+
+    raystart.start_in_background()
+    try:
+        from orchestrator.panda.command import ray_trainer
+        from orchestrator.panda.revisit import format_revisit, revisit
+        from orchestrator.spec.models import DEFAULT_TRACKING_URI
+
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        result = revisit(args.sweep, args.top, uri, ray_trainer, Path.cwd())
+    finally:
+        raystart.discard()
+    print(format_revisit(result))
     return 0
 
 

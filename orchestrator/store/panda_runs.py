@@ -178,3 +178,16 @@ def read_trial_run(run_id: str, uri: str | None = None) -> TrialRun | None:
         Path(specs[0].path).name,
         Path(text).read_text(encoding="utf-8"),
     )
+
+
+def read_spec_artifact(run_id: str, uri: str | None = None) -> tuple[str, str]:
+    """(file name, text) of the spec a sweep's parent run ``run_id`` logged."""
+    client, uri = _client(uri)
+    try:
+        specs = client.list_artifacts(run_id, "spec")
+        if not specs:
+            raise TrackingError(f"sweep run {run_id} holds no spec artifact in {uri}")
+        local = client.download_artifacts(run_id, specs[0].path)
+    except MlflowException as error:
+        raise TrackingError(f"cannot read sweep run {run_id}'s spec: {error.message}") from None
+    return Path(specs[0].path).name, Path(local).read_text(encoding="utf-8")
