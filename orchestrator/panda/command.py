@@ -84,10 +84,12 @@ def run_panda(
     make_trainer: TrainerFactory = ray_trainer,
     tty: bool | None = None,
     origin: Origin | None = None,
+    keys: bool | None = None,
 ) -> PandaResult:
     """Run one panda session to its end; raises SweepInterrupted on Ctrl-C (resumable).
 
-    ``origin``: a sweep trial to continue (``caviar panda --from``) instead of a new model."""
+    ``origin``: a sweep trial to continue (``caviar panda --from``) instead of a new model;
+    ``keys``: read changes typed in this terminal (default: when stdin and the view are one)."""
     from orchestrator.panda.live_view import LiveView
     from orchestrator.spec.data import class_names_param, load_data
 
@@ -128,6 +130,11 @@ def run_panda(
     record = read_session(folder) if resume else None
     trainer: Trainer | None = None
     status = "FAILED"
+    if keys if keys is not None else (sys.stdin.isatty() and view.tty):
+        from orchestrator.panda.keys import HELP, listen
+
+        listen(folder)
+        print(f"caviar: changes from here: {HELP}", file=stream, flush=True)
     try:
         _announce(spec, marker, tracker, stream, resume)  # the run id, before Ray's start
         trainer = make_trainer(spec, data, spec_dir)

@@ -103,3 +103,18 @@ def test_changes_are_parsed_typed_and_checked() -> None:
         check_changes("bn_softmax_mlp", MlpConfig, base, {"hidden_units": 3})
     with pytest.raises(PandaError, match="batch_size=1: .*BatchNorm"):
         check_changes("bn_softmax_mlp", MlpConfig, base, {"batch_size": 1})
+
+
+def test_lines_typed_in_the_session_terminal_are_commands() -> None:
+    from orchestrator.panda.keys import parse_line
+
+    adjust = parse_line("lr=0.01 momentum=0.8\n")
+    assert adjust is not None and adjust.kind == "adjust" and adjust.rewind_to is None
+    assert adjust.changes == {"learning_rate": 0.01, "momentum": 0.8}
+    rewind = parse_line("rewind 12 batch_size=32")
+    assert rewind is not None and (rewind.rewind_to, rewind.changes) == (12, {"batch_size": 32})
+    stop = parse_line("stop")
+    assert stop is not None and stop.kind == "stop"
+    assert parse_line("   ") is None
+    with pytest.raises(PandaError, match="rewind needs an epoch"):
+        parse_line("rewind soon")
