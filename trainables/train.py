@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.adjustable import ADJUSTABLE
 from trainables.compiler_import import defer_compiler_import, eager_optimizer
 from trainables.config import MlpConfig
 from trainables.data import DataSplits
@@ -46,23 +47,6 @@ RESULT_KEYS: tuple[str, ...] = (
 )
 """The keys of every step() result, in order; the orchestrator's metric names."""
 
-ADJUSTABLE: frozenset[str] = frozenset(
-    {
-        "learning_rate",
-        "lr_decay",
-        "momentum",
-        "beta1",
-        "beta2",
-        "weight_decay",
-        "batch_size",
-        "bn_momentum",
-        "epochs",
-    }
-)
-"""What ``TrainingSession.adjust`` may change between epochs: the optimizer's and the schedule's
-numbers, the batch size, BN's averaging weight and the epoch budget. Everything else fixes the
-network's shape, the optimizer's kind or the random streams, so a checkpoint would no longer
-describe the same training."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -112,7 +112,7 @@ def adjustable_parameters(trainable: str) -> frozenset[str]:
 
     definition = get_trainable(trainable)
     if definition.config_model is MlpConfig:
-        from trainables.train import ADJUSTABLE
+        from trainables.adjustable import ADJUSTABLE  # no torch: `adjust` answers at once
 
         return ADJUSTABLE
     return frozenset(getattr(definition, "adjustable", frozenset()))

@@ -24,18 +24,18 @@ from orchestrator.panda.checkpoints import CheckpointStore
 from orchestrator.panda.control import PANDA_DIR, Command, find_session, send, session_roots
 from orchestrator.panda.control import wait_for_answer as _wait
 from orchestrator.panda.record import read_session
-from orchestrator.panda.session import PandaOutcome, PandaSession
 from orchestrator.panda.start import initial_config
-from orchestrator.panda.trainer import Trainer
-
-if TYPE_CHECKING:
-    from orchestrator.panda.origin import Origin
 from orchestrator.spec.models import SweepSpec
 from orchestrator.store.journal import JOURNAL, Journal
 from orchestrator.store.markers import SweepMarker, read_marker, unfinished, write_marker
-from orchestrator.store.tracking import SweepTracker
 
-TrainerFactory = Callable[[SweepSpec, Any, Path | None], Trainer]
+if TYPE_CHECKING:  # the session, torch and MLflow load only where a session runs
+    from orchestrator.panda.origin import Origin
+    from orchestrator.panda.session import PandaOutcome
+    from orchestrator.panda.trainer import Trainer
+    from orchestrator.store.tracking import SweepTracker
+
+TrainerFactory = Callable[[SweepSpec, Any, "Path | None"], "Trainer"]
 
 
 @dataclass
@@ -91,7 +91,9 @@ def run_panda(
     ``origin``: a sweep trial to continue (``caviar panda --from``) instead of a new model;
     ``keys``: read changes typed in this terminal (default: when stdin and the view are one)."""
     from orchestrator.panda.live_view import LiveView
+    from orchestrator.panda.session import PandaSession
     from orchestrator.spec.data import class_names_param, load_data
+    from orchestrator.store.tracking import SweepTracker
 
     apply_environment_defaults()
     stream = stream or sys.stdout

@@ -25,18 +25,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.panda.changes import PandaError, check_changes
 from orchestrator.panda.checkpoints import CheckpointStore
 from orchestrator.panda.control import Command, Inbox
 from orchestrator.panda.lineage import Lineage, Segment
 from orchestrator.panda.rules import Action, decide
-from orchestrator.panda.trainer import Trainer
 from orchestrator.spec.models import SweepSpec
 from orchestrator.store.journal import Journal
-from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import Trial, TrialState, with_epoch
+
+if TYPE_CHECKING:  # neither torch nor MLflow to read a session back (`caviar panda adjust`)
+    from orchestrator.panda.trainer import Trainer
+    from orchestrator.store.tracking import SweepTracker
 
 # Result keys that are not metrics (the observer's rule: numbers only, the epoch is the step).
 NOT_METRICS = frozenset({"epoch", "diverged", "ended_at", "worker_pid"})
