@@ -218,6 +218,7 @@ class PandaSession:
     def apply(self, action: Action) -> Segment:
         """Start the segment ``action`` asks for (checked first: a refusal changes nothing)."""
         current = self.lineage.current
+        at = self.lineage.epoch
         if action.kind == "rewind":
             assert action.rewind_to is not None
             origin = self._rewind_origin(action.rewind_to)
@@ -242,7 +243,9 @@ class PandaSession:
         shown = " ".join(f"{k}={_short(v)}" for k, v in action.changes.items())
         where = f"back to epoch {action.rewind_to}, " if action.kind == "rewind" else ""
         why = f": {action.reason}" if action.reason else ""
-        self._event(f"{where}{shown or 'no change'} by {action.by}{why} -> segment {segment.index}")
+        self._event(
+            f"{where}{shown or 'no change'} by {action.by}{why} -> segment {segment.index}", at
+        )
         return segment
 
     def _rewind_origin(self, epoch: int) -> Segment:
@@ -348,8 +351,10 @@ class PandaSession:
         status = "FAILED" if segment.trial.state is TrialState.DIVERGED else "FINISHED"
         self.tracker.trial_ended(str(segment.index), tags, status, segment.trial.ended_at)
 
-    def _event(self, text: str) -> None:
-        event = SessionEvent(self.lineage.epoch if self.lineage.segments else 0, text)
+    def _event(self, text: str, epoch: int | None = None) -> None:
+        if epoch is None:
+            epoch = self.lineage.epoch if self.lineage.segments else 0
+        event = SessionEvent(epoch, text)
         self.events.append(event)
         if self._on_event is not None:
             self._on_event(self, event)
