@@ -210,6 +210,8 @@ def _panda(args: argparse.Namespace) -> int:
     spec_path = Path(args.target)
     spec = load_spec(spec_path)
     sets = parse_assignments(form.sets)
+    if form.resume and (sets or form.epochs is not None or args.epochs is not None):
+        raise PandaError("--resume continues the session as it was; drop --set and --epochs")
     from orchestrator.spec.data import check_data_files
 
     check_data_files(spec.data, spec_path.parent)

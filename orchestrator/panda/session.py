@@ -176,7 +176,10 @@ class PandaSession:
             if action.kind == "stop":
                 self._event(f"{action.reason} ({action.by})")
                 return action.by
-            self.apply(action)
+            try:
+                self.apply(action)
+            except PandaError as error:  # e.g. a trainable whose learning rate is fixed
+                self._event(f"{action.by} could not act: {error}")
         branch = self.lineage.branch()
         if branch and branch[-1].get("diverged"):
             return "diverged"
