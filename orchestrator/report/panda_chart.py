@@ -22,16 +22,20 @@ COLOURS = (
 CHART = "panda_branches.png"
 
 
-def current_branch(history: PandaHistory) -> set[int]:
-    """The segments on the newest segment's path to the first."""
+def current_branch(history: PandaHistory) -> dict[int, float]:
+    """The segments on the newest segment's path to the first, each with the last epoch it
+    owns on that path (a parent's epochs after its child branched off are abandoned)."""
     by_index = {s.index: s for s in history.segments}
     if not by_index:
-        return set()
-    on, index = set(), max(by_index)
+        return {}
+    owned: dict[int, float] = {}
+    index: int | None = max(by_index)
+    upper = float("inf")
     while index is not None:
-        on.add(index)
+        owned[index] = upper
+        upper = by_index[index].start_epoch
         index = by_index[index].parent
-    return on
+    return owned
 
 
 def _joined(history: PandaHistory, segment: SegmentRun, metric: str) -> list[tuple[int, float]]:
@@ -61,8 +65,15 @@ def plot_branches(history: PandaHistory, path: Path, metrics: tuple[str, ...]) -
                 continue
             xs, ys = zip(*curve, strict=True)
             colour = COLOURS[segment.index % len(COLOURS)]
-            alpha = 1.0 if segment.index in live else 0.35
-            ax.plot(xs, ys, color=colour, lw=1.6, alpha=alpha, label=f"segment {segment.index}")
+            upper = live.get(segment.index, -1.0)  # epochs past it are an abandoned branch
+            kept = [(x, y) for x, y in curve if x <= upper]
+            left = [(x, y) for x, y in curve if x >= upper] if kept else curve
+            if len(kept) > 1 or (kept and segment.parent is None):
+                ax.plot(*zip(*kept, strict=True), color=colour, lw=1.6)
+            if len(left) > 1:
+                ax.plot(*zip(*left, strict=True), color=colour, lw=1.2, alpha=0.35)
+            ax.plot([], [], color=colour, label=f"segment {segment.index}")
+            alpha = 1.0 if kept else 0.35
             if segment.parent is None:
                 continue
             marker = "^" if segment.reason == "rewind" else "o"
