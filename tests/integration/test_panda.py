@@ -186,12 +186,12 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
 
 
 def test_a_killed_session_resumes_like_a_sweep(tmp_path: Path, monkeypatch, ray_tmp: str) -> None:
-    (tmp_path / "spec.yaml").write_text(SPEC.replace("epochs: 400", "epochs: 24"))
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("epochs: 400", "epochs: 16"))
     monkeypatch.chdir(tmp_path)
     process, log = _start(tmp_path, ray_tmp)
     try:
         run_id = _wait(lambda: _run_id(log), "the session's run id", process=process)
-        _wait(lambda: _epoch(tmp_path) >= 10, "ten epochs")
+        _wait(lambda: _epoch(tmp_path) >= 6, "six epochs")
     finally:
         _kill(process)  # SIGKILL: no clean-up at all
     killed_at = _epoch(tmp_path)
@@ -217,5 +217,5 @@ def test_a_killed_session_resumes_like_a_sweep(tmp_path: Path, monkeypatch, ray_
         int(m.step) for c in children for m in client.get_metric_history(c.info.run_id, "val_loss")
     )
     # every epoch once on the session's axis (the plateau rule may have split it)
-    assert steps == list(range(1, 25)) and killed_at >= 10
+    assert steps == list(range(1, 17)) and killed_at >= 6
     assert all(c.info.status == "FINISHED" for c in children)
