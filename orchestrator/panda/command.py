@@ -317,38 +317,26 @@ def adjust_command(
     stream: TextIO | None = None,
 ) -> int:
     """Check the changes against the session as it stands, send them, wait for the answer."""
-    stream = stream or sys.stdout
-    folder, marker = locate(run_id, tracking_uri)
-    _require_running(marker)
-    if not changes and rewind_to is None:
-        raise PandaError("nothing to change: give NAME=VALUE pairs and/or --rewind-to EPOCH")
-    record = read_session(folder)
-    lineage = record.lineage
-    if not lineage.segments:
-        raise PandaError(f"panda session {marker.sweep_id} has not started training yet")
+    from orchestrator.panda.session import rewind_origin
     from orchestrator.spec.models import parse_spec_text
     from trainables import get_trainable
 
-    spec = _session_spec(folder, marker, parse_spec_text)
-    base = lineage.current.config
-    if rewind_to is not None:
-        try:
-            origin = lineage.owner(rewind_to)
-        except ValueError as error:
-            raise PandaError(f"cannot rewind to epoch {rewind_to}: {error}") from None
-        store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
-        if not store.has(origin.index, rewind_to):
-            kept = store.kept_epochs(lineage.checkpoint_keys())
-            shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
-            raise PandaError(
-                f"cannot rewind to epoch {rewind_to}: its checkpoint is no longer kept "
-                f"(panda.keep = {spec.panda.keep}; kept now: {shown})"
-            )
-        base = origin.config
-    check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
+    if not changes and rewind_to is None:
+        raise PandaError("nothing to change: give NAME=VALUE pairs and/or --rewind-to EPOCH")
+
+    def check(folder: Path, marker: SweepMarker) -> None:
+        lineage = read_session(folder).lineage
+        if not lineage.segments:
+            raise PandaError(f"panda session {marker.sweep_id} has not started training yet")
+        spec = _session_spec(folder, marker, parse_spec_text)
+        base = lineage.current.config
+        if rewind_to is not None:
+            store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
+            base = rewind_origin(lineage, store, rewind_to).config
+        check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
+
     command = Command("adjust", dict(changes), rewind_to)
-    send(folder, command)
-    return _report_answer(folder, command, wait_s, stream)
+    return _deliver(run_id, command, check, wait_s, tracking_uri, stream or sys.stdout)
 
 
 def stop_command(
@@ -357,10 +345,22 @@ def stop_command(
     tracking_uri: str | None = None,
     stream: TextIO | None = None,
 ) -> int:
-    stream = stream or sys.stdout
+    return _deliver(run_id, Command("stop"), None, wait_s, tracking_uri, stream or sys.stdout)
+
+
+def _deliver(
+    run_id: str,
+    command: Command,
+    check: Callable[[Path, SweepMarker], None] | None,
+    wait_s: float,
+    tracking_uri: str | None,
+    stream: TextIO,
+) -> int:
+    """Find the running session, check the command against it, send it, print the answer."""
     folder, marker = locate(run_id, tracking_uri)
     _require_running(marker)
-    command = Command("stop")
+    if check is not None:
+        check(folder, marker)
     send(folder, command)
     return _report_answer(folder, command, wait_s, stream)
 

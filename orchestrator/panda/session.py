@@ -224,7 +224,7 @@ class PandaSession:
         at = self.lineage.epoch
         if action.kind == "rewind":
             assert action.rewind_to is not None
-            origin = self._rewind_origin(action.rewind_to)
+            origin = rewind_origin(self.lineage, self.store, action.rewind_to)
             config = check_changes(
                 self.spec.trainable, self._config_model, origin.config, action.changes
             )
@@ -250,21 +250,6 @@ class PandaSession:
             f"{where}{shown or 'no change'} by {action.by}{why} -> segment {segment.index}", at
         )
         return segment
-
-    def _rewind_origin(self, epoch: int) -> Segment:
-        """The branch's segment holding ``epoch``'s checkpoint (refused if not kept)."""
-        try:
-            origin = self.lineage.owner(epoch)
-        except ValueError as error:
-            raise PandaError(f"cannot rewind to epoch {epoch}: {error}") from None
-        if not self.store.has(origin.index, epoch):
-            kept = self.store.kept_epochs(self.lineage.checkpoint_keys())
-            shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
-            raise PandaError(
-                f"cannot rewind to epoch {epoch}: its checkpoint is no longer kept "
-                f"(panda.keep = {self.store.keep}; kept now: {shown})"
-            )
-        return origin
 
     def _rule_rewinds(self) -> int:
         return sum(1 for s in self.lineage.segments.values() if s.by == "rule:divergence")
@@ -361,6 +346,23 @@ class PandaSession:
         self.events.append(event)
         if self._on_event is not None:
             self._on_event(self, event)
+
+
+def rewind_origin(lineage: Lineage, store: CheckpointStore, epoch: int) -> Segment:
+    """The current branch's segment holding ``epoch``'s checkpoint; a PandaError when the
+    branch has no such epoch or its checkpoint is no longer kept (with the epochs that are)."""
+    try:
+        origin = lineage.owner(epoch)
+    except ValueError as error:
+        raise PandaError(f"cannot rewind to epoch {epoch}: {error}") from None
+    if not store.has(origin.index, epoch):
+        kept = store.kept_epochs(lineage.checkpoint_keys())
+        shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
+        raise PandaError(
+            f"cannot rewind to epoch {epoch}: its checkpoint is no longer kept "
+            f"(panda.keep = {store.keep}; kept now: {shown})"
+        )
+    return origin
 
 
 def segment_tags(segment: Segment, tracker: SweepTracker, lineage: Lineage) -> dict[str, str]:
