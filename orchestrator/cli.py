@@ -108,10 +108,179 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=_report)
 
+    _add_panda(commands)
+
+    revisit = commands.add_parser(
+        "revisit",
+        help="re-train a past sweep's top configurations on today's data; compare the ranks",
+    )
+    revisit.add_argument("sweep", help="an experiment name (its latest sweep) or a parent run id")
+    revisit.add_argument("--top", type=int, default=5, help="how many of the best (default 5)")
+    revisit.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    revisit.set_defaults(handler=_revisit)
+
     from orchestrator.cluster import commands as cli_cluster
 
     cli_cluster.add_commands(commands)
     return parser
+
+
+def _add_panda(commands: argparse._SubParsersAction) -> None:
+    """``caviar panda``: one model, babysat (README, "Panda mode"). Its three forms take
+    different arguments, so the rest of the line is parsed by the form's own parser."""
+    panda = commands.add_parser(
+        "panda",
+        help="train one model and adjust it as it trains (adjust/stop it from another shell)",
+        usage="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume]\n"
+        "       caviar panda --from RUN_ID [--epochs N] [--tracking-uri URI]\n"
+        "       caviar panda adjust RUN_ID [NAME=VALUE ...] [--rewind-to EPOCH] [--wait S]\n"
+        "       caviar panda stop RUN_ID [--wait S]",
+    )
+    panda.add_argument("target", nargs="?", metavar="SPEC|adjust|stop")
+    panda.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    # Options given before SPEC land here; after it, in `rest` (parsed by _panda_form).
+    panda.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_ID",
+        help="continue a sweep trial (or a sweep's best) from its checkpoint; "
+        "--epochs then counts the epochs added",
+    )
+    panda.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    panda.add_argument("--tracking-uri", help=argparse.SUPPRESS)
+    panda.set_defaults(handler=_panda)
+
+
+def _panda_form(target: str) -> argparse.ArgumentParser:
+    """The parser of one form of ``caviar panda``."""
+    if target in ("adjust", "stop"):
+        form = argparse.ArgumentParser(prog=f"caviar panda {target}")
+        form.add_argument("run_id", help="the session's MLflow parent run id (printed at start)")
+        if target == "adjust":
+            form.add_argument("changes", nargs="*", metavar="NAME=VALUE")
+            form.add_argument(
+                "--rewind-to",
+                type=int,
+                metavar="EPOCH",
+                help="go back to this epoch's checkpoint of the current branch first",
+            )
+        form.add_argument("--wait", type=float, default=120.0, help="seconds to wait for it")
+        form.add_argument("--tracking-uri", help="the MLflow store (to find the session)")
+        return form
+    form = argparse.ArgumentParser(prog="caviar panda SPEC")
+    form.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a starting value (over fixed and the middle of each space range)",
+    )
+    form.add_argument("--epochs", type=int, help="the epoch budget (default: the spec's)")
+    form.add_argument(
+        "--resume", action="store_true", help="continue this spec's interrupted session"
+    )
+    return form
+
+
+def _panda(args: argparse.Namespace) -> int:
+    from orchestrator.panda.changes import PandaError, parse_assignments
+
+    if args.from_run is not None:
+        if args.target is not None:
+            raise PandaError("--from takes the trial's run id instead of a spec; give one")
+        return _panda_from(args)
+    if args.target is None:
+        raise PandaError("give a spec (caviar panda SPEC) or --from RUN_ID")
+    form = _panda_form(args.target).parse_intermixed_args(args.rest)
+    if args.target == "stop":
+        from orchestrator.panda.command import stop_command
+
+        return stop_command(form.run_id, form.wait, form.tracking_uri)
+    if args.target == "adjust":
+        from orchestrator.panda.command import adjust_command
+
+        changes = parse_assignments(form.changes)
+        return adjust_command(form.run_id, changes, form.rewind_to, form.wait, form.tracking_uri)
+    from orchestrator.spec.models import load_spec
+
+    spec_path = Path(args.target)
+    spec = load_spec(spec_path)
+    sets = parse_assignments(form.sets)
+    if form.resume and (sets or form.epochs is not None or args.epochs is not None):
+        raise PandaError("--resume continues the session as it was; drop --set and --epochs")
+    from orchestrator.spec.data import check_data_files
+
+    check_data_files(spec.data, spec_path.parent)
+    if not os.environ.get("RAY_ADDRESS"):
+        from orchestrator.engine.capacity import refuse_on_this_machine
+
+        refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
+    _exit_without_final_collection()
+    from orchestrator.engine import raystart
+
+    raystart.start_in_background()  # overlaps the imports, the data and the MLflow parent run
+    try:
+        from orchestrator.panda.command import run_panda
+        from orchestrator.panda.summary import format_summary
+
+        result = run_panda(
+            spec,
+            spec_path.read_text(encoding="utf-8"),
+            spec_path.name,
+            spec_dir=spec_path.parent,
+            sets=sets,
+            epochs=form.epochs if form.epochs is not None else args.epochs,
+            resume=form.resume,
+        )
+    finally:
+        raystart.discard()
+    print(format_summary(result))
+    return 0
+
+
+def _panda_from(args: argparse.Namespace) -> int:
+    """``caviar panda --from RUN_ID``: a sweep's trial continued as a panda session."""
+    _exit_without_final_collection()
+    from orchestrator.engine import raystart
+    from orchestrator.panda.origin import continue_from
+
+    if args.tracking_uri:  # where the trial is, and (unless its spec names one) the session
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    origin = continue_from(args.from_run, args.tracking_uri, args.epochs, Path.cwd())
+    raystart.start_in_background()
+    try:
+        from orchestrator.panda.command import run_panda
+        from orchestrator.panda.summary import format_summary
+
+        result = run_panda(
+            origin.spec, origin.spec_text, origin.spec_filename, Path.cwd(), origin=origin
+        )
+    finally:
+        raystart.discard()
+    print(format_summary(result))
+    return 0
+
+
+def _revisit(args: argparse.Namespace) -> int:
+    _exit_without_final_collection()
+    from orchestrator.engine import raystart
+
+    raystart.start_in_background()
+    try:
+        from orchestrator.panda.command import ray_trainer
+        from orchestrator.panda.revisit import format_revisit, revisit
+        from orchestrator.spec.models import DEFAULT_TRACKING_URI
+
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        result = revisit(args.sweep, args.top, uri, ray_trainer, Path.cwd())
+    finally:
+        raystart.discard()
+    print(format_revisit(result))
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.adjustable import ADJUSTABLE
 from trainables.compiler_import import defer_compiler_import, eager_optimizer
 from trainables.config import MlpConfig
 from trainables.data import DataSplits
 from trainables.model import BnSoftmaxMLP, recompute_population_statistics
 
 __all__ = [
+    "ADJUSTABLE",
     "RESULT_KEYS",
     "TensorSplits",
     "TrainingSession",
@@ -44,6 +46,7 @@ RESULT_KEYS: tuple[str, ...] = (
     "diverged",
 )
 """The keys of every step() result, in order; the orchestrator's metric names."""
+
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,6 +221,27 @@ class TrainingSession:
                 _load_optimizer_state(self._optimizer, self._saved_optimizer_state)
                 self._saved_optimizer_state = None
         return self._optimizer
+
+    adjustable: frozenset[str] = ADJUSTABLE
+
+    def adjust(self, changes: Mapping[str, Any]) -> None:
+        """Change hyperparameters between epochs (panda mode); the next ``step`` uses them.
+
+        Only :data:`ADJUSTABLE` names are accepted (a ``ValueError`` names the others); the new
+        config is validated as a whole first, so a refused change leaves the session as it
+        was. The optimizer keeps its moments and step counts: only its numbers change, which
+        is what makes an adjustment at an epoch boundary exact (the same adjustments at the
+        same epochs give the same weights, bit for bit).
+        """
+        refused = sorted(set(changes) - self.adjustable)
+        if refused:
+            raise ValueError(f"cannot change {', '.join(refused)} mid-training")
+        self.config = MlpConfig.model_validate({**self.config.model_dump(), **dict(changes)})
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = self.config.bn_momentum
+        if self._optimizer is not None:
+            _set_optimizer_numbers(self._optimizer, self.config)
 
     @property
     def finished(self) -> bool:
@@ -396,6 +420,20 @@ class TrainingSession:
         self.epoch = int(state["epoch"])
         self.diverged = bool(state["diverged"])
         self._shuffle_generator.set_state(state["shuffle_rng_state"].cpu())
+
+
+def _set_optimizer_numbers(optimizer: torch.optim.Optimizer, config: MlpConfig) -> None:
+    """Put the config's optimizer hyperparameters in every param group (``build_optimizer``'s
+    mapping; the learning rate is set by ``step`` each epoch from the schedule)."""
+    numbers: dict[str, Any] = {"weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        numbers["momentum"] = config.momentum
+    elif config.optimizer == "adam":
+        numbers["betas"] = (config.beta1, config.beta2)
+    else:
+        numbers["alpha"] = config.beta2
+    for group in optimizer.param_groups:
+        group.update(numbers)
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:

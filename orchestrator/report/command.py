@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -10,6 +11,8 @@ from typing import TextIO
 from orchestrator.report.page import ui_links, write_report
 from orchestrator.report.ui_links import labelled_line, text_lines, ui_base
 from orchestrator.spec.models import DEFAULT_TRACKING_URI
+from orchestrator.store.panda_runs import is_panda_run
+from orchestrator.store.reader import RUN_ID_PATTERN
 from orchestrator.store.tracking import read_sweep, ui_command
 
 
@@ -23,6 +26,8 @@ def report_command(
     """
     stream = stream or sys.stdout
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if re.fullmatch(RUN_ID_PATTERN, sweep) and is_panda_run(sweep, uri):
+        return _panda_report(sweep, uri, out, stream)
     history = read_sweep(uri, sweep)
     folder = out or Path(f"caviar_report_{history.name}")
     command = ui_command(history.tracking_uri)
@@ -31,3 +36,23 @@ def report_command(
     lines = [labelled_line("open the UI", command), *text_lines(ui_links(history, base))]
     print("\n".join(lines), file=stream)
     return next(p for p in report.files if p.suffix == ".html")
+
+
+PANDA_METRICS = ("val_loss", "train_loss")  # charted under the objective when logged
+
+
+def _panda_report(run_id: str, uri: str, out: Path | None, stream: TextIO) -> Path:
+    """A panda session: every branch's curves on one chart, with its changes marked."""
+    from orchestrator.report.panda_chart import write_panda_report
+    from orchestrator.store.panda_runs import read_panda
+
+    history = read_panda(run_id, uri, PANDA_METRICS)
+    metrics = tuple(
+        m
+        for m in dict.fromkeys((history.metric, *PANDA_METRICS))
+        if any(s.curves.get(m) for s in history.segments)
+    )
+    folder = out or Path(f"caviar_report_{history.experiment}")
+    page = write_panda_report(history, folder, metrics or (history.metric,))
+    print(labelled_line("open the UI", ui_command(history.tracking_uri)), file=stream)
+    return page

@@ -41,6 +41,7 @@ from orchestrator.search.space import (
     Scalar,
     SearchSpace,
 )
+from orchestrator.spec.panda import PandaSpec
 
 BUNDLED_SOURCES = ("digits", "iris", "wine", "breast_cancer")
 FILE_SOURCES = ("csv", "parquet", "npz", "torchvision")
@@ -710,6 +711,9 @@ class SweepSpec(StrictModel):
     storage: Annotated[StorageSpec, Field(description="Where Ray keeps results.")] = Field(
         default_factory=StorageSpec
     )
+    panda: Annotated[
+        PandaSpec, Field(description="caviar panda: babysitting rules and kept checkpoints.")
+    ] = Field(default_factory=PandaSpec)
 
     @model_validator(mode="after")
     def _sections_agree(self, info: ValidationInfo) -> SweepSpec:
@@ -1062,6 +1066,7 @@ def _valid_keys(parent: tuple[Any, ...]) -> list[str]:
         "resources": [ResourcesSpec],
         "tracking": [TrackingSpec],
         "storage": [StorageSpec],
+        "panda": [PandaSpec],
     }
     if not parent:
         models: list[type[BaseModel]] = [SweepSpec]

@@ -1,0 +1,404 @@
+"""``caviar panda``: start (or resume) a session, and ``adjust``/``stop`` one from another shell.
+
+A session lives in ``<storage>/<spec name>/panda/<session id>/``: the sweep marker (its MLflow
+parent run, status), the journal, the command file and the checkpoints. The MLflow parent run
+(tags ``caviar.kind = caviar.mode = panda``) holds one nested run per segment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from orchestrator.environment import apply_environment_defaults
+from orchestrator.errors import SweepInterrupted
+from orchestrator.panda.changes import PandaError, check_changes
+from orchestrator.panda.checkpoints import CheckpointStore
+from orchestrator.panda.control import PANDA_DIR, Command, find_session, send, session_roots
+from orchestrator.panda.control import wait_for_answer as _wait
+from orchestrator.panda.record import read_session
+from orchestrator.panda.start import initial_config
+from orchestrator.spec.models import SweepSpec
+from orchestrator.store.journal import JOURNAL, Journal
+from orchestrator.store.markers import SweepMarker, read_marker, unfinished, write_marker
+
+if TYPE_CHECKING:  # the session, torch and MLflow load only where a session runs
+    from orchestrator.panda.origin import Origin
+    from orchestrator.panda.session import PandaOutcome
+    from orchestrator.panda.trainer import Trainer
+    from orchestrator.store.tracking import SweepTracker
+
+TrainerFactory = Callable[[SweepSpec, Any, "Path | None"], "Trainer"]
+
+
+@dataclass
+class PandaResult:
+    """What the summary prints."""
+
+    name: str
+    session_id: str
+    folder: Path
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str
+    outcome: PandaOutcome
+    metric: str
+    mode: str
+    wall_seconds: float
+
+
+def storage_root(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the spec's panda sessions live (``storage.path``'s rule, as for sweeps)."""
+    if "path" in spec.storage.model_fields_set:
+        base = spec.storage.path
+    else:
+        base = environ.get("CAVIAR_STORAGE_PATH") or spec.storage.path
+    return (Path(base) / spec.name / PANDA_DIR).resolve()
+
+
+def ray_trainer(spec: SweepSpec, data: Any, spec_dir: Path | None) -> Trainer:
+    from orchestrator.engine.panda_actor import RayTrainer
+
+    path = (str(spec_dir.resolve()),) if spec_dir is not None else ()
+    return RayTrainer(
+        data, spec.trainable, path, spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
+    )
+
+
+def run_panda(
+    spec: SweepSpec,
+    spec_text: str,
+    spec_filename: str,
+    spec_dir: Path | None = None,
+    sets: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    stream: TextIO | None = None,
+    make_trainer: TrainerFactory = ray_trainer,
+    tty: bool | None = None,
+    origin: Origin | None = None,
+    keys: bool | None = None,
+) -> PandaResult:
+    """Run one panda session to its end; raises SweepInterrupted on Ctrl-C (resumable).
+
+    ``origin``: a sweep trial to continue (``caviar panda --from``) instead of a new model;
+    ``keys``: read changes typed in this terminal (default: when stdin and the view are one)."""
+    from orchestrator.panda.live_view import LiveView
+    from orchestrator.panda.session import PandaSession
+    from orchestrator.spec.data import class_names_param, load_data
+    from orchestrator.store.tracking import SweepTracker
+
+    apply_environment_defaults()
+    stream = stream or sys.stdout
+    started = time.monotonic()
+    root = storage_root(spec)
+    if resume:
+        folder, marker = _pick_for_resume(root, spec)
+        config: dict[str, Any] = {}
+    else:
+        config = origin.config if origin else initial_config(spec, sets or {}, epochs)
+        session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        folder = root / session_id
+        folder.mkdir(parents=True)
+        # What `caviar panda adjust` checks changes against, from any shell.
+        (folder / "spec.yaml").write_text(spec_text, encoding="utf-8")
+        (folder / "spec_dir").write_text(str((spec_dir or Path.cwd()).resolve()), "utf-8")
+    data = load_data(spec.data, spec_dir)
+    if resume:
+        tracker = SweepTracker(marker.tracking_uri, marker.experiment)
+        tracker.resume_sweep(marker.parent_run_id)
+    else:
+        tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
+        run_id = tracker.start_sweep(
+            run_name=f"{spec.name}-panda-{session_id}",
+            tags=_session_tags(spec, session_id, folder, origin),
+            params=_session_params(spec, data, config, class_names_param(data)),
+            spec_text=spec_text,
+            spec_filename=spec_filename,
+        )
+        marker = SweepMarker(
+            session_id, "running", run_id, tracker.uri, tracker.experiment, spec.spec_hash()
+        )
+    write_marker(folder, replace(marker, status="running"))
+    view = LiveView(stream, tty)
+    journal = Journal(folder / JOURNAL)
+    record = read_session(folder) if resume else None
+    trainer: Trainer | None = None
+    status = "FAILED"
+    if keys if keys is not None else (sys.stdin.isatty() and view.tty):
+        from orchestrator.panda.keys import HELP, listen
+
+        listen(folder)
+        print(f"caviar: changes from here: {HELP}", file=stream, flush=True)
+    try:
+        _announce(spec, marker, tracker, stream, resume)  # the run id, before Ray's start
+        trainer = make_trainer(spec, data, spec_dir)
+        session = PandaSession(
+            spec,
+            folder,
+            trainer,
+            journal,
+            tracker,
+            lineage=record.lineage if record else None,
+            answered=set(record.answers) if record else None,
+            on_epoch=view.on_epoch,
+            on_event=view.on_event,
+        )
+        if record is not None:
+            session.resume()
+        elif origin is not None:
+            session.start(config, origin.checkpoint, origin.start_epoch)
+        else:
+            session.start(config)
+        outcome = session.run()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+    finally:
+        view.close()
+        journal.close()
+        if trainer is not None:
+            trainer.close()
+        tracker.close()
+        if status == "KILLED":
+            tracker.interrupt_children()
+        elif status == "FINISHED":
+            tracker.log_summary(*_summary(outcome, spec.objective.metric, spec.mode))
+        tracker.end_sweep(status)
+        final = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
+        write_marker(folder, replace(marker, status=final))
+    if status == "KILLED":
+        shown = spec_filename if spec_dir is None else str(spec_dir / spec_filename)
+        raise SweepInterrupted(
+            f"panda session {marker.sweep_id} interrupted (MLflow run {marker.parent_run_id} "
+            f"marked KILLED).\ncaviar: continue it with:  caviar panda {shown} --resume"
+        )
+    return PandaResult(
+        spec.name,
+        marker.sweep_id,
+        folder,
+        marker.parent_run_id,
+        tracker.experiment,
+        tracker.uri,
+        outcome,
+        spec.objective.metric,
+        spec.mode,
+        time.monotonic() - started,
+    )
+
+
+def _pick_for_resume(root: Path, spec: SweepSpec) -> tuple[Path, SweepMarker]:
+    pending = unfinished(root)
+    if not pending:
+        raise PandaError(f"nothing to resume: no unfinished panda session under {root}")
+    folder, marker = pending[0]
+    if marker.spec_hash != spec.spec_hash():
+        raise PandaError(
+            f"the spec changed since panda session {marker.sweep_id} started; a resumed "
+            "session must run the same spec"
+        )
+    return folder, marker
+
+
+def _announce(
+    spec: SweepSpec, marker: SweepMarker, tracker: SweepTracker, stream: TextIO, resume: bool
+) -> None:
+    verb = "resuming" if resume else "panda"
+    run_id = marker.parent_run_id
+    print(
+        f"caviar: {verb} {spec.name} ({marker.sweep_id}): MLflow run {run_id} in experiment "
+        f"{tracker.experiment!r} at {tracker.uri}\n"
+        f"caviar: from another shell:  caviar panda adjust {run_id} learning_rate=...  "
+        f"[--rewind-to EPOCH]   |   caviar panda stop {run_id}",
+        file=stream,
+        flush=True,
+    )
+
+
+def _session_tags(
+    spec: SweepSpec, session_id: str, folder: Path, origin: Origin | None
+) -> dict[str, str]:
+    from_run = {"caviar.panda.from_run": origin.from_run} if origin else {}
+    return {
+        **from_run,
+        "caviar.kind": "panda",
+        "caviar.mode": "panda",
+        "caviar.sweep_id": session_id,
+        "caviar.spec_hash": spec.spec_hash(),
+        "caviar.trainable": spec.trainable,
+        "caviar.panda.dir": str(folder),
+    }
+
+
+def _session_params(
+    spec: SweepSpec, data: Any, config: Mapping[str, Any], classes: str
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "data.source": spec.data.source,
+        "data.sizes": data.sizes(),
+        "data.classes": classes,
+        "trainable": spec.trainable,
+        "objective": f"{spec.mode} {spec.objective.metric}",
+        "panda.keep": spec.panda.keep,
+        "resources.cpus_per_trial": spec.resources.cpus_per_trial,
+        "resources.gpus_per_trial": spec.resources.gpus_per_trial,
+    }
+    for name, rule in spec.panda.rules.model_dump(exclude_none=True).items():
+        params[f"panda.rules.{name}"] = rule
+    for name, value in config.items():
+        params[f"start.{name}"] = value
+    return params
+
+
+def _summary(outcome: PandaOutcome, metric: str, mode: str) -> tuple[dict[str, float], dict]:
+    branch = outcome.lineage.branch()
+    metrics: dict[str, float] = {
+        "segments": float(len(outcome.lineage.segments)),
+        "epochs_trained": float(
+            sum(len(s.trial.history) for s in outcome.lineage.segments.values())
+        ),
+        "final_epoch": float(outcome.lineage.epoch),
+    }
+    best = best_epoch(branch, metric, mode)
+    if best is not None:
+        metrics[f"best_{metric}"] = float(best[metric])
+        metrics["best_epoch"] = float(best["epoch"])
+    if outcome.test_accuracy is not None:
+        metrics["test_accuracy"] = outcome.test_accuracy
+    if outcome.test_loss is not None:
+        metrics["test_loss"] = outcome.test_loss
+    tags = {"caviar.panda.status": outcome.status}
+    return metrics, tags
+
+
+def best_epoch(branch: Sequence[Mapping[str, Any]], metric: str, mode: str) -> Mapping | None:
+    scored = [e for e in branch if not e.get("diverged") and e.get(metric) is not None]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda e: float(e[metric]))
+
+
+# --- another shell: adjust and stop -------------------------------------------------------
+
+
+def locate(run_id: str, tracking_uri: str | None = None) -> tuple[Path, SweepMarker]:
+    """The folder and marker of the panda session whose MLflow parent run is ``run_id``:
+    under ./caviar_runs or $CAVIAR_STORAGE_PATH, else where the run's tag says."""
+    found = find_session(run_id, session_roots())
+    if found is not None:
+        return found
+    from orchestrator.store.panda_runs import panda_folder
+
+    folder = panda_folder(run_id, tracking_uri)
+    marker = read_marker(folder) if folder is not None else None
+    if folder is None or marker is None:
+        raise PandaError(
+            f"no panda session with MLflow run id {run_id!r} (looked under "
+            f"{', '.join(str(r) for r in session_roots())} and in the MLflow store); "
+            "pass the run id `caviar panda` printed when it started"
+        )
+    return folder, marker
+
+
+def adjust_command(
+    run_id: str,
+    changes: Mapping[str, Any],
+    rewind_to: int | None,
+    wait_s: float = 120.0,
+    tracking_uri: str | None = None,
+    stream: TextIO | None = None,
+) -> int:
+    """Check the changes against the session as it stands, send them, wait for the answer."""
+    from orchestrator.panda.session import rewind_origin
+    from orchestrator.spec.models import parse_spec_text
+    from trainables import get_trainable
+
+    if not changes and rewind_to is None:
+        raise PandaError("nothing to change: give NAME=VALUE pairs and/or --rewind-to EPOCH")
+
+    def check(folder: Path, marker: SweepMarker) -> None:
+        lineage = read_session(folder).lineage
+        if not lineage.segments:
+            raise PandaError(f"panda session {marker.sweep_id} has not started training yet")
+        spec = _session_spec(folder, marker, parse_spec_text)
+        base = lineage.current.config
+        if rewind_to is not None:
+            store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
+            base = rewind_origin(lineage, store, rewind_to).config
+        check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
+
+    command = Command("adjust", dict(changes), rewind_to)
+    return _deliver(run_id, command, check, wait_s, tracking_uri, stream or sys.stdout)
+
+
+def stop_command(
+    run_id: str,
+    wait_s: float = 120.0,
+    tracking_uri: str | None = None,
+    stream: TextIO | None = None,
+) -> int:
+    return _deliver(run_id, Command("stop"), None, wait_s, tracking_uri, stream or sys.stdout)
+
+
+def _deliver(
+    run_id: str,
+    command: Command,
+    check: Callable[[Path, SweepMarker], None] | None,
+    wait_s: float,
+    tracking_uri: str | None,
+    stream: TextIO,
+) -> int:
+    """Find the running session, check the command against it, send it, print the answer."""
+    folder, marker = locate(run_id, tracking_uri)
+    _require_running(marker)
+    if check is not None:
+        check(folder, marker)
+    send(folder, command)
+    return _report_answer(folder, command, wait_s, stream)
+
+
+def _require_running(marker: SweepMarker) -> None:
+    if marker.status != "running":
+        raise PandaError(
+            f"panda session {marker.sweep_id} is {marker.status}; nothing to change "
+            "(an interrupted one continues with `caviar panda SPEC --resume`)"
+        )
+
+
+def _session_spec(folder: Path, marker: SweepMarker, parse: Callable[..., SweepSpec]) -> SweepSpec:
+    """The spec the session runs (kept in its folder when it started)."""
+    path = folder / "spec.yaml"
+    if not path.is_file():
+        raise PandaError(f"panda session {marker.sweep_id} keeps no spec in {folder}")
+    spec_dir = Path((folder / "spec_dir").read_text("utf-8").strip())
+    return parse(path.read_text(encoding="utf-8"), str(path), spec_dir=spec_dir)
+
+
+def _report_answer(folder: Path, command: Command, wait_s: float, stream: TextIO) -> int:
+    answer = _wait(folder / JOURNAL, command.id, wait_s)
+    if answer is None:
+        print(
+            f"caviar: sent; the session applies it at its next epoch boundary (no answer "
+            f"within {wait_s:g} s)",
+            file=stream,
+        )
+        return 0
+    if answer.get("status") == "refused":
+        raise PandaError(f"the session refused it: {answer.get('reason')}")
+    if command.kind == "stop":
+        print(f"caviar: stopped at epoch {answer.get('epoch')}", file=stream)
+    else:
+        print(
+            f"caviar: applied: segment {answer.get('segment')} trains from epoch "
+            f"{answer.get('epoch')}",
+            file=stream,
+        )
+    return 0

@@ -1,0 +1,404 @@
+"""One panda session: train one model epoch by epoch, and change it at epoch boundaries.
+
+The loop, at each boundary (before each epoch):
+
+1. commands from other shells (``control.Inbox``), oldest first: adjust, rewind, stop;
+2. the babysitting rules (``rules.decide``) on the current branch;
+3. one epoch; its result is journaled, its checkpoint saved (then the oldest pruned), its
+   metrics queued for MLflow on the session's epoch axis, and the live view redrawn.
+
+Every change, a person's or a rule's, goes through :meth:`PandaSession.apply`: it ends the
+current segment and starts a new one (its own journal line and MLflow run), so what happened
+and why is recorded the same way whoever asked. Changes happen only between epochs and a
+rewind loads the exact checkpoint, so the same changes at the same epochs give bit-identical
+curves.
+
+Order of writes per epoch (a kill may stop between any two): checkpoint file, journal result,
+journal checkpoint, MLflow. The journal is the truth on resume: the branch continues from the
+newest journaled checkpoint, and MLflow is sent what it lacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.panda.changes import PandaError, check_changes
+from orchestrator.panda.checkpoints import CheckpointStore
+from orchestrator.panda.control import Command, Inbox
+from orchestrator.panda.lineage import Lineage, Segment
+from orchestrator.panda.rules import Action, decide
+from orchestrator.spec.models import SweepSpec
+from orchestrator.store.journal import Journal
+from orchestrator.trials import Trial, TrialState, with_epoch
+
+if TYPE_CHECKING:  # neither torch nor MLflow to read a session back (`caviar panda adjust`)
+    from orchestrator.panda.trainer import Trainer
+    from orchestrator.store.tracking import SweepTracker
+
+# Result keys that are not metrics (the observer's rule: numbers only, the epoch is the step).
+NOT_METRICS = frozenset({"epoch", "diverged", "ended_at", "worker_pid"})
+
+
+@dataclass
+class SessionEvent:
+    """Something the live view and the summary show besides epochs."""
+
+    epoch: int
+    text: str
+
+
+@dataclass
+class PandaOutcome:
+    """How the session ended and what it trained."""
+
+    status: str  # budget | stopped | rule:stop | diverged
+    lineage: Lineage
+    events: list[SessionEvent] = field(default_factory=list)
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+
+
+class PandaSession:
+    """The session's loop over a trainer; Ray-free (the trainer may be a Ray actor's proxy)."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        folder: Path,
+        trainer: Trainer,
+        journal: Journal,
+        tracker: SweepTracker | None,
+        lineage: Lineage | None = None,
+        answered: set[str] | None = None,
+        on_epoch: Callable[[PandaSession, dict[str, Any]], None] | None = None,
+        on_event: Callable[[PandaSession, SessionEvent], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.folder = folder
+        self.trainer = trainer
+        self.journal = journal
+        self.tracker = tracker
+        self.lineage = lineage or Lineage()
+        self.store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
+        self.inbox = Inbox(folder, answered or ())
+        self.metric = spec.objective.metric
+        self.mode = spec.mode
+        self.events: list[SessionEvent] = []
+        self._on_epoch = on_epoch
+        self._on_event = on_event
+        from trainables import get_trainable
+
+        self._config_model = get_trainable(spec.trainable).config_model
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def start(
+        self, config: dict[str, Any], checkpoint: bytes | None = None, start_epoch: int = 0
+    ) -> None:
+        """A new session: its first segment (from ``checkpoint`` at ``start_epoch`` if given)."""
+        reason = "continue" if checkpoint is not None else "start"
+        self.trainer.start(config, checkpoint)
+        segment = self._open_segment(None, start_epoch, config, reason, "caviar", {})
+        self.store.save(segment.index, start_epoch, self.trainer.snapshot())
+
+    def resume(self) -> None:
+        """Continue a killed or interrupted session: its branch from the newest checkpoint it
+        journaled (epochs after it are trained again, with the same values)."""
+        current = self.lineage.current
+        keys = [k for k in self.lineage.checkpoint_keys() if self.store.has(*k)]
+        if not keys:
+            raise PandaError(f"session in {self.folder} has no checkpoint left to resume from")
+        segment_index, epoch = keys[-1]
+        current.trial.history = [e for e in current.trial.history if int(e["epoch"]) <= epoch]
+        self.trainer.start(current.config, self.store.load(segment_index, epoch))
+        if self.tracker is not None:
+            self._replay_to_tracker(self.tracker)
+        self._event(f"resumed at epoch {epoch} (segment {current.index})")
+
+    def _replay_to_tracker(self, tracker: SweepTracker) -> None:
+        """Send MLflow what the killed session journaled but had not delivered: runs, epochs
+        (the tracker skips those a run holds), ends. Open segments' runs are reopened."""
+        for segment in sorted(self.lineage.segments.values(), key=lambda s: s.index):
+            key = str(segment.index)
+            if tracker.child_run_id(key) is None or not segment.trial.state.ended:
+                tracker.trial_started(
+                    key,
+                    run_name=f"segment-{segment.index:02d}",
+                    params=segment.config,
+                    tags=segment_tags(segment, tracker, self.lineage),
+                    started_at=segment.trial.started_at,
+                )
+            for entry in segment.trial.history:
+                tracker.trial_metrics(
+                    key, epoch_metrics(entry), int(entry["epoch"]), entry.get("ended_at")
+                )
+            if segment.trial.state.ended:
+                self._tracker_end(segment)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> PandaOutcome:
+        """Train until the budget, a stop (person or rule) or an unrescued divergence."""
+        while True:
+            status = self._boundary()
+            if status is not None:
+                break
+            self._train_epoch()
+        self._end_segment(self.lineage.current, status)
+        outcome = PandaOutcome(status, self.lineage, self.events)
+        if status != "diverged":
+            outcome.test_loss, outcome.test_accuracy = self.trainer.test()
+        return outcome
+
+    def _boundary(self) -> str | None:
+        """Commands, then rules; the session's end status if it ends here."""
+        for command in self.inbox.read():
+            stopped = self._answer(command)
+            if stopped:
+                return "stopped"
+        branch = self.lineage.branch()
+        current = self.lineage.current
+        action = decide(
+            self.spec.panda.rules,
+            branch,
+            self.metric,
+            self.mode,
+            current.config,
+            current.start_epoch,
+            self._rule_rewinds(),
+        )
+        if action is not None:
+            if action.kind == "stop":
+                self._event(f"{action.reason} ({action.by})")
+                return action.by
+            try:
+                self.apply(action)
+            except PandaError as error:  # e.g. a trainable whose learning rate is fixed
+                self._event(f"{action.by} could not act: {error}")
+        branch = self.lineage.branch()
+        if branch and branch[-1].get("diverged"):
+            return "diverged"
+        if self.lineage.epoch >= int(self.lineage.current.config.get("epochs", 0)):
+            return "budget"
+        return None
+
+    def _answer(self, command: Command) -> bool:
+        """Apply a person's command or journal why not; True if it stops the session."""
+        epoch = self.lineage.epoch
+        if command.kind == "stop":
+            self.journal.append("command", id=command.id, status="applied", epoch=epoch)
+            self._event("stopped by a person")
+            return True
+        try:
+            action = Action(
+                "rewind" if command.rewind_to is not None else "adjust",
+                command.by,
+                "",
+                dict(command.changes),
+                command.rewind_to,
+            )
+            segment = self.apply(action)
+        except PandaError as error:
+            self.journal.append(
+                "command", id=command.id, status="refused", epoch=epoch, reason=str(error)
+            )
+            self._event(f"refused a command: {error}")
+            return False
+        self.journal.append(
+            "command",
+            id=command.id,
+            status="applied",
+            epoch=segment.start_epoch,
+            segment=segment.index,
+        )
+        return False
+
+    def apply(self, action: Action) -> Segment:
+        """Start the segment ``action`` asks for (checked first: a refusal changes nothing)."""
+        current = self.lineage.current
+        at = self.lineage.epoch
+        if action.kind == "rewind":
+            assert action.rewind_to is not None
+            origin = rewind_origin(self.lineage, self.store, action.rewind_to)
+            config = check_changes(
+                self.spec.trainable, self._config_model, origin.config, action.changes
+            )
+            data = self.store.load(origin.index, action.rewind_to)
+            self._end_segment(current, "rewind")
+            self.trainer.start(config, data)
+            segment = self._open_segment(
+                origin.index, action.rewind_to, config, "rewind", action.by, action.changes
+            )
+        else:
+            config = check_changes(
+                self.spec.trainable, self._config_model, current.config, action.changes
+            )
+            self.trainer.adjust(action.changes)
+            self._end_segment(current, "adjust")
+            segment = self._open_segment(
+                current.index, current.last_epoch, config, "adjust", action.by, action.changes
+            )
+        shown = " ".join(f"{k}={_short(v)}" for k, v in action.changes.items())
+        where = f"back to epoch {action.rewind_to}, " if action.kind == "rewind" else ""
+        why = f": {action.reason}" if action.reason else ""
+        self._event(
+            f"{where}{shown or 'no change'} by {action.by}{why} -> segment {segment.index}", at
+        )
+        return segment
+
+    def _rule_rewinds(self) -> int:
+        return sum(1 for s in self.lineage.segments.values() if s.by == "rule:divergence")
+
+    def _train_epoch(self) -> None:
+        segment = self.lineage.current
+        result = self.trainer.step()
+        epoch = int(result["epoch"])
+        result.setdefault("ended_at", time.time())
+        segment.trial.history = with_epoch(segment.trial.history, result)
+        path = self.store.save(segment.index, epoch, self.trainer.snapshot())
+        self.journal.append("result", i=segment.index, r=result)
+        self.journal.append("checkpoint", i=segment.index, path=str(path))
+        segment.trial.checkpoint = str(path)
+        self.store.prune(self.lineage.checkpoint_keys())
+        if self.tracker is not None:
+            metrics = epoch_metrics(result)
+            self.tracker.trial_metrics(str(segment.index), metrics, epoch, result["ended_at"])
+        if self._on_epoch is not None:
+            self._on_epoch(self, result)
+
+    # --- segments ---------------------------------------------------------------------------
+
+    def _open_segment(
+        self,
+        parent: int | None,
+        start_epoch: int,
+        config: dict[str, Any],
+        reason: str,
+        by: str,
+        changes: dict[str, Any],
+    ) -> Segment:
+        index = max(self.lineage.segments, default=-1) + 1
+        trial = Trial(index, dict(config), trial_id=f"segment-{index}", started_at=time.time())
+        segment = Segment(trial, parent, start_epoch, reason, by, dict(changes))
+        self.lineage.add(segment)
+        self.journal.append(
+            "trial",
+            i=index,
+            round=1,
+            id=trial.trial_id,
+            config=config,
+            parent=parent,
+            start=start_epoch,
+            reason=reason,
+            by=by,
+            changes=changes,
+        )
+        if self.tracker is not None:
+            if parent is not None:
+                self.tracker.flush()  # the parent segment's run id, for the new one's tags
+            self.tracker.trial_started(
+                str(index),
+                run_name=f"segment-{index:02d}",
+                params=config,
+                tags=segment_tags(segment, self.tracker, self.lineage),
+                started_at=trial.started_at,
+            )
+        return segment
+
+    def _end_segment(self, segment: Segment, ended_by: str) -> None:
+        if segment.trial.state.ended:
+            return
+        diverged = bool(segment.trial.last.get("diverged"))
+        segment.trial.state = (
+            TrialState.DIVERGED
+            if diverged
+            else TrialState.COMPLETED
+            if ended_by in ("budget", "adjust", "rewind")
+            else TrialState.STOPPED_EARLY
+        )
+        segment.ended_by = ended_by
+        segment.trial.ended_at = time.time()
+        self.journal.append(
+            "end", i=segment.index, outcome=str(segment.trial.state), ended_by=ended_by
+        )
+        self._tracker_end(segment)
+
+    def _tracker_end(self, segment: Segment) -> None:
+        if self.tracker is None:
+            return
+        tags = {
+            "caviar.outcome": str(segment.trial.state),
+            "caviar.last_epoch": str(segment.last_epoch),
+            "caviar.panda.ended_by": str(segment.ended_by),
+        }
+        status = "FAILED" if segment.trial.state is TrialState.DIVERGED else "FINISHED"
+        self.tracker.trial_ended(str(segment.index), tags, status, segment.trial.ended_at)
+
+    def _event(self, text: str, epoch: int | None = None) -> None:
+        if epoch is None:
+            epoch = self.lineage.epoch if self.lineage.segments else 0
+        event = SessionEvent(epoch, text)
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(self, event)
+
+
+def rewind_origin(lineage: Lineage, store: CheckpointStore, epoch: int) -> Segment:
+    """The current branch's segment holding ``epoch``'s checkpoint; a PandaError when the
+    branch has no such epoch or its checkpoint is no longer kept (with the epochs that are)."""
+    try:
+        origin = lineage.owner(epoch)
+    except ValueError as error:
+        raise PandaError(f"cannot rewind to epoch {epoch}: {error}") from None
+    if not store.has(origin.index, epoch):
+        kept = store.kept_epochs(lineage.checkpoint_keys())
+        shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
+        raise PandaError(
+            f"cannot rewind to epoch {epoch}: its checkpoint is no longer kept "
+            f"(panda.keep = {store.keep}; kept now: {shown})"
+        )
+    return origin
+
+
+def segment_tags(segment: Segment, tracker: SweepTracker, lineage: Lineage) -> dict[str, str]:
+    """A segment's MLflow tags: its place in the lineage (parent segment, start epoch), why it
+    exists and who asked."""
+    import json
+
+    tags = {
+        "caviar.trial_index": str(segment.index),
+        "caviar.trial_id": segment.trial.trial_id,
+        "caviar.panda.segment": str(segment.index),
+        "caviar.panda.start_epoch": str(segment.start_epoch),
+        "caviar.panda.reason": segment.reason,
+        "caviar.panda.by": segment.by,
+    }
+    if segment.changes:
+        tags["caviar.panda.changes"] = json.dumps(segment.changes, sort_keys=True)
+    if segment.parent is not None:
+        tags["caviar.panda.parent_segment"] = str(segment.parent)
+        parent_run = tracker.child_run_id(str(segment.parent))
+        if parent_run:
+            tags["caviar.panda.parent_run_id"] = parent_run
+    return tags
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """An epoch's result as MLflow metrics: finite numbers, not the epoch (the step)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in NOT_METRICS
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(float(v))
+    }
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
