@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs_total": median(r["epochs_total"] for r in mine),
         }
     baseline = summary.get("random_full", {})
-    for arm, figures in summary.items():
+    for figures in summary.values():
         figures["speedup_vs_random_full"] = ratio(
             baseline.get("seconds_to_target"), figures["seconds_to_target"]
         )
