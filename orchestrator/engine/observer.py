@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from orchestrator.store.journal import RESUME_FROM, Journal
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import (
     EPOCH_RESULTS,
+    MEMBER_LAST,
     MEMBER_RESULTS,
     Trial,
     TrialState,
@@ -68,6 +70,7 @@ class SweepObserver(Callback):
         self.records: dict[int, Trial] = {}
         # The scheduler's pack members that left, with the epoch they left at.
         self.left_at: Mapping[int, int] = left_at if left_at is not None else {}
+        self._pack_sizes: Counter[int] = Counter()  # members planned per pack
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the Tuner; the journal's open file stays here."""
@@ -157,9 +160,15 @@ class SweepObserver(Callback):
         size = self._pack_size(self.searcher.trials, pack)
         self._start_record(index, trial_id, planned.config, planned.round, time.time(), pack, size)
 
-    @staticmethod
-    def _pack_size(trials: Mapping[int, Trial], pack: int | None) -> int:
-        return sum(1 for t in trials.values() if pack is not None and t.pack == pack)
+    def _pack_size(self, trials: Mapping[int, Trial], pack: int | None) -> int:
+        """Members planned for ``pack`` (counted again only when a new pack appears)."""
+        if pack is None:
+            return 1
+        sizes = self._pack_sizes
+        if pack not in sizes:
+            sizes.clear()
+            sizes.update(t.pack for t in trials.values() if t.pack is not None)
+        return sizes[pack]
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -176,6 +185,13 @@ class SweepObserver(Callback):
             self._record_result(record, entry)
 
     def _pack_result(self, result: dict) -> None:
+        for index, last in result.get(MEMBER_LAST) or ():
+            # A member the scheduler stopped: its state was saved when it left the pack.
+            record = self.records.get(int(index))
+            path = last.get("checkpoint")
+            if record is not None and path and record.checkpoint != path:
+                record.checkpoint = str(path)
+                self._journal("checkpoint", i=record.index, path=record.checkpoint)
         for index, epochs in result[MEMBER_RESULTS]:
             record = self.records.get(int(index))
             if record is None or record.state.ended:
@@ -246,7 +262,7 @@ class SweepObserver(Callback):
         self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
     ) -> None:
         for record in self._members(trial) or [self._record_of(trial)]:
-            if record is not None:
+            if record is not None and not (record.index in self.left_at and record.checkpoint):
                 record.checkpoint = str(checkpoint.path)
                 self._journal("checkpoint", i=record.index, path=record.checkpoint)
 

@@ -36,7 +36,7 @@ from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.searcher import build_searcher, concurrent_slots
-from orchestrator.engine.trial_actor import CaviarTrainable, load_trial_state
+from orchestrator.engine.trial_actor import MEMBER_FILE, CaviarTrainable, load_trial_state
 from orchestrator.engine.trial_choice import NewestFirstFIFO
 from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import SweepError, SweepInterrupted
@@ -62,6 +62,7 @@ logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERRO
 
 
 TOP_TRIALS_COMPARED = 5  # the summary's compare link shows this many of the best trials
+MEMBERS_DIR = "members"  # a stopped pack member's state, saved as it leaves its pack
 
 
 @dataclass
@@ -417,7 +418,7 @@ def _fit(sweep: Sweep) -> None:
     )
     search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep.sweep_id, packer)
     # Packs whose members the scheduler may stop need its stops delivered between steps.
-    mailbox = start_mailbox() if packer is not None and _uses_halving(spec) else None
+    mailbox = start_mailbox(sweep.sweep_id) if packer is not None and _uses_halving(spec) else None
     scheduler = _scheduler(spec, searcher.index_of, searcher.members_of, mailbox)
     observer = SweepObserver(
         sweep.sweep_id,
@@ -500,6 +501,7 @@ def _tuner(
             report_every_s=spec.storage.report_every_s,
             report_at=_report_at(spec),
             mailbox=mailbox,
+            member_dir=str(sweep.run_dir / MEMBERS_DIR),
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
@@ -706,10 +708,15 @@ def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:
     """The best trial rebuilt from its last checkpoint and scored once on the test split
     (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode."""
     assert result.best is not None
-    if result.best.checkpoint is None:
-        raise SweepError(f"the best trial {result.best.trial_id} left no checkpoint to test")
-    with tune.Checkpoint.from_directory(result.best.checkpoint).as_directory() as directory:
-        state = load_trial_state(directory, result.best.index)
+    best = result.best
+    checkpoint = best.checkpoint
+    saved_on_leaving = result.storage_dir / MEMBERS_DIR
+    if best.pack is not None and (saved_on_leaving / MEMBER_FILE.format(index=best.index)).exists():
+        checkpoint = str(saved_on_leaving)  # a killed driver may not have journaled it
+    if checkpoint is None:
+        raise SweepError(f"the best trial {best.trial_id} left no checkpoint to test")
+    with tune.Checkpoint.from_directory(checkpoint).as_directory() as directory:
+        state = load_trial_state(directory, best.index)
     tensors = TensorSplits.from_splits(data, "cpu")
     session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
     session.load_state_dict(state["session"])

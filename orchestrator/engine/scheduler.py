@@ -128,7 +128,7 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
                 self.left_at[index] = epoch
                 stopped.append(index)
         if self.mailbox is not None:
-            self.mailbox.post.remote(members[0], int(result["training_iteration"]), stopped)
+            self.mailbox.post(members[0], int(result["training_iteration"]), stopped)
         if all(index in self.left_at for index in members):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

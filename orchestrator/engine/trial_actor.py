@@ -12,7 +12,7 @@ rungs. The driver still logs and journals each epoch as its own step.
 
 A fused pack's trial (config key ``PACK_MEMBERS``) trains its members as one model
 (``trainables.pack``) and reports each member's epochs (``MEMBER_RESULTS``); before each step
-after the first it takes from the sweep's :class:`~orchestrator.engine.packs.PackMailbox` the
+after the first it takes from the sweep's mailbox (``orchestrator.engine.packs``) the
 members the scheduler stopped at its last result, and they leave the pack (their state kept for
 the checkpoint). Every checkpoint holds one file per member, in a plain trial's format.
 
@@ -53,6 +53,7 @@ class CaviarTrainable(tune.Trainable):
         report_every_s: float = 0.0,
         report_at: tuple[int, ...] = (),
         mailbox: Any = None,
+        member_dir: str | None = None,
     ) -> None:
         # The spec's folder where it exists on this node, else the job's working directory.
         search = [p for p in trainable_path if Path(p).is_dir()] + [os.getcwd()]
@@ -61,6 +62,9 @@ class CaviarTrainable(tune.Trainable):
         self._report_every_s = report_every_s
         self._report_at = frozenset(report_at)
         self._mailbox = mailbox  # the scheduler's stops for packs (None: it stops none)
+        # Where a stopped pack member's state is written at once (a folder every node sees,
+        # like the trials' checkpoints): a Tune checkpoint per stop would idle the pack.
+        self._member_dir = Path(member_dir) if member_dir else None
         self._last_checkpoint = time.monotonic()
         cpus = self.trial_resources.required_resources.get("CPU", 1) if self.trial_resources else 1
         torch.set_num_threads(max(1, int(cpus)))
@@ -121,20 +125,16 @@ class CaviarTrainable(tune.Trainable):
         return result
 
     def _step_pack(self, pack: _PackRun) -> dict[str, Any]:
-        left = False
         if self._mailbox is not None and self.iteration > 0:
-            import ray
-
-            stopped = ray.get(self._mailbox.take.remote(pack.key, self.iteration, MAILBOX_WAIT_S))
-            left = pack.stop(stopped or ())
+            stopped = self._mailbox.take(pack.key, self.iteration, MAILBOX_WAIT_S)
+            pack.stop(stopped or (), self._member_dir)
         deadline = time.monotonic() + self._report_every_s
         trained = pack.train(deadline, self._report_at, self._node, self._pid)
         result = pack.result(trained)
         if pack.finished:
             result["done"] = True
         interval = self._checkpoint_every_s
-        due = interval > 0 and time.monotonic() - self._last_checkpoint >= interval
-        if due or left:  # a stopped member's state reaches a checkpoint at once
+        if interval > 0 and time.monotonic() - self._last_checkpoint >= interval:
             result["should_checkpoint"] = True
         return result
 
@@ -226,15 +226,19 @@ class _PackRun:
     def finished(self) -> bool:
         return bool(self.session.finished)
 
-    def stop(self, indices: Any) -> bool:
-        """The scheduler stopped these members: they leave the fused model. True if any did."""
+    def stop(self, indices: Any, member_dir: Path | None = None) -> None:
+        """The scheduler stopped these members: they leave the fused model; with
+        ``member_dir``, each one's state is saved there now, and its newest epoch names it."""
         leaving = [int(i) for i in indices if int(i) in self._id and int(i) not in self.left]
         for index in leaving:
             self.left[index] = self.session.member_state_dict(self._id[index])
             self.last[index] = {**self.last.get(index, {}), "left": True}
+            if member_dir is not None:
+                member_dir.mkdir(parents=True, exist_ok=True)
+                self._save_member(index, member_dir)
+                self.last[index]["checkpoint"] = str(member_dir)
         if leaving:
             self.session.remove([self._id[i] for i in leaving])
-        return bool(leaving)
 
     def train(
         self, deadline: float, report_at: frozenset[int], node: str, pid: int
@@ -260,7 +264,11 @@ class _PackRun:
         """The step's result: every member's epochs and newest epoch; at the top level the
         first member's newest epoch (Tune requires the objective there; caviar ignores it)."""
         newest = [self.last[i] for i in self.indices if i in trained] or list(self.last.values())
-        top = {k: v for k, v in (newest[0] if newest else {}).items() if k != "left"}
+        top = {
+            k: v
+            for k, v in (newest[0] if newest else {}).items()
+            if k not in ("left", "checkpoint")
+        }
         return {
             **top,
             MEMBER_RESULTS: [[index, epochs] for index, epochs in trained.items()],
@@ -276,15 +284,23 @@ class _PackRun:
 
     def save(self, directory: Path) -> None:
         for index in self.indices:
-            torch.save(
-                {
-                    "config": self.configs[index],
-                    "session": self.member_state(index),
-                    "last_result": self.last.get(index, {}),
-                    "left": index in self.left,
-                },
-                directory / MEMBER_FILE.format(index=index),
-            )
+            self._save_member(index, directory)
+
+    def _save_member(self, index: int, directory: Path) -> None:
+        """One member's file: written aside and renamed, so a reader never sees half of it."""
+        path = directory / MEMBER_FILE.format(index=index)
+        partial = path.with_name(path.name + ".partial")
+        last = {k: v for k, v in self.last.get(index, {}).items() if k != "checkpoint"}
+        torch.save(
+            {
+                "config": self.configs[index],
+                "session": self.member_state(index),
+                "last_result": last,
+                "left": index in self.left,
+            },
+            partial,
+        )
+        os.replace(partial, path)
 
     def load(self, checkpoints: dict[int, Path]) -> None:
         """Members from their checkpoints (a member without one starts afresh); members that
@@ -303,4 +319,4 @@ class _PackRun:
                 leaving.append(index)
         self.left = {}
         self.session.load_member_states(states)
-        self.stop(leaving)
+        self.stop(leaving)  # their files exist already

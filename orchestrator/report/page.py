@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,6 +378,14 @@ def _html(
         for k in ("completed", "stopped_early", "diverged", "failed")
     )
     test = history.metrics.get("test_accuracy")
+    packs = Counter(t.pack for t in history.trials if t.pack is not None)
+    packed = sum(packs.values())
+    pack_text = (
+        f" {packed} of them trained in {len(packs)} fused packs "
+        f"({min(packs.values())} to {max(packs.values())} members)."
+        if packs
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>caviar report: {esc(history.name)}</title>
 <style>
@@ -388,7 +397,7 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} figure {{ margin: 1.5em
 <h1>caviar report: {esc(history.name)}</h1>
 <p>Parent run <code>{esc(history.parent_run_id)}</code> in <code>{esc(history.tracking_uri)}</code>.
 {len(history.trials)} trials ({esc(counts)}); objective: {esc(history.mode)} {esc(history.metric)}
-{f"; best model's test accuracy {test:.4f}" if test is not None else ""}.</p>
+{f"; best model's test accuracy {test:.4f}" if test is not None else ""}.{esc(pack_text)}</p>
 {ui_paragraph}
 <h2>Rounds</h2>
 <table><tr><th>round</th><th>region</th><th>best {esc(history.metric)}</th>

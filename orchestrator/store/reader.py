@@ -78,6 +78,7 @@ def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
                     state=_state(tags.get("caviar.outcome")),
                     history=[{"epoch": epoch, metric: value} for epoch, value in curve],
                     run_id=child.info.run_id,
+                    pack=int(tags["caviar.pack"]) if "caviar.pack" in tags else None,
                 )
             )
     except MlflowException as error:
