@@ -32,6 +32,10 @@ from trainables import get_trainable
 # stopped (the driver then ignores the stopped members' extra epochs): only a driver that is
 # gone or wedged takes this long, and the actor must not hang forever on it.
 MAILBOX_WAIT_S = 600.0
+# ``auto`` packs a round into at least this many packs per slot: packs of one shape share
+# their shape draw, so fewer packs would explore fewer shapes, and leave slots idle while the
+# last packs' survivors train on.
+PACKS_PER_SLOT = 4
 
 
 def packer_for(
@@ -46,8 +50,8 @@ def packer_for(
     without fused training under ``auto``).
 
     ``auto`` asks the trainable for the pack size of each shape on the trials' device, and
-    caps it so that every slot of the cluster gets at least two packs a round: fewer, larger
-    packs would leave slots idle while one pack trains on."""
+    caps it so that every slot of the cluster gets at least ``PACKS_PER_SLOT`` packs a round.
+    """
     requested = spec.resources.pack_size
     if requested == 1:
         return None
@@ -56,7 +60,7 @@ def packer_for(
         return None  # validation refuses an integer pack size for such a trainable
     device_kind = "cuda" if spec.resources.gpus_per_trial > 0 else "cpu"
     round_size = spec.search_space().grid_size() * spec.search.samples_per_point()
-    cap = max(1, round_size // (2 * max(1, slots)))
+    cap = max(1, round_size // (PACKS_PER_SLOT * max(1, slots)))
 
     def size_for(config: Mapping[str, Any], waiting: int) -> int:
         if isinstance(requested, int):

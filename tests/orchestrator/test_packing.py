@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from orchestrator.engine.packs import packer_for
+from orchestrator.engine.packs import PACKS_PER_SLOT, packer_for
 from orchestrator.engine.searcher import RoundSearcher, round_plan
 from orchestrator.search.packing import Packer, pack_round
 from orchestrator.search.space import sample_configs
@@ -96,8 +96,8 @@ def test_auto_sizes_by_shape_and_leaves_every_slot_two_packs() -> None:
     spec = _spec()
     units = pack_round(sample_configs(spec.search_space(), 64, 3), _packer(spec, slots=2))
     sizes = [len(u) for u in units]
-    assert sum(sizes) == 64 and len(units) >= 4
-    assert max(sizes) <= 64 // (2 * 2)  # the cap: two packs a round per slot
+    assert sum(sizes) == 64 and len(units) >= PACKS_PER_SLOT * 2
+    assert max(sizes) <= 64 // (PACKS_PER_SLOT * 2)  # the cap: packs a round per slot
     one_slot = pack_round(sample_configs(spec.search_space(), 64, 3), _packer(spec, slots=1))
     assert max(len(u) for u in one_slot) > max(sizes) or max(sizes) < 16
 
