@@ -45,7 +45,7 @@ class RayTrainer:
         cpus: float = 1,
         gpus: float = 0,
     ) -> None:
-        self._owns_ray = _ray_up()
+        self._owns_ray = raystart.ensure_ray()
         self._actor = PandaWorker.options(num_cpus=cpus, num_gpus=gpus).remote(
             data, trainable, search_path, cpus
         )
@@ -76,19 +76,6 @@ class RayTrainer:
         finally:
             if self._owns_ray:
                 ray.shutdown()
-
-
-def _ray_up() -> bool:
-    """Claim the background start (``caviar panda`` begins it early), or start/join Ray now;
-    True when this process started (so owns) Ray."""
-    claimed = raystart.claim()
-    if claimed is not None:
-        return claimed
-    if ray.is_initialized():
-        return False
-    raystart.prepare_environment()  # token auth for an embedded Ray
-    raystart.init_ray()
-    return True
 
 
 def _device() -> torch.device:

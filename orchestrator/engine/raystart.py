@@ -253,3 +253,20 @@ def discard() -> None:
     started.wait()
     if started.error is None:
         ray.shutdown()
+
+
+def ensure_ray() -> bool:
+    """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback.
+
+    True when this process started (so owns) Ray. A command that began the start on a thread
+    before its heavy imports (:func:`start_in_background`) claims it here, and whatever
+    ``ray.init`` raised is raised here, as if it had been called now.
+    """
+    claimed = claim()
+    if claimed is not None:
+        return claimed
+    if ray.is_initialized():
+        return False
+    prepare_environment()  # token auth for an embedded cluster
+    init_ray()
+    return True

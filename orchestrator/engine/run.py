@@ -29,7 +29,7 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
 import trainables
-from orchestrator.engine import live
+from orchestrator.engine import live, raystart
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
 from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
@@ -250,7 +250,7 @@ def _ray_session(background: ThreadPoolExecutor) -> Iterator[None]:
     """Ray for the sweep's duration: joined, or started (and then owned) for it. An owned Ray
     is shut down on ``background`` when the block ends, however it ends: nothing after the
     block needs Ray (the best checkpoint is read inside it; the report reads MLflow)."""
-    owned = _ensure_ray()
+    owned = raystart.ensure_ray()
     try:
         yield
     finally:
@@ -372,25 +372,6 @@ def storage_path(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> st
     if "path" in spec.storage.model_fields_set:
         return spec.storage.path
     return environ.get("CAVIAR_STORAGE_PATH") or spec.storage.path
-
-
-def _ensure_ray() -> bool:
-    """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback.
-
-    True when this sweep started (so owns) Ray. ``caviar run`` begins the start on a thread
-    before the heavy imports (``orchestrator.engine.raystart``); it is claimed here, and whatever
-    ``ray.init`` raised is raised here, as if it had been called now.
-    """
-    from orchestrator.engine import raystart
-
-    claimed = raystart.claim()
-    if claimed is not None:
-        return claimed
-    if ray.is_initialized():
-        return False
-    raystart.prepare_environment()  # token auth for an embedded cluster
-    raystart.init_ray()
-    return True
 
 
 def _fit(sweep: Sweep) -> None:
