@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -131,6 +132,10 @@ def ray_head(environ: Mapping[str, str]) -> ServiceCommand:
         "--ray-client-server-port",
         str(settings.port("CAVIAR_RAY_CLIENT_PORT", DEFAULT_RAY_CLIENT_PORT)),
     ]  # fmt: skip
+    preload = settings.text("CAVIAR_RAY_PRELOAD_MODULES")
+    if preload:  # every worker process of the cluster imports these before its first task
+        modules = [m.strip() for m in preload.split(",") if m.strip()]
+        argv += ["--system-config", json.dumps({"preload_python_modules": modules})]
     return ServiceCommand(argv + _ray_node_options(settings))
 
 

@@ -1,0 +1,254 @@
+"""The service's long-lived sweep driver: ``caviar run`` sends it a spec, it runs the sweep.
+
+Started by ``caviar up`` (``python -m orchestrator.service.driver --socket PATH``) with the
+cluster's address, token and MLflow server in its environment. It imports everything a sweep
+needs and joins Ray once (``orchestrator/engine/warm.py``), then serves its Unix socket: one
+sweep at a time, on the main thread, through the same ``run_sweep`` and summary as a local
+``caviar run``; the terminal output goes back to the client as it is written (``wire.py``).
+A second client waits in the socket's queue.
+
+Signals: the client's Ctrl-C (or the client going away) becomes a SIGINT on this process's
+main thread, so the sweep ends exactly as an interrupted local one (journal, MLflow runs
+KILLED, resumable). SIGTERM (``caviar down``) interrupts a running sweep the same way and then
+ends the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from orchestrator.environment import apply_environment_defaults
+from orchestrator.service import wire
+
+log = logging.getLogger("caviar.driver")
+
+
+class ClientStream:
+    """A text stream whose writes go to the client (``run_sweep``'s ``stream``)."""
+
+    def __init__(self, conn: socket.socket, tty: bool, err: bool = False) -> None:
+        self.conn, self.tty, self.err = conn, tty, err
+        self.lock = threading.Lock()
+        self.gone = False  # the client left: the sweep goes on (interrupted) without output
+
+    def write(self, text: str) -> int:
+        if text and not self.gone:
+            with self.lock:
+                try:
+                    wire.send(self.conn, {"out": text, "err": self.err})
+                except OSError:
+                    self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class Driver:
+    def __init__(self, socket_path: Path, home: Path) -> None:
+        self.socket_path = socket_path
+        self.home = home
+        self.running = False  # a sweep is under way on the main thread
+        self.interrupted = False
+        self.stopping = False  # SIGTERM: end after the current sweep's clean-up
+
+    # --- start -----------------------------------------------------------------------
+
+    def start(self) -> socket.socket:
+        from orchestrator.engine import warm
+
+        started = time.monotonic()
+        warm.connect()
+        warm.import_sweep_modules()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a dead driver's socket
+        old_umask = os.umask(0o177)  # the socket is created 0600
+        try:
+            server.bind(str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        server.listen(8)
+        asked = warm.prestart_workers()
+        gc.freeze()  # what the imports made lives for good: no collection walks it again
+        log.warning(
+            "caviar-driver: ready in %.1f s (pid %d, %d trial workers asked for)",
+            time.monotonic() - started,
+            os.getpid(),
+            asked,
+        )
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        return server
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        if self.running and not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt(f"signal {signum}")
+        if not self.running:
+            raise SystemExit(0)
+
+    # --- serve -----------------------------------------------------------------------
+
+    def serve(self, server: socket.socket) -> None:
+        while not self.stopping:
+            conn, _ = server.accept()
+            with conn:
+                try:
+                    self._handle(conn)
+                except (OSError, ValueError) as error:  # a client that went away or spoke nonsense
+                    log.warning("caviar-driver: dropped a client (%s)", error)
+
+    def _handle(self, conn: socket.socket) -> None:
+        reader = wire.Reader(conn)
+        request = reader.next()
+        if request is None:
+            return
+        if request.get("ping"):
+            wire.send(conn, {"ok": True, "pid": os.getpid()})
+            return
+        run = request.get("run")
+        if not isinstance(run, dict):
+            wire.send(conn, {"out": "caviar: error: unknown request\n", "err": True})
+            wire.send(conn, {"exit": 2})
+            return
+        code = self._run(conn, reader, run)
+        with contextlib.suppress(OSError):
+            wire.send(conn, {"exit": code})
+        from orchestrator.engine import warm
+
+        warm.prestart_workers()  # the sweep's actors ended with it: the next one's, now
+
+    def _run(self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]) -> int:
+        out = ClientStream(conn, bool(run.get("tty")))
+        err = ClientStream(conn, bool(run.get("tty")), err=True)
+        self.interrupted = False
+        watcher = threading.Thread(
+            target=self._watch, args=(reader, out), name="caviar-client", daemon=True
+        )
+        self.running = True
+        watcher.start()
+        try:
+            with _in_client_place(run):
+                return _run_sweep(run, out, err)
+        except KeyboardInterrupt:  # before the sweep began: nothing to save
+            err.write("\ncaviar: interrupted\n")
+            return 130
+        finally:
+            self.running = False
+
+    def _watch(self, reader: wire.Reader, out: ClientStream) -> None:
+        """The client's Ctrl-C, or its going away, interrupts the sweep (once)."""
+        while True:
+            try:
+                message = reader.next()
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                out.gone = True
+            if not self.running:
+                return
+            if (message is None or message.get("interrupt")) and not self.interrupted:
+                self.interrupted = True
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            if message is None:
+                return
+
+
+@contextlib.contextmanager
+def _in_client_place(run: dict[str, Any]) -> Iterator[None]:
+    """The client's working folder and forwarded variables, for one sweep."""
+    before_cwd = os.getcwd()
+    before_env = {name: os.environ.get(name) for name in wire.FORWARDED_ENV}
+    try:
+        os.chdir(str(run["cwd"]))
+        for name in wire.FORWARDED_ENV:
+            value = (run.get("env") or {}).get(name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = str(value)
+        yield
+    finally:
+        os.chdir(before_cwd)
+        for name, value in before_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_sweep(run: dict[str, Any], out: ClientStream, err: ClientStream) -> int:
+    """``caviar run SPEC`` as the CLI runs it, with output to the client."""
+    from orchestrator.engine.run import run_sweep
+    from orchestrator.errors import CaviarError, SweepInterrupted
+    from orchestrator.report.summary import format_summary
+    from orchestrator.spec.data import check_data_files
+    from orchestrator.spec.models import load_spec
+
+    spec_path = Path(str(run["spec"]))
+    try:
+        spec = load_spec(spec_path)
+        check_data_files(spec.data, spec_path.parent)
+        result = run_sweep(
+            spec,
+            spec_path.read_text(encoding="utf-8"),
+            spec_path.name,
+            stream=out,
+            spec_dir=spec_path.parent,
+            resume=bool(run.get("resume")),
+        )
+    except SweepInterrupted as interrupted:
+        err.write(f"caviar: {interrupted}\n")
+        return interrupted.exit_code
+    except CaviarError as error:
+        err.write(f"caviar: error: {error}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # a bug: its traceback to the client, and the driver serves on
+        err.write(traceback.format_exc())
+        return 1
+    out.write(format_summary(result) + "\n")
+    return 0 if result.best is not None else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.service.driver")
+    parser.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve")
+    parser.add_argument("--home", type=Path, required=True, help="the service's state folder")
+    args = parser.parse_args(argv)
+    apply_environment_defaults()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    driver = Driver(args.socket, args.home)
+    server = driver.start()
+    try:
+        driver.serve(server)
+    except SystemExit:
+        pass
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            args.socket.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
