@@ -515,6 +515,8 @@ def status(out: TextIO, state: StateDir | None = None) -> int:
 
 
 def _address(name: str, topology: Topology) -> str:
+    if name not in topology.ports:
+        return "-"
     if name == "ray-head":
         return f"{topology.gcs_address}, dashboard {topology.dashboard_url}"
     if name == "mlflow":
@@ -613,9 +615,9 @@ def _wait_ports_closed(records: ServiceRecords, timeout_s: float = 10.0) -> list
 
 
 def _clean_runtime(state: StateDir) -> None:
-    import shutil
-
-    shutil.rmtree(state.runtime_dir(), ignore_errors=True)
+    """The driver's socket goes; Ray's session logs stay (0700) for whoever debugs a failure,
+    as ``ray stop`` leaves /tmp/ray; the next start opens a new session beside them."""
+    state.socket_path.unlink(missing_ok=True)
 
 
 def _alive(records: ServiceRecords, name: str) -> bool:
