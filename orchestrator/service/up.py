@@ -85,6 +85,7 @@ def _settings(state: StateDir, given: UpOptions, recorded: Mapping[str, Any]) ->
         return value if value is not None else recorded.get(name, default)
 
     settings = {
+        **recorded,  # the ports, the boot id, when it came up
         "workers": pick("workers", 1),
         "cpus_per_worker": pick("cpus_per_worker", _usable_cpus()),
         "gpus": pick("gpus", None),

@@ -81,7 +81,7 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
 
     # Another user's (another folder's) down touches nothing of this service.
     other = tmp_path / "other-home"
-    assert "nothing to stop" in caviar(other, "down").stdout
+    assert "nothing to stop" in caviar(other, "down", cwd=tmp_path).stdout
     assert caviar(home, "up", "--status").returncode == 0
 
     # Two sweeps from two folders: both on the service, both in its MLflow server.
