@@ -45,11 +45,21 @@ SWEEP_MODULES = (
 )
 
 
-def connect() -> None:
+def connect(timeout_s: float = 120.0) -> None:
     """Join the cluster in ``RAY_ADDRESS`` for the life of the process (token from the
-    environment)."""
+    environment), waiting for its head to come up (``caviar up`` starts both at once)."""
+    import time
+
     apply_environment_defaults()
-    ray.init(log_to_driver=False, logging_level="WARNING")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.init(log_to_driver=False, logging_level="WARNING")
+            return
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def import_sweep_modules() -> None:

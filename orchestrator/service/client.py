@@ -77,11 +77,16 @@ def _store_named(spec_path: Path) -> str | None:
 
 def ping(socket_path: Path, timeout_s: float = PING_TIMEOUT_S) -> dict[str, Any] | None:
     """The driver's answer to a ping, or None when nobody answers on ``socket_path``."""
+    return ask(socket_path, {"ping": True}, timeout_s)
+
+
+def ask(socket_path: Path, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """One request, one answer; None when nobody answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout_s)
             conn.connect(str(socket_path))
-            wire.send(conn, {"ping": True})
+            wire.send(conn, request)
             return wire.Reader(conn).next()
     except (OSError, ValueError):
         return None

@@ -75,8 +75,8 @@ class Driver:
         from orchestrator.engine import warm
 
         started = time.monotonic()
+        warm.import_sweep_modules()  # while the head starts: caviar up starts both at once
         warm.connect()
-        warm.import_sweep_modules()
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a dead driver's socket
@@ -123,6 +123,11 @@ class Driver:
             return
         if request.get("ping"):
             wire.send(conn, {"ok": True, "pid": os.getpid()})
+            return
+        if request.get("prestart"):  # caviar up, once every node has joined
+            from orchestrator.engine import warm
+
+            wire.send(conn, {"ok": True, "asked": warm.prestart_workers()})
             return
         run = request.get("run")
         if not isinstance(run, dict):

@@ -52,7 +52,10 @@ from orchestrator.service.state import (
 SERVICE = (sys.executable, "-m", "orchestrator.cluster.services")
 DRIVER = (sys.executable, "-m", "orchestrator.service.driver")
 START_TIMEOUT_S = 120.0
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 3.0  # Ray's and MLflow's processes exit on SIGTERM within this, or are killed
+# The driver first, alone: a sweep it runs ends interrupted (MLflow runs KILLED, resumable),
+# which needs Ray and the MLflow server still up.
+DRIVER_GRACE_S = 30.0
 # What every trial worker of the service imports when Ray starts it (engine/warm.py).
 WORKER_PRELOAD = "torch,orchestrator.engine.trial_actor"
 # Variables of the user's shell that would point a service somewhere else.
@@ -211,6 +214,9 @@ class Topology:
                 CAVIAR_MLFLOW_WORKERS="1",
                 CAVIAR_MLFLOW_ARTIFACTS=str(artifacts),
                 MLFLOW_BACKEND_STORE_URI=str(self.settings["backend_store_uri"]),
+                # MLflow 3's job runner (GenAI scoring jobs, a huey consumer with its own
+                # worker processes) is of no use to sweeps and doubles the server's start.
+                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
             )
             return env
         if name == "driver":
@@ -382,7 +388,8 @@ def _start_and_wait(
         records.processes[name] = _spawn(state, topology, name)
         state.write(records)
 
-    first = [n for n in names if n in ("mlflow", "ray-head")]  # MLflow is the slowest: first
+    # MLflow is the slowest; the driver imports for seconds before it joins the head.
+    first = [n for n in names if n in ("mlflow", "ray-head", "driver")]
     for name in first:
         start(name)
     if "ray-head" in names:
@@ -391,6 +398,11 @@ def _start_and_wait(
     for name in rest:
         start(name)
     _wait(records, topology, names)
+    if any(n.startswith("ray-") or n == "driver" for n in names):
+        # Idle trial workers with torch imported, on every node, for the first sweep.
+        from orchestrator.service.client import ask
+
+        ask(state.socket_path, {"prestart": True}, timeout_s=30.0)
 
 
 def _spawn(state: StateDir, topology: Topology, name: str) -> ProcessRecord:
@@ -572,7 +584,14 @@ def _stop_all(state: StateDir, records: ServiceRecords, out: TextIO | None) -> N
 def _stop_records(
     chosen: list[ProcessRecord], state: StateDir, out: TextIO | None
 ) -> list[ProcessRecord]:
-    """SIGTERM each live record's process group, wait, then SIGKILL what is left."""
+    """The driver, then the others: SIGTERM each live record's process group, wait, SIGKILL
+    what is left."""
+    first = [r for r in chosen if r.name == "driver"]
+    rest = [r for r in chosen if r.name != "driver"]
+    return _stop_group(first, DRIVER_GRACE_S) + _stop_group(rest, STOP_GRACE_S)
+
+
+def _stop_group(chosen: list[ProcessRecord], grace_s: float) -> list[ProcessRecord]:
     live = [r for r in chosen if r.alive()]
     for record in chosen:  # a dead leader's group may live on (MLflow's server workers)
         if record not in live:
@@ -580,7 +599,7 @@ def _stop_records(
                 _kill(pid, signal.SIGKILL)
     for record in live:
         _signal_group(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(r.alive() for r in live):
         time.sleep(0.2)
     for record in live:

@@ -1,10 +1,11 @@
 """What ``caviar run`` and the service's driver say to each other over the driver's socket.
 
-One JSON object per line, both ways. The client sends one request (``{"ping": true}`` or
-``{"run": {...}}``) and, while a sweep runs, at most ``{"interrupt": true}`` (its Ctrl-C).
-The driver answers a ping with ``{"ok": true, "pid": ...}`` and a run with any number of
-``{"out": TEXT, "err": BOOL}`` (the sweep's terminal output, as written) and then one
-``{"exit": CODE}``. The socket is a Unix socket in a 0700 folder, created 0600: only its
+One JSON object per line, both ways. The client sends one request:
+``{"ping": true}``, ``{"prestart": true}`` (``caviar up``, once its nodes have joined) or
+``{"run": {...}}`` and then, while the sweep runs, at most ``{"interrupt": true}`` (its
+Ctrl-C). The driver answers a ping or a prestart with ``{"ok": true, ...}`` and a run with
+any number of ``{"out": TEXT, "err": BOOL}`` (the sweep's terminal output, as written) and
+then one ``{"exit": CODE}``. The socket is a Unix socket in a 0700 folder, created 0600: only its
 owner can reach the driver (which runs whatever trainable a spec names).
 """
 
