@@ -72,6 +72,33 @@ def import_sweep_modules() -> None:
             log.warning("caviar: could not import %s ahead (%s)", name, error)
 
 
+def release_sweep_resources() -> int:
+    """Remove every placement group this driver's job still holds, and with them their actors.
+
+    Call it between sweeps (the driver runs one at a time, so every group of its job belongs
+    to the sweep that just ended). A local ``caviar run`` never needs this, since its Ray shuts
+    down; here, trial actors Tune was still starting when its run ended (or when Ctrl-C cut
+    it short) kept their groups and CPUs, and the next sweep's trials waited for them forever.
+    Returns how many groups were removed.
+    """
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import (
+        PlacementGroup,
+        placement_group_table,
+        remove_placement_group,
+    )
+
+    job = ray.get_runtime_context().get_job_id()
+    removed = 0
+    for group_id, info in placement_group_table().items():
+        # A placement group's id ends with its job's id.
+        if info.get("state") == "REMOVED" or not str(group_id).endswith(job):
+            continue
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(group_id)))
+        removed += 1
+    return removed
+
+
 def prestart_workers() -> int:
     """Ask every alive node with CPUs for as many idle workers as it has CPUs (and GPUs).
 

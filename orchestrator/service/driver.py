@@ -5,7 +5,9 @@ cluster's address, token and MLflow server in its environment. It imports everyt
 needs and joins Ray once (``orchestrator/engine/warm.py``), then serves its Unix socket: one
 sweep at a time, on the main thread, through the same ``run_sweep`` and summary as a local
 ``caviar run``; the terminal output goes back to the client as it is written (``wire.py``).
-A second client waits in the socket's queue.
+A second sweep waits its turn (its client is told so); pings are answered at once, also
+while a sweep runs. Between sweeps the driver removes whatever the last one's Tune run left
+holding CPUs and starts the next one's trial workers (``orchestrator/engine/warm.py``).
 
 Signals: the client's Ctrl-C (or the client going away) becomes a SIGINT on this process's
 main thread, so the sweep ends exactly as an interrupted local one (journal, MLflow runs
@@ -20,6 +22,7 @@ import contextlib
 import gc
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -68,6 +71,7 @@ class Driver:
         self.running = False  # a sweep is under way on the main thread
         self.interrupted = False
         self.stopping = False  # SIGTERM: end after the current sweep's clean-up
+        self.queue: queue.Queue[tuple[socket.socket, wire.Reader, dict[str, Any]]] = queue.Queue()
 
     # --- start -----------------------------------------------------------------------
 
@@ -108,37 +112,56 @@ class Driver:
     # --- serve -----------------------------------------------------------------------
 
     def serve(self, server: socket.socket) -> None:
+        """Sweeps on the main thread, one at a time, in the order they came; a thread takes
+        every connection and answers pings at once, also while a sweep runs."""
+        threading.Thread(
+            target=self._accept, args=(server,), name="caviar-accept", daemon=True
+        ).start()
         while not self.stopping:
-            conn, _ = server.accept()
+            conn, reader, run = self.queue.get()
             with conn:
-                try:
-                    self._handle(conn)
-                except (OSError, ValueError) as error:  # a client that went away or spoke nonsense
-                    log.warning("caviar-driver: dropped a client (%s)", error)
+                self._serve_run(conn, reader, run)
 
-    def _handle(self, conn: socket.socket) -> None:
-        reader = wire.Reader(conn)
-        request = reader.next()
-        if request is None:
-            return
-        if request.get("ping"):
-            wire.send(conn, {"ok": True, "pid": os.getpid()})
-            return
-        if request.get("prestart"):  # caviar up, once every node has joined
-            from orchestrator.engine import warm
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(
+                target=self._first_request, args=(conn,), name="caviar-request", daemon=True
+            ).start()
 
-            wire.send(conn, {"ok": True, "asked": warm.prestart_workers()})
-            return
-        run = request.get("run")
-        if not isinstance(run, dict):
-            wire.send(conn, {"out": "caviar: error: unknown request\n", "err": True})
-            wire.send(conn, {"exit": 2})
-            return
+    def _first_request(self, conn: socket.socket) -> None:
+        try:
+            reader = wire.Reader(conn)
+            request = reader.next()
+            if request is not None and request.get("run") and isinstance(request["run"], dict):
+                if self.running or not self.queue.empty():
+                    note = "caviar: the service is running another sweep; this one starts next\n"
+                    wire.send(conn, {"out": note, "err": True})
+                self.queue.put((conn, reader, request["run"]))
+                return  # the main thread answers and closes it
+            if request is not None and request.get("ping"):
+                wire.send(conn, {"ok": True, "pid": os.getpid(), "running": self.running})
+            elif request is not None and request.get("prestart"):  # caviar up, nodes joined
+                from orchestrator.engine import warm
+
+                asked = 0 if self.running else warm.prestart_workers()
+                wire.send(conn, {"ok": True, "asked": asked})
+            elif request is not None:
+                wire.send(conn, {"out": "caviar: error: unknown request\n", "err": True})
+                wire.send(conn, {"exit": 2})
+        except (OSError, ValueError) as error:  # a client that went away or spoke nonsense
+            log.warning("caviar-driver: dropped a client (%s)", error)
+        conn.close()
+
+    def _serve_run(self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]) -> None:
         code = self._run(conn, reader, run)
         with contextlib.suppress(OSError):
             wire.send(conn, {"exit": code})
         from orchestrator.engine import warm
 
+        released = warm.release_sweep_resources()  # what Tune left behind holds CPUs
+        if released:
+            log.warning("caviar-driver: removed %d placement group(s) left by the sweep", released)
         warm.prestart_workers()  # the sweep's actors ended with it: the next one's, now
 
     def _run(self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]) -> int:
