@@ -80,6 +80,11 @@ class Driver:
 
         started = time.monotonic()
         warm.import_sweep_modules()  # while the head starts: caviar up starts both at once
+        store = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if store.startswith("sqlite:///"):  # the server's own file: artifacts where it keeps them
+            from orchestrator.store.local_store import open_store
+
+            open_store(store, self.home / "mlflow")
         warm.connect()
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):

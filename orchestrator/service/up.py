@@ -190,6 +190,15 @@ class Topology:
     def mlflow_url(self) -> str:
         return f"http://{services.LOOPBACK}:{self.ports['mlflow']['mlflow']}"
 
+    @property
+    def driver_store(self) -> str:
+        """Where the driver writes sweeps: straight into the server's SQLite file (the same
+        store, without an HTTP request per write competing with the trials for the cores;
+        docs/performance.md), else through the server (a database URI may hold a password,
+        which caviar never puts in a tracking URI)."""
+        backend = str(self.settings["backend_store_uri"])
+        return backend if backend.startswith("sqlite:///") else self.mlflow_url
+
     def ray_temp_dir(self, name: str) -> Path:
         short = "h" if name == "ray-head" else "w" + name.rsplit("-", 1)[-1]
         return self.state.runtime_dir() / short
@@ -207,12 +216,12 @@ class Topology:
         mine = self.ports.get(name, {})
         if name == "mlflow":
             env.pop("RAY_AUTH_TOKEN")  # least privilege, as in the compose file
-            artifacts = self.state.path / "mlflow" / "artifacts"
+            artifacts = self.state.path / "mlflow" / "mlruns"  # local_store.ARTIFACTS
             artifacts.mkdir(parents=True, exist_ok=True)
             env.update(
                 CAVIAR_MLFLOW_PORT=str(mine["mlflow"]),
                 CAVIAR_MLFLOW_WORKERS="1",
-                CAVIAR_MLFLOW_ARTIFACTS=str(artifacts),
+                CAVIAR_MLFLOW_ARTIFACT_ROOT=str(artifacts),
                 MLFLOW_BACKEND_STORE_URI=str(self.settings["backend_store_uri"]),
                 # MLflow 3's job runner (GenAI scoring jobs, a huey consumer with its own
                 # worker processes) is of no use to sweeps and doubles the server's start.
@@ -220,7 +229,7 @@ class Topology:
             )
             return env
         if name == "driver":
-            env.update(RAY_ADDRESS=self.gcs_address, MLFLOW_TRACKING_URI=self.mlflow_url)
+            env.update(RAY_ADDRESS=self.gcs_address, MLFLOW_TRACKING_URI=self.driver_store)
             return env
         env.update(
             CAVIAR_RAY_TEMP_DIR=str(self.ray_temp_dir(name)),
