@@ -39,6 +39,8 @@ from orchestrator.service import wire
 
 log = logging.getLogger("caviar.driver")
 
+UI_ENV = "CAVIAR_MLFLOW_UI"  # the service's MLflow server, for the summary's links
+
 
 class ClientStream:
     """A text stream whose writes go to the client (``run_sweep``'s ``stream``)."""
@@ -259,6 +261,9 @@ def _run_sweep(run: dict[str, Any], out: ClientStream, err: ClientStream) -> int
     except Exception:  # a bug: its traceback to the client, and the driver serves on
         err.write(traceback.format_exc())
         return 1
+    ui = os.environ.get(UI_ENV)
+    if ui:  # the runs are in the store the service's server shows: its UI, not `mlflow ui`
+        result.tracking_uri = ui
     out.write(format_summary(result) + "\n")
     return 0 if result.best is not None else 1
 

@@ -222,26 +222,14 @@ def marked_processes(prefix: str) -> list[int]:
     set their own process group and rename themselves ``ray::IDLE``, so neither the group nor
     the command line finds them), MLflow's server workers. ``prefix`` is a whole marker, or
     ``<state folder>:`` for all of them. A process started by someone else never has it."""
-    found = []
     needle = f"{MARKER_ENV}={prefix}".encode()
-    uid = os.getuid()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
-                continue
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
+    whole = not prefix.endswith(":")  # a service's marker, or every marker of the folder
+    found = []
+    for pid, environ in _own_processes("environ"):
         items = environ.split(b"\0")
-        whole = not prefix.endswith(":")  # a service's marker, or every marker of the folder
         hit = needle in items if whole else any(item.startswith(needle) for item in items)
-        if hit and not _zombie(int(entry.name)):
-            found.append(int(entry.name))
+        if hit and not _zombie(pid):
+            found.append(pid)
     return found
 
 
@@ -252,20 +240,29 @@ def group_members(pgid: int, not_before: int | None) -> list[int]:
     if not Path("/proc").is_dir() or process_alive(pgid, None):
         return []  # the leader lives: it is signalled as a live record, or it is not ours
     found = []
-    uid = os.getuid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, stat in _own_processes("stat"):
+        text = stat.decode(errors="replace")
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and (not_before is None or int(fields[19]) >= not_before):
+            found.append(pid)
+    return found
+
+
+def _own_processes(part: str) -> Iterator[tuple[int, bytes]]:
+    """``(pid, /proc/PID/<part>)`` for every process of this user but this one."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    uid, me = os.getuid(), os.getpid()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
             if entry.stat().st_uid != uid:
                 continue
-            stat = (entry / "stat").read_text()
+            yield int(entry.name), (entry / part).read_bytes()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and (not_before is None or int(fields[19]) >= not_before):
-            found.append(int(entry.name))
-    return found
 
 
 def since(started_at: float) -> str:

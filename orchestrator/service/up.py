@@ -229,7 +229,11 @@ class Topology:
             )
             return env
         if name == "driver":
-            env.update(RAY_ADDRESS=self.gcs_address, MLFLOW_TRACKING_URI=self.driver_store)
+            env.update(
+                RAY_ADDRESS=self.gcs_address,
+                MLFLOW_TRACKING_URI=self.driver_store,
+                CAVIAR_MLFLOW_UI=self.mlflow_url,
+            )
             return env
         env.update(
             CAVIAR_RAY_TEMP_DIR=str(self.ray_temp_dir(name)),

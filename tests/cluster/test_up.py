@@ -93,6 +93,7 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert ran.stdout.startswith("caviar: running on the service in"), ran.stdout
         assert f"http://127.0.0.1:{mlflow_port}" in ran.stdout
+        assert f"runs table:      http://127.0.0.1:{mlflow_port}/#/experiments/" in ran.stdout
         assert not (folder / "mlflow.db").exists()  # nothing logged beside the spec
         assert _runs_on_server(mlflow_port, name) == 1 + 3  # the parent and its trials
 
