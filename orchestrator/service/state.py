@@ -98,9 +98,11 @@ class StateDir:
     def socket_path(self) -> Path:
         return self.runtime_dir() / "driver.sock"
 
-    def create(self) -> None:
-        """Make the folders, private to this user (0700), however the umask is set."""
-        for folder in (self.path, self.logs, self.runtime_dir()):
+    def create(self, runtime: bool = False) -> None:
+        """Make the folders (with ``runtime``, the one under /tmp too), private to this user
+        (0700) however the umask is set."""
+        folders = [self.path, self.logs] + ([self.runtime_dir()] if runtime else [])
+        for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
 

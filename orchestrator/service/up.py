@@ -419,7 +419,7 @@ def _start_and_wait(
 
 
 def _spawn(state: StateDir, topology: Topology, name: str) -> ProcessRecord:
-    state.create()
+    state.create(runtime=True)
     log = state.log_path(name)
     fd = open_log(log)
     env = topology.env(name)

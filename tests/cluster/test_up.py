@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import time
@@ -48,6 +49,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     run_caviar("down", cwd=folder, CAVIAR_HOME=str(folder), timeout=120)  # whatever is left
     for pid in marked_processes(marker(StateDir(folder).path, "")):
         os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(StateDir(folder).runtime_dir(), ignore_errors=True)  # Ray's session logs
 
 
 def caviar(home: Path, *args: str, cwd: Path | None = None, timeout: float = 240) -> Any:
