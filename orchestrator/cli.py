@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue this spec's interrupted sweep (same MLflow runs, no duplicates)",
     )
+    run.add_argument(
+        "--no-service",
+        action="store_true",
+        help="run on a Ray of its own even when caviar up's service is running",
+    )
     run.set_defaults(handler=_run)
 
     report = commands.add_parser(
@@ -125,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     from orchestrator.cluster import commands as cli_cluster
 
     cli_cluster.add_commands(commands)
+    from orchestrator.service import commands as cli_service
+
+    cli_service.add_commands(commands)
     return parser
 
 
@@ -303,6 +311,14 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from orchestrator.service import client
+
+    service = client.choose(args.spec, args.no_service)  # `caviar up` running: the sweep goes there
+    if service.note:
+        print(service.note, flush=True)
+    if service.socket is not None:
+        print(client.describe(), flush=True)
+        return client.run(service.socket, args.spec, args.resume)
     from orchestrator.spec.models import load_spec
 
     spec = load_spec(args.spec)  # before the heavy imports: a bad spec answers at once

@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -131,6 +132,10 @@ def ray_head(environ: Mapping[str, str]) -> ServiceCommand:
         "--ray-client-server-port",
         str(settings.port("CAVIAR_RAY_CLIENT_PORT", DEFAULT_RAY_CLIENT_PORT)),
     ]  # fmt: skip
+    preload = settings.text("CAVIAR_RAY_PRELOAD_MODULES")
+    if preload:  # every worker process of the cluster imports these before its first task
+        modules = [m.strip() for m in preload.split(",") if m.strip()]
+        argv += ["--system-config", json.dumps({"preload_python_modules": modules})]
     return ServiceCommand(argv + _ray_node_options(settings))
 
 
@@ -210,9 +215,13 @@ def mlflow_server(environ: Mapping[str, str]) -> ServiceCommand:
         "--host", str(settings.text("CAVIAR_MLFLOW_HOST", LOOPBACK)),
         "--port", str(settings.port("CAVIAR_MLFLOW_PORT", DEFAULT_MLFLOW_PORT)),
         "--workers", str(settings.integer("CAVIAR_MLFLOW_WORKERS", DEFAULT_MLFLOW_WORKERS)),
-        "--serve-artifacts",
-        "--artifacts-destination", str(settings.text("CAVIAR_MLFLOW_ARTIFACTS", "./mlartifacts")),
     ]  # fmt: skip
+    artifact_root = settings.text("CAVIAR_MLFLOW_ARTIFACT_ROOT")
+    if artifact_root:  # artifacts in a folder every client reaches itself (one machine)
+        argv += ["--default-artifact-root", artifact_root, "--no-serve-artifacts"]
+    else:
+        artifacts = str(settings.text("CAVIAR_MLFLOW_ARTIFACTS", "./mlartifacts"))
+        argv += ["--serve-artifacts", "--artifacts-destination", artifacts]
     allowed_hosts = settings.text("CAVIAR_MLFLOW_ALLOWED_HOSTS")
     if allowed_hosts:  # a hostname such as `mlflow` is not in MLflow's default allow-list
         argv += ["--allowed-hosts", allowed_hosts]

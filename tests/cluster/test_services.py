@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,20 @@ def test_mlflow_basic_auth_app_is_opt_in() -> None:
         {"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db", "CAVIAR_MLFLOW_APP": "basic-auth"}
     ).argv
     assert secured[secured.index("--app-name") + 1] == "basic-auth"
+
+
+def test_mlflow_artifact_root_instead_of_serving_artifacts() -> None:
+    """caviar up: the server and its clients share one folder on one machine."""
+    env = {"MLFLOW_BACKEND_STORE_URI": "sqlite:////s/mlflow.db"}
+    served = services.mlflow_server(env).argv
+    assert "--serve-artifacts" in served and "--default-artifact-root" not in served
+    local = services.mlflow_server({**env, "CAVIAR_MLFLOW_ARTIFACT_ROOT": "/s/mlruns"}).argv
+    assert local[local.index("--default-artifact-root") + 1] == "/s/mlruns"
+    assert "--no-serve-artifacts" in local and "--serve-artifacts" not in local
+
+
+def test_head_preloads_modules_into_every_worker() -> None:
+    argv = services.ray_head({**TOKEN, "CAVIAR_RAY_PRELOAD_MODULES": "torch, a.b"}).argv
+    config = json.loads(argv[argv.index("--system-config") + 1])
+    assert config == {"preload_python_modules": ["torch", "a.b"]}
+    assert "--system-config" not in services.ray_head(TOKEN).argv

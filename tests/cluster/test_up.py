@@ -1,0 +1,172 @@
+"""``caviar up`` / ``caviar run`` / ``caviar down`` with the real processes, start to finish.
+
+One service in a state folder of the test's own (``CAVIAR_HOME``), on free ports: it starts
+over a stale state folder (records of processes that no longer exist), answers a second
+``caviar up``, runs two sweeps whose runs land in its MLflow server, reports a killed worker
+and a killed MLflow server and gets them back with ``caviar up``, keeps its token out of
+every argv, log and world-readable file, ignores another state folder's ``caviar down``, and
+``caviar down`` leaves no process (by the ids recorded and by the marker every service's
+processes carry) and no port open. The teardown stops whatever is left, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_caviar
+from ports import free_port
+
+from orchestrator.service.ports import listening
+from orchestrator.service.state import StateDir, marked_processes, marker
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+
+SPEC = """
+name: {name}
+data: {{source: iris, seed: 0}}
+space:
+  learning_rate: {{scale: log, low: 0.01, high: 0.5}}
+fixed: {{epochs: 3, hidden_units: 8, layers: 1, batch_size: 32}}
+search: {{num_trials: 3, seed: 0}}
+scheduler: {{kind: fifo}}
+resources: {{cpus_per_trial: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("caviar-home")
+    yield folder
+    run_caviar("down", cwd=folder, CAVIAR_HOME=str(folder), timeout=120)  # whatever is left
+    for pid in marked_processes(marker(StateDir(folder).path, "")):
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(StateDir(folder).runtime_dir(), ignore_errors=True)  # Ray's session logs
+
+
+def caviar(home: Path, *args: str, cwd: Path | None = None, timeout: float = 240) -> Any:
+    return run_caviar(*args, cwd=cwd or home, CAVIAR_HOME=str(home), timeout=timeout)
+
+
+def records(home: Path) -> dict[str, Any]:
+    return json.loads((home / "services.json").read_text())["processes"]
+
+
+def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
+    # A stale folder: records of processes gone long ago (a reboot).
+    StateDir(home).create()
+    stale = {"pid": 2**22 + 7, "start_ticks": 1, "started_at": 0.0, "log": "x", "ports": {}}
+    (home / "services.json").write_text(
+        json.dumps({"settings": {}, "processes": {"ray-head": {"name": "ray-head", **stale}}})
+    )
+    mlflow_port = free_port()
+    started = caviar(
+        home, "up", "--workers", "1", "--cpus-per-worker", "1", "--mlflow-port", str(mlflow_port)
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "stale state" in started.stdout
+    assert f"MLflow UI:     http://127.0.0.1:{mlflow_port}" in started.stdout
+    assert "Ray dashboard: http://127.0.0.1:" in started.stdout
+    again = caviar(home, "up")
+    assert again.returncode == 0 and "already up" in again.stdout
+    assert caviar(home, "ps").returncode == 0
+
+    _token_stays_secret(home)
+
+    # Another user's (another folder's) down touches nothing of this service.
+    other = tmp_path / "other-home"
+    assert "nothing to stop" in caviar(other, "down", cwd=tmp_path).stdout
+    assert caviar(home, "up", "--status").returncode == 0
+
+    # Two sweeps from two folders: both on the service, both in its MLflow server.
+    for name in ("svc-one", "svc-two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "spec.yaml").write_text(SPEC.format(name=name))
+        ran = caviar(home, "run", "spec.yaml", cwd=folder)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.startswith("caviar: running on the service in"), ran.stdout
+        assert f"http://127.0.0.1:{mlflow_port}" in ran.stdout
+        assert f"runs table:      http://127.0.0.1:{mlflow_port}/#/experiments/" in ran.stdout
+        assert not (folder / "mlflow.db").exists()  # nothing logged beside the spec
+        assert _runs_on_server(mlflow_port, name) == 1 + 3  # the parent and its trials
+
+    # A killed worker and a killed MLflow server: reported, then restarted by `caviar up`.
+    before = records(home)
+    for name in ("ray-worker-1", "mlflow"):
+        os.killpg(before[name]["pid"], signal.SIGKILL)
+    _wait_until(lambda: caviar(home, "ps").returncode == 1)
+    status = caviar(home, "ps").stdout
+    assert "ray-worker-1" in status and "dead" in status
+    repaired = caviar(home, "up")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "restarting" in repaired.stdout
+    assert caviar(home, "ps").returncode == 0
+    after = records(home)
+    assert after["ray-head"]["pid"] == before["ray-head"]["pid"]  # the rest was left alone
+    assert after["mlflow"]["pid"] != before["mlflow"]["pid"]
+    assert _runs_on_server(mlflow_port, "svc-one") == 4  # the store outlived its server
+
+    # Down: nothing left, by recorded ids, by marker, by port.
+    pids = [r["pid"] for r in after.values()]
+    recorded_ports = [p for r in after.values() for p in r["ports"].values()]
+    stopped = caviar(home, "down")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "no process or port of the service is left" in stopped.stdout
+    assert not (home / "services.json").exists()
+    assert marked_processes(marker(StateDir(home).path, "")) == []
+    assert [pid for pid in pids if _running(pid)] == []
+    assert [port for port in recorded_ports if listening(port)] == []
+
+
+def _token_stays_secret(home: Path) -> None:
+    token = (home / "auth_token").read_text().strip()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "auth_token").stat().st_mode) == 0o600
+    state = StateDir(home)
+    processes = marked_processes(marker(state.path, ""))
+    assert len(processes) >= 5  # head, worker, MLflow, driver and what they started
+    for pid in processes:
+        assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    for folder in (home, state.runtime_dir()):
+        for path in folder.rglob("*"):
+            if not path.is_file() or path.is_socket() or path.name == "auth_token":
+                continue
+            mode = path.stat().st_mode
+            if path.suffix in (".log", ".out", ".err", ".json", ".txt") or mode & stat.S_IROTH:
+                assert token.encode() not in path.read_bytes(), path
+    assert (
+        not (Path.home() / ".ray" / "auth_token").exists()
+        or token not in (Path.home() / ".ray" / "auth_token").read_text()
+    )
+
+
+def _runs_on_server(port: int, experiment: str) -> int:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+    found = client.get_experiment_by_name(experiment)
+    return len(client.search_runs([found.experiment_id])) if found else 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_until(condition: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
