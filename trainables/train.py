@@ -48,7 +48,6 @@ RESULT_KEYS: tuple[str, ...] = (
 """The keys of every step() result, in order; the orchestrator's metric names."""
 
 
-
 @dataclass(frozen=True, eq=False)
 class TensorSplits:
     """The data already on the trial's device, built once and reused across trials.
