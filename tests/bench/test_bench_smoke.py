@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.bench, pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIALS, EPOCHS, REPORTS = 4, 3, 5
-SYSTEMS = ("caviar", "caviar_untracked", "ray_tune_docs", "optuna")
+# caviar's ablations (caviar_untracked, caviar_unpacked, caviar_cold_cache) differ from
+# "caviar" only in a setting or a wrapper: the smoke run keeps to the systems compared.
+SYSTEMS = ("caviar", "ray_tune_docs", "optuna")
 RUN_KEYS = {
     "system",
     "rep",
@@ -100,13 +102,7 @@ def test_sweep_benchmark_runs_every_system_and_reports_sane_numbers(tmp_path: Pa
         assert floor[system]["floor_s"] == pytest.approx(floor[system]["compute_s"] / slots)
 
     assert set(result["medians"]) == set(SYSTEMS)
-    assert set(result["ratios"]) == {
-        "caviar/caviar_untracked",
-        "caviar/ray_tune_docs",
-        "caviar/optuna",
-        "caviar/floor",
-        "logging (caviar/caviar_untracked)",
-    }
+    assert set(result["ratios"]) == {"caviar/ray_tune_docs", "caviar/optuna", "caviar/floor"}
     assert all(positive(v) for ratios in result["ratios"].values() for v in ratios.values())
     for fragment in ("sweep wall", "compute floor", "caviar/optuna", "caviar/floor"):
         assert fragment in stdout

@@ -180,8 +180,13 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
     assert any(c.data.tags["caviar.panda.by"] == "rule:plateau" for c in children)
 
     # the branches chart, read back from MLflow alone
-    code, out, _ = _caviar(capsys, "report", run_id, "--out", str(tmp_path / "report"))
-    assert code == 0
+    # The store named explicitly: an earlier test in this process may have set
+    # MLFLOW_TRACKING_URI (mlflow.set_tracking_uri exports it), which the default would follow.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = _caviar(
+        capsys, "report", run_id, "--tracking-uri", store, "--out", str(tmp_path / "report")
+    )
+    assert code == 0, err
     assert (tmp_path / "report" / "panda_branches.png").stat().st_size > 10_000
 
 
