@@ -342,3 +342,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def alive_ray_nodes(dashboard_url: str, token: str | None) -> list[dict[str, object]]:
+    """The Ray nodes a head's dashboard reports alive (its state API wants the token); none
+    when the dashboard does not answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{dashboard_url}/api/v0/nodes?limit=100", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            body = json.load(reply)
+    except (urllib.error.URLError, OSError, ValueError):
+        return []
+    nodes = body.get("data", {}).get("result", {}).get("result", [])
+    return [n for n in nodes if n.get("state") == "ALIVE"]

@@ -18,14 +18,11 @@ The token reaches Ray and the driver in their environment only.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,18 +284,8 @@ class Topology:
         return services.check_health(service, self.env(name), timeout_s=2.0)
 
     def alive_nodes(self) -> list[dict[str, Any]]:
-        """The Ray nodes the head reports alive (its state API wants the token)."""
-        request = urllib.request.Request(
-            f"{self.dashboard_url}/api/v0/nodes?limit=100",
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                body = json.load(reply)
-        except (urllib.error.URLError, OSError, ValueError):
-            return []
-        nodes = body.get("data", {}).get("result", {}).get("result", [])
-        return [n for n in nodes if n.get("state") == "ALIVE"]
+        """The Ray nodes the head reports alive."""
+        return services.alive_ray_nodes(self.dashboard_url, self.token)
 
 
 # --- up ----------------------------------------------------------------------------------

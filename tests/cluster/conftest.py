@@ -15,7 +15,6 @@ PostgreSQL server, also when a test fails.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -24,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -35,6 +32,8 @@ import pytest
 from conftest import clean_env
 from ports import free_ports
 from postgres import PostgresServer, postgres_server, unavailable
+
+from orchestrator.cluster.services import alive_ray_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = [sys.executable, "-m", "orchestrator.cluster.services"]
@@ -173,18 +172,8 @@ class LocalCluster:
         return result.returncode == 0
 
     def alive_nodes(self) -> list[dict[str, object]]:
-        """The Ray nodes the head reports alive (the state API needs the token)."""
-        request = urllib.request.Request(
-            f"{self.address}/api/v0/nodes?limit=100",
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as reply:
-                body = json.load(reply)
-        except (urllib.error.URLError, OSError, ValueError):
-            return []
-        nodes = body.get("data", {}).get("result", {}).get("result", [])
-        return [n for n in nodes if n.get("state") == "ALIVE"]
+        """The Ray nodes the head reports alive."""
+        return alive_ray_nodes(self.address, self.token)
 
     def wait_for(self, ready: object, what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

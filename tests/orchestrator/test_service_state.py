@@ -56,6 +56,7 @@ def test_stale_records_are_reported_and_cleaned_without_killing_anyone(tmp_path:
     """After a reboot the records name pids that are gone or belong to someone else now."""
     state = StateDir(tmp_path / "home")
     state.create()
+    # A live stand-in for a process that is not the recorded one; killed below, never waited on.
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         ticks = start_ticks(sleeper.pid)
@@ -91,6 +92,7 @@ def test_two_state_folders_never_share_runtime_files_or_markers(tmp_path: Path) 
 def test_marked_processes_finds_exactly_a_services_processes(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "home")
     env = {**os.environ, MARKER_ENV: marker(state.path, "ray-worker-1")}
+    # Stand-ins carrying the marker; killed in the finally below, never waited on.
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     ours = subprocess.Popen(sleep, env=env)
     other_env = {**os.environ, MARKER_ENV: marker(state.path, "ray-worker-10")}
