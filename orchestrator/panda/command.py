@@ -324,18 +324,26 @@ def adjust_command(
     if not changes and rewind_to is None:
         raise PandaError("nothing to change: give NAME=VALUE pairs and/or --rewind-to EPOCH")
 
+    command = Command("adjust", dict(changes), rewind_to)
+
     def check(folder: Path, marker: SweepMarker) -> None:
         lineage = read_session(folder).lineage
         if not lineage.segments:
             raise PandaError(f"panda session {marker.sweep_id} has not started training yet")
         spec = _session_spec(folder, marker, parse_spec_text)
         base = lineage.current.config
-        if rewind_to is not None:
-            store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
-            base = rewind_origin(lineage, store, rewind_to).config
-        check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
+        if rewind_to is None:
+            check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
+            return
+        # pinned from here until the session answers: it may train epochs before reading this
+        store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
+        base = rewind_origin(lineage, store, rewind_to, pin=command.id).config
+        try:
+            check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
+        except PandaError:
+            store.unpin(command.id)
+            raise
 
-    command = Command("adjust", dict(changes), rewind_to)
     return _deliver(run_id, command, check, wait_s, tracking_uri, stream or sys.stdout)
 
 

@@ -189,6 +189,12 @@ class PandaSession:
 
     def _answer(self, command: Command) -> bool:
         """Apply a person's command or journal why not; True if it stops the session."""
+        try:
+            return self._apply_command(command)
+        finally:
+            self.store.unpin(command.id)
+
+    def _apply_command(self, command: Command) -> bool:
         epoch = self.lineage.epoch
         if command.kind == "stop":
             self.journal.append("command", id=command.id, status="applied", epoch=epoch)
@@ -348,14 +354,18 @@ class PandaSession:
             self._on_event(self, event)
 
 
-def rewind_origin(lineage: Lineage, store: CheckpointStore, epoch: int) -> Segment:
+def rewind_origin(
+    lineage: Lineage, store: CheckpointStore, epoch: int, pin: str | None = None
+) -> Segment:
     """The current branch's segment holding ``epoch``'s checkpoint; a PandaError when the
-    branch has no such epoch or its checkpoint is no longer kept (with the epochs that are)."""
+    branch has no such epoch or its checkpoint is no longer kept (with the epochs that are).
+    With ``pin`` (a command's id) the checkpoint is also held until that command is answered."""
     try:
         origin = lineage.owner(epoch)
     except ValueError as error:
         raise PandaError(f"cannot rewind to epoch {epoch}: {error}") from None
-    if not store.has(origin.index, epoch):
+    held = store.pin(pin, origin.index, epoch) if pin else store.has(origin.index, epoch)
+    if not held:
         kept = store.kept_epochs(lineage.checkpoint_keys())
         shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
         raise PandaError(

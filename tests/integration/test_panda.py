@@ -129,11 +129,17 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
             code, _, err = _caviar(capsys, "panda", *args)
             assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
-        target = _epoch(tmp_path) - 1
-        code, out, _ = _caviar(
-            capsys, "panda", "adjust", run_id, "--rewind-to", str(target), "batch_size=16"
-        )
-        assert code == 0 and f"trains from epoch {target}" in out
+        # The checked checkpoint is pinned until the session answers; only the moments between
+        # reading the journal here and the check can outrun `keep` on a loaded machine, and
+        # that refusal happens before anything is sent, so asking again is what a user would do.
+        for _attempt in range(3):
+            target = _epoch(tmp_path) - 1
+            code, out, err = _caviar(
+                capsys, "panda", "adjust", run_id, "--rewind-to", str(target), "batch_size=16"
+            )
+            if "no longer kept" not in err:
+                break
+        assert code == 0 and f"trains from epoch {target}" in out, (code, out, err)
         rewound = int(re.search(r"segment (\d+)", out).group(1))
 
         _wait(

@@ -4,11 +4,14 @@ nothing, and a session rebuilt from its journal continues exactly."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.panda.checkpoints import PIN_TTL_S, CheckpointStore
 from orchestrator.panda.control import Command, send
 from orchestrator.panda.record import read_session
 from orchestrator.panda.session import PandaOutcome, PandaSession
@@ -191,6 +194,57 @@ def test_refused_commands_change_nothing_and_say_why(iris, tmp_path):
     # keep = 2: only the two newest checkpoints of the branch are on disk
     held = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
     assert held == ["s0000-e00005.pt", "s0000-e00006.pt"]
+
+
+def test_a_rewind_checked_by_another_shell_keeps_its_checkpoint_until_the_session_reads_it(
+    iris, tmp_path
+):
+    """`caviar panda adjust --rewind-to` pins the checkpoint it checked; the session may train
+    several epochs (past ``keep``) before it reads the command, and still rewinds there."""
+    spec = _spec({"keep": 2}, epochs=8)
+    folder = tmp_path / "pin"
+    late = Command("adjust", {}, rewind_to=2, id="late")
+
+    class ShellAfterEpoch2(Scripted):
+        def step(self) -> dict[str, Any]:
+            result = super().step()
+            # the client's check, during epoch 3 (epoch 2's checkpoint is kept now): pinned
+            if result["epoch"] == 3 and len(session.lineage.segments) == 1:
+                assert CheckpointStore(folder / "checkpoints", 2).pin(late.id, 0, 2)
+            if result["epoch"] == 6 and len(session.lineage.segments) == 1:  # 3 epochs later
+                send(folder, late)
+            return result
+
+    folder.mkdir()
+    trainer = ShellAfterEpoch2(LocalTrainer(iris, spec.trainable), folder, {})
+    session = PandaSession(spec, folder, trainer, Journal(folder / JOURNAL), None)
+    session.start(initial_config(spec, {}))
+    outcome = session.run()
+    assert read_session(folder).answers["late"]["status"] == "applied"
+    assert outcome.lineage.segments[1].start_epoch == 2
+    # answered: the pin is gone and epoch 2's file with it
+    assert not any((folder / "checkpoints" / "pins").iterdir())
+    assert not CheckpointStore(folder / "checkpoints", 2).has(0, 2)
+
+    # without the pin the same late command is refused (the test can fail)
+    unpinned = _run(
+        spec, iris, tmp_path / "nopin", {6: [Command("adjust", {}, rewind_to=2, id="x")]}
+    )
+    assert read_session(tmp_path / "nopin").answers["x"]["status"] == "refused"
+    assert len(unpinned.lineage.segments) == 1
+
+
+def test_a_stale_pin_lapses(tmp_path):
+    store = CheckpointStore(tmp_path, keep=1)
+    for epoch in (1, 2, 3):
+        store.save(0, epoch, b"x")
+    assert store.pin("gone", 0, 1) and not store.pin("never", 0, 9)
+    store.prune([(0, 1), (0, 2), (0, 3)])
+    assert store.held() == {(0, 1), (0, 3)}
+    old = time.time() - PIN_TTL_S - 1
+    os.utime(tmp_path / "pins" / "gone", (old, old))
+    store.prune([(0, 1), (0, 2), (0, 3)])
+    assert store.held() == {(0, 3)} and not (tmp_path / "pins" / "gone").exists()
 
 
 def test_a_session_rebuilt_from_its_journal_continues_exactly(iris, tmp_path):
