@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -325,7 +325,7 @@ def _start_fresh(state: StateDir, topology: Topology, out: TextIO) -> int:
     names = topology.names()
     topology.assign_ports(names)
     try:
-        _start_and_wait(state, records, topology, names)
+        _start_and_wait(state, records, topology, names, out)
     except BaseException:
         _stop_all(state, records, out=None)
         raise
@@ -374,15 +374,20 @@ def _repair(
             _stop_records([record], state, out=None)
     _kill_stragglers(state, order)
     topology.assign_ports(order)
-    _start_and_wait(state, records, topology, order)
+    _start_and_wait(state, records, topology, order, out)
     _print_where(state, topology, out)
     return 0
 
 
 def _start_and_wait(
-    state: StateDir, records: ServiceRecords, topology: Topology, names: list[str]
+    state: StateDir, records: ServiceRecords, topology: Topology, names: list[str], out: TextIO
 ) -> None:
-    """Start ``names`` in dependency order; each is recorded before it is waited on."""
+    """Start ``names`` in dependency order; each is recorded before it is waited on, and
+    each is reported on ``out`` when it answers (starting takes tens of seconds)."""
+    started = time.monotonic()
+
+    def ready(name: str) -> None:
+        print(f"  {name:<13} ready after {time.monotonic() - started:4.1f} s", file=out, flush=True)
 
     def start(name: str) -> None:
         records.processes[name] = _spawn(state, topology, name)
@@ -393,16 +398,19 @@ def _start_and_wait(
     for name in first:
         start(name)
     if "ray-head" in names:
-        _wait(records, topology, ["ray-head"])
+        _wait(records, topology, ["ray-head"], ready)
     rest = [n for n in names if n not in first]
     for name in rest:
         start(name)
-    _wait(records, topology, names)
+    _wait(records, topology, [n for n in names if n != "ray-head"], ready)
     if any(n.startswith("ray-") or n == "driver" for n in names):
         # Idle trial workers with torch imported, on every node, for the first sweep.
         from orchestrator.service.client import ask
 
-        ask(state.socket_path, {"prestart": True}, timeout_s=30.0)
+        answer = ask(state.socket_path, {"prestart": True}, timeout_s=30.0)
+        asked = (answer or {}).get("asked")
+        if asked:
+            print(f"  {asked} trial worker(s) starting, torch imported ahead", file=out)
 
 
 def _spawn(state: StateDir, topology: Topology, name: str) -> ProcessRecord:
@@ -434,7 +442,12 @@ def _spawn(state: StateDir, topology: Topology, name: str) -> ProcessRecord:
     )
 
 
-def _wait(records: ServiceRecords, topology: Topology, names: list[str]) -> None:
+def _wait(
+    records: ServiceRecords,
+    topology: Topology,
+    names: list[str],
+    ready: Callable[[str], None] | None = None,
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     waiting = list(names)
     while waiting:
@@ -447,6 +460,8 @@ def _wait(records: ServiceRecords, topology: Topology, names: list[str]) -> None
                 )
             if topology.healthy(name):
                 waiting.remove(name)
+                if ready is not None:
+                    ready(name)
         if waiting and time.monotonic() > deadline:
             raise ServiceError(
                 f"{', '.join(waiting)} did not become healthy within {START_TIMEOUT_S:.0f} s; "

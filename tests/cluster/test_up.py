@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -73,6 +74,8 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
     )
     assert started.returncode == 0, started.stdout + started.stderr
     assert "stale state" in started.stdout
+    for name in ("ray-head", "mlflow", "driver", "ray-worker-1"):  # progress, as each answers
+        assert re.search(rf"^  {name} +ready after +\d+\.\d s$", started.stdout, re.M), name
     assert f"MLflow UI:     http://127.0.0.1:{mlflow_port}" in started.stdout
     assert "Ray dashboard: http://127.0.0.1:" in started.stdout
     again = caviar(home, "up")
