@@ -106,7 +106,8 @@ def run(
     out, err = out or sys.stdout, err or sys.stderr
     request = {
         "run": {
-            "spec": str(spec_path.resolve()),
+            # as typed: the driver works in "cwd", and what it suggests (`--resume`) names it so
+            "spec": str(spec_path),
             "cwd": os.getcwd(),
             "resume": resume,
             "tty": bool(out.isatty()),

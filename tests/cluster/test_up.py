@@ -17,13 +17,14 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_caviar
+from conftest import CAVIAR, clean_env, run_caviar
 from ports import free_port
 
 from orchestrator.service.ports import listening
@@ -102,6 +103,8 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
         assert not (folder / "mlflow.db").exists()  # nothing logged beside the spec
         assert _runs_on_server(mlflow_port, name) == 1 + 3  # the parent and its trials
 
+    _ctrl_c_on_the_service_then_resume(home, tmp_path, mlflow_port)
+
     # A killed worker and a killed MLflow server: reported, then restarted by `caviar up`.
     before = records(home)
     for name in ("ray-worker-1", "mlflow"):
@@ -128,6 +131,54 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
     assert marked_processes(marker(StateDir(home).path, "")) == []
     assert [pid for pid in pids if _running(pid)] == []
     assert [port for port in recorded_ports if listening(port)] == []
+
+
+def _ctrl_c_on_the_service_then_resume(home: Path, tmp_path: Path, mlflow_port: int) -> None:
+    """Ctrl-C in the client's terminal ends the driver's sweep as an interrupted local one
+    would (resumable, the parent run KILLED, nothing journaled lost); --resume on the service
+    finishes that same parent run."""
+    folder = tmp_path / "svc-ctrlc"
+    folder.mkdir()
+    spec = SPEC.format(name="svc-ctrlc").replace("epochs: 3", "epochs: 400")
+    (folder / "spec.yaml").write_text(spec.replace("num_trials: 3", "num_trials: 4"))
+    client = subprocess.Popen(
+        [CAVIAR, "run", "spec.yaml"],
+        cwd=folder,
+        env=clean_env(CAVIAR_HOME=str(home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_until(lambda: _journaled_results(folder) >= 5, timeout_s=120)
+        client.send_signal(signal.SIGINT)
+        output, _ = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 130, output
+    assert "interrupted after" in output and "caviar run spec.yaml --resume" in output, output
+    done_before = _journaled_results(folder)
+    resumed = caviar(home, "run", "spec.yaml", "--resume", cwd=folder)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.startswith("caviar: running on the service in"), resumed.stdout
+    assert "resuming svc-ctrlc" in resumed.stdout
+    assert _journaled_results(folder) > done_before
+    import mlflow
+
+    server = mlflow.MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+    experiment = server.get_experiment_by_name("svc-ctrlc")
+    runs = server.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same run, finished
+    assert len(runs) == 1 + 4
+
+
+def _journaled_results(folder: Path) -> int:
+    return sum(
+        path.read_text().count('"e":"result"')
+        for path in folder.glob("caviar_runs/svc-ctrlc/*/journal.jsonl")
+    )
 
 
 def _token_stays_secret(home: Path) -> None:
