@@ -28,7 +28,6 @@ import ray
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
-import trainables
 from orchestrator.engine import live, raystart
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
@@ -52,7 +51,7 @@ from orchestrator.store.markers import (
     refuse_if_unfinished,
     write_marker,
 )
-from orchestrator.store.tracking import SweepTracker, ui_command
+from orchestrator.store.tracking import SweepTracker, model_code_paths, ui_command
 from orchestrator.trials import FINAL_STATES, Trial
 from trainables import DataSplits, TensorSplits, get_trainable
 
@@ -270,7 +269,7 @@ def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
     top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
     result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
     model = _score_best(spec, sweep.data, result)
-    result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], _model_code(model))
+    result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], model_code_paths(model))
 
 
 def _close_sweep(sweep: Sweep, result: SweepResult, started: float) -> None:
@@ -671,18 +670,6 @@ def _trainable_path(sweep: Sweep) -> tuple[str, ...]:
     """Where trial workers look for a trainable named by import path: the spec's folder (on
     this machine; a job's workers also find it in their working directory)."""
     return (str(sweep.spec_dir.resolve()),) if sweep.spec_dir is not None else ()
-
-
-def _model_code(model: Any) -> list[Path]:
-    """The code the logged model needs to load without caviar's driver: ``trainables``, and
-    the user's module when the network is defined outside it."""
-    paths = [Path(trainables.__file__).parent]
-    module = sys.modules.get(type(model).__module__)
-    source = getattr(module, "__file__", None)
-    if source and not Path(source).resolve().is_relative_to(paths[0].resolve()):
-        path = Path(source)
-        paths.append(path.parent if path.name == "__init__.py" else path)
-    return paths
 
 
 def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:

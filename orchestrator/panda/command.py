@@ -52,6 +52,7 @@ class PandaResult:
     metric: str
     mode: str
     wall_seconds: float
+    model_uri: str | None = None  # the final model, logged on the session's parent run
 
 
 def storage_root(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> Path:
@@ -131,6 +132,7 @@ def run_panda(
     journal = Journal(folder / JOURNAL)
     record = read_session(folder) if resume else None
     trainer: Trainer | None = None
+    model_uri: str | None = None
     status = "FAILED"
     if keys if keys is not None else (sys.stdin.isatty() and view.tty):
         from orchestrator.panda.keys import HELP, listen
@@ -158,6 +160,8 @@ def run_panda(
         else:
             session.start(config)
         outcome = session.run()
+        if outcome.status != "diverged":
+            model_uri = _log_final_model(spec, data, trainer.snapshot(), tracker, stream)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -170,7 +174,10 @@ def run_panda(
         if status == "KILLED":
             tracker.interrupt_children()
         elif status == "FINISHED":
-            tracker.log_summary(*_summary(outcome, spec.objective.metric, spec.mode))
+            metrics, tags = _summary(outcome, spec.objective.metric, spec.mode)
+            if model_uri:
+                tags["caviar.model_uri"] = model_uri
+            tracker.log_summary(metrics, tags)
         tracker.end_sweep(status)
         final = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
         write_marker(folder, replace(marker, status=final))
@@ -191,7 +198,30 @@ def run_panda(
         spec.objective.metric,
         spec.mode,
         time.monotonic() - started,
+        model_uri,
     )
+
+
+def _log_final_model(
+    spec: SweepSpec, data: Any, snapshot: bytes, tracker: Any, stream: TextIO
+) -> str | None:
+    """The session's final model on its parent run, as a sweep logs its best one (loadable
+    with ``mlflow.pytorch.load_model``). A failure costs the model, never the session."""
+    from orchestrator.panda.trainer import decode
+    from orchestrator.store.tracking import model_code_paths
+    from trainables import TensorSplits, get_trainable
+
+    try:
+        state = decode(snapshot)
+        tensors = TensorSplits.from_splits(data, "cpu")
+        session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
+        session.load_state_dict(state["session"])
+        model = session.model.eval()
+        uri = tracker.log_model(model, data.x_test[:5], model_code_paths(model))
+        return uri
+    except Exception as error:  # everything trained is logged; the model is the extra
+        print(f"caviar: warning: the final model could not be logged ({error})", file=stream)
+        return None
 
 
 def _pick_for_resume(root: Path, spec: SweepSpec) -> tuple[Path, SweepMarker]:

@@ -51,6 +51,10 @@ def format_summary(result: PandaResult) -> str:
     lines += [
         f"  MLflow:          experiment {result.experiment!r}, parent run {result.parent_run_id}",
         f"                   store {result.tracking_uri}",
+    ]
+    if result.model_uri:
+        lines.append(f"  final model:     {result.model_uri} (mlflow.pytorch.load_model)")
+    lines += [
         f"  open the UI:     {ui_command(result.tracking_uri)}",
         f"  branches chart:  caviar report {result.parent_run_id}",
         f"  session folder:  {result.folder}",

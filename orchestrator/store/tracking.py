@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -278,3 +279,17 @@ class SweepTracker:
 
     def _retry(self, write: Callable[[], T]) -> T:
         return call_with_retries(write, self._clock)
+
+
+def model_code_paths(model: Any) -> list[Path]:
+    """The code a logged model needs to load without caviar's driver: ``trainables``, and
+    the user's module when the network is defined outside it."""
+    import trainables
+
+    paths = [Path(trainables.__file__).parent]
+    module = sys.modules.get(type(model).__module__)
+    source = getattr(module, "__file__", None)
+    if source and not Path(source).resolve().is_relative_to(paths[0].resolve()):
+        path = Path(source)
+        paths.append(path.parent if path.name == "__init__.py" else path)
+    return paths

@@ -153,6 +153,7 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
         _kill(process)
     text = log.read_text()
     assert "stopped by a person" in text and f"segment {rewound}: rewind to epoch" in text
+    assert re.search(r"final model: +models:/\S+ \(mlflow.pytorch.load_model\)", text), text
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(run_id)
@@ -185,15 +186,41 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
     assert segments[adjusted].data.tags["caviar.panda.by"] == "user"
     assert any(c.data.tags["caviar.panda.by"] == "rule:plateau" for c in children)
 
+    # the final model, logged on the session's run, loads and scores the test accuracy logged
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert parent.data.metrics["test_accuracy"] > 0.5
+    accuracy = _logged_model_accuracy(parent.data.tags["caviar.model_uri"], store, tmp_path)
+    assert accuracy == pytest.approx(parent.data.metrics["test_accuracy"], abs=1e-9)
+
     # the branches chart, read back from MLflow alone
     # The store named explicitly: an earlier test in this process may have set
     # MLFLOW_TRACKING_URI (mlflow.set_tracking_uri exports it), which the default would follow.
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code, out, err = _caviar(
         capsys, "report", run_id, "--tracking-uri", store, "--out", str(tmp_path / "report")
     )
     assert code == 0, err
     assert (tmp_path / "report" / "panda_branches.png").stat().st_size > 10_000
+
+
+def _logged_model_accuracy(uri: str, store: str, folder: Path) -> float:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from orchestrator.spec.data import load_data
+    from orchestrator.spec.models import load_spec
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    finally:
+        mlflow.set_tracking_uri(before)  # later tests in this process must not follow it
+    data = load_data(load_spec(folder / "spec.yaml").data, folder)
+    with torch.no_grad():
+        predictions = model(torch.as_tensor(data.x_test)).argmax(dim=1).numpy()
+    return float(np.mean(predictions == data.y_test))
 
 
 def test_a_killed_session_resumes_like_a_sweep(tmp_path: Path, monkeypatch, ray_tmp: str) -> None:
