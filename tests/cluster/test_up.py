@@ -104,6 +104,7 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
         assert _runs_on_server(mlflow_port, name) == 1 + 3  # the parent and its trials
 
     _ctrl_c_on_the_service_then_resume(home, tmp_path, mlflow_port)
+    _submit_to_the_service(home, tmp_path, mlflow_port)
 
     # A killed worker and a killed MLflow server: reported, then restarted by `caviar up`.
     before = records(home)
@@ -172,6 +173,31 @@ def _ctrl_c_on_the_service_then_resume(home: Path, tmp_path: Path, mlflow_port: 
     parents = [r for r in runs if r.data.tags.get("caviar.kind") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same run, finished
     assert len(runs) == 1 + 4
+
+
+def _submit_to_the_service(home: Path, tmp_path: Path, mlflow_port: int) -> None:
+    """`caviar submit` works against the service unchanged: Ray's job API on the head's
+    dashboard, the token from the environment, the results in the service's MLflow."""
+    folder = tmp_path / "svc-submit"
+    folder.mkdir()
+    (folder / "spec.yaml").write_text(SPEC.format(name="svc-submit"))
+    dashboard = records(home)["ray-head"]["ports"]["dashboard"]
+    token = (home / "auth_token").read_text().strip()
+    submitted = run_caviar(
+        "submit",
+        "spec.yaml",
+        "--address",
+        f"http://127.0.0.1:{dashboard}",
+        "--follow",
+        cwd=folder,
+        timeout=300,
+        CAVIAR_HOME=str(home),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert re.search(r"submitted job \S+", submitted.stdout), submitted.stdout
+    assert _runs_on_server(mlflow_port, "svc-submit") == 1 + 3
 
 
 def _journaled_results(folder: Path) -> int:
