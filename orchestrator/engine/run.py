@@ -91,6 +91,8 @@ class SweepResult:
     # MLflow run ids of the best-ranked trials, best first (the UI's compare view).
     ranked_run_ids: list[str] = field(default_factory=list)
     status: str = "FAILED"  # the parent run's end: FINISHED, KILLED (interrupted) or FAILED
+    # run_sweep(draw_later=True): draws the report's plots and page onto the parent run.
+    draw_report: Callable[[], None] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -113,11 +115,14 @@ def run_sweep(
     stream: TextIO | None = None,
     spec_dir: Path | None = None,
     resume: bool = False,
+    draw_later: bool = False,
 ) -> SweepResult:
     """Run (or, with ``resume``, finish) one sweep; raises :class:`SweepInterrupted` on Ctrl-C.
 
     Everything that can fail on the user's input (the sweep's folder, the data, the machine's
-    size, the tracking store) is checked before Ray starts, in that order.
+    size, the tracking store) is checked before Ray starts, in that order. With
+    ``draw_later`` the report's plots and page are left to ``result.draw_report``, for the
+    caller to run once the summary is out (everything the summary shows is computed before).
     """
     apply_environment_defaults()  # before Ray starts: its processes inherit the environment
     stream = stream or sys.stdout
@@ -144,7 +149,7 @@ def run_sweep(
             result.status = "KILLED"
             print(INTERRUPTED_NOTE, file=stream, flush=True)
         finally:
-            _close_sweep(sweep, result, started)
+            _close_sweep(sweep, result, started, draw_later)
     if result.status == "KILLED":
         raise SweepInterrupted(_interrupted_message(spec, result, shown_spec))
     return result
@@ -272,7 +277,7 @@ def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
     result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], model_code_paths(model))
 
 
-def _close_sweep(sweep: Sweep, result: SweepResult, started: float) -> None:
+def _close_sweep(sweep: Sweep, result: SweepResult, started: float, draw_later: bool) -> None:
     """Deliver what MLflow lacks, end the runs as the sweep ended, and mark it on disk.
 
     An interrupted sweep's children end KILLED and it gets no totals or report: those come
@@ -288,9 +293,12 @@ def _close_sweep(sweep: Sweep, result: SweepResult, started: float) -> None:
         tracker.interrupt_children()
     else:
         tracker.log_summary(_summary_metrics(result), _summary_tags(result))
-    if status == "FINISHED":
-        _report(result, tracker, sweep.stream)
+    draw = _report(result, tracker, sweep.stream) if status == "FINISHED" else None
+    if draw is not None and not draw_later:
+        draw()
+        draw = None
     tracker.end_sweep(status)
+    result.draw_report = draw
     result.undelivered = tracker.undelivered
     status_on_disk = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
     marker = dataclasses.replace(sweep.marker, status=status_on_disk)
@@ -322,24 +330,22 @@ def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) 
     )
 
 
-def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
-    """Importance, each round's best and the report's plots, on the parent run.
+def _report(
+    result: SweepResult, tracker: SweepTracker, stream: TextIO
+) -> Callable[[], None] | None:
+    """Importance, each round's best and median on the parent run (and in ``result``, for
+    the summary); returns what draws the report's plots and page onto the parent run.
 
     Built from what MLflow now holds (the same path as ``caviar report``), so what the UI
     shows and what the command writes cannot disagree. A failure here costs the report, never
     the sweep: everything it would summarise is already logged.
     """
-    import tempfile
-
-    from orchestrator.report.page import write_report
-    from orchestrator.store.tracking import read_sweep, ui_base
+    from orchestrator.report.page import analyse
+    from orchestrator.store.tracking import read_sweep
 
     try:
         history = read_sweep(tracker.uri, result.parent_run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            report = write_report(history, Path(tmp), ui_base(tracker.uri))
-            for path in report.files:
-                tracker.log_parent_file(path, "report")
+        report = analyse(history)
         metrics = {f"importance.{k}": v for k, v in report.importance.items()}
         tags: dict[str, str] = {}
         for round_number, best in report.best_by_round.items():
@@ -358,8 +364,27 @@ def _report(result: SweepResult, tracker: SweepTracker, stream: TextIO) -> None:
             r: (b.index, b.metric(history.metric)) for r, b in report.best_by_round.items()
         }
         result.median_by_round = report.median_by_round
-    except Exception as error:  # the sweep is logged; a broken plot must not fail it
+    except Exception as error:  # the sweep is logged; a broken report must not fail it
         print(f"caviar: warning: the report could not be built ({error})", file=stream)
+        return None
+
+    def draw() -> None:
+        import tempfile
+
+        from orchestrator.report.page import write_report
+        from orchestrator.store.tracking import ui_base
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                files = write_report(history, Path(tmp), ui_base(tracker.uri), analysed=report)
+                for path in files.files:
+                    tracker.log_parent_file(path, "report")
+        except Exception as error:  # a broken plot costs the plots, never the sweep
+            note = f"the report's plots could not be drawn ({error})"
+            logging.getLogger("caviar").warning(note)  # drawn later, the stream may be gone
+            print(f"caviar: warning: {note}", file=stream)
+
+    return draw
 
 
 def storage_path(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> str:

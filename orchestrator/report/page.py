@@ -101,17 +101,19 @@ def write_report(
     out_dir: Path,
     ui_base: str | None = None,
     ui_command: str | None = None,
+    analysed: Report | None = None,
 ) -> Report:
     """Write the PNGs and ``report.html`` into ``out_dir``; returns what was found.
 
     With ``ui_base`` the page links each run, the runs table and the best trials compared in
     the MLflow UI there; ``ui_command`` (how to start that UI) is shown beside the links.
+    ``analysed``: :func:`analyse` of ``history``, when the caller already has it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = analyse(history)
+    report = analysed if analysed is not None else analyse(history)
     pictures = [
         _plot_objective_vs_parameters(history, out_dir / "objective_vs_parameters.png"),
         _plot_learning_curves(history, out_dir / "learning_curves.png"),

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -73,6 +73,7 @@ class Driver:
         self.running = False  # a sweep is under way on the main thread
         self.interrupted = False
         self.stopping = False  # SIGTERM: end after the current sweep's clean-up
+        self.drawing = False  # a finished sweep's report plots are being drawn
         self.queue: queue.Queue[tuple[socket.socket, wire.Reader, dict[str, Any]]] = queue.Queue()
 
     # --- start -----------------------------------------------------------------------
@@ -110,6 +111,8 @@ class Driver:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
+        if self.drawing:  # finish the plots; the serve loop then ends
+            return
         if self.running and not self.interrupted:
             self.interrupted = True
             raise KeyboardInterrupt(f"signal {signum}")
@@ -161,9 +164,17 @@ class Driver:
         conn.close()
 
     def _serve_run(self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]) -> None:
-        code = self._run(conn, reader, run)
+        code, draw_report = self._run(conn, reader, run)
         with contextlib.suppress(OSError):
             wire.send(conn, {"exit": code})
+        if draw_report is not None:
+            # The client has its summary; the plots follow into MLflow. A SIGTERM meanwhile
+            # (caviar down) waits for them: see _on_sigterm.
+            self.drawing = True
+            try:
+                draw_report()
+            finally:
+                self.drawing = False
         from orchestrator.engine import warm
 
         released = warm.release_sweep_resources()  # what Tune left behind holds CPUs
@@ -171,7 +182,9 @@ class Driver:
             log.warning("caviar-driver: removed %d placement group(s) left by the sweep", released)
         warm.prestart_workers()  # the sweep's actors ended with it: the next one's, now
 
-    def _run(self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]) -> int:
+    def _run(
+        self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]
+    ) -> tuple[int, Callable[[], None] | None]:
         out = ClientStream(conn, bool(run.get("tty")))
         err = ClientStream(conn, bool(run.get("tty")), err=True)
         self.interrupted = False
@@ -185,7 +198,7 @@ class Driver:
                 return _run_sweep(run, out, err)
         except KeyboardInterrupt:  # before the sweep began: nothing to save
             err.write("\ncaviar: interrupted\n")
-            return 130
+            return 130, None
         finally:
             self.running = False
 
@@ -230,8 +243,11 @@ def _in_client_place(run: dict[str, Any]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _run_sweep(run: dict[str, Any], out: ClientStream, err: ClientStream) -> int:
-    """``caviar run SPEC`` as the CLI runs it, with output to the client."""
+def _run_sweep(
+    run: dict[str, Any], out: ClientStream, err: ClientStream
+) -> tuple[int, Callable[[], None] | None]:
+    """``caviar run SPEC`` as the CLI runs it, with output to the client; also what draws
+    the report's plots, left until the client has its answer."""
     from orchestrator.engine.run import run_sweep
     from orchestrator.errors import CaviarError, SweepInterrupted
     from orchestrator.report.summary import format_summary
@@ -249,23 +265,24 @@ def _run_sweep(run: dict[str, Any], out: ClientStream, err: ClientStream) -> int
             stream=out,
             spec_dir=spec_path.parent,
             resume=bool(run.get("resume")),
+            draw_later=True,
         )
     except SweepInterrupted as interrupted:
         err.write(f"caviar: {interrupted}\n")
-        return interrupted.exit_code
+        return interrupted.exit_code, None
     except CaviarError as error:
         err.write(f"caviar: error: {error}\n")
-        return error.exit_code
+        return error.exit_code, None
     except KeyboardInterrupt:
         raise
     except Exception:  # a bug: its traceback to the client, and the driver serves on
         err.write(traceback.format_exc())
-        return 1
+        return 1, None
     ui = os.environ.get(UI_ENV)
     if ui:  # the runs are in the store the service's server shows: its UI, not `mlflow ui`
         result.tracking_uri = ui
     out.write(format_summary(result) + "\n")
-    return 0 if result.best is not None else 1
+    return (0 if result.best is not None else 1), result.draw_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,6 +102,9 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
         assert f"runs table:      http://127.0.0.1:{mlflow_port}/#/experiments/" in ran.stdout
         assert not (folder / "mlflow.db").exists()  # nothing logged beside the spec
         assert _runs_on_server(mlflow_port, name) == 1 + 3  # the parent and its trials
+        # the report's plots and page follow the summary into MLflow
+        _wait_until(lambda name=name: "report.html" in _report_files(mlflow_port, name))
+        assert "learning_curves.png" in _report_files(mlflow_port, name)
 
     _ctrl_c_on_the_service_then_resume(home, tmp_path, mlflow_port)
     _submit_to_the_service(home, tmp_path, mlflow_port)
@@ -235,6 +238,15 @@ def _runs_on_server(port: int, experiment: str) -> int:
     client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
     found = client.get_experiment_by_name(experiment)
     return len(client.search_runs([found.experiment_id])) if found else 0
+
+
+def _report_files(port: int, experiment: str) -> list[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+    found = client.get_experiment_by_name(experiment)
+    (parent,) = client.search_runs([found.experiment_id], "tags.`caviar.kind` = 'sweep'")
+    return [Path(f.path).name for f in client.list_artifacts(parent.info.run_id, "report")]
 
 
 def _running(pid: int) -> bool:
