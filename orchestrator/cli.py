@@ -348,10 +348,13 @@ def _run(args: argparse.Namespace) -> int:
             args.spec.name,
             spec_dir=args.spec.parent,
             resume=args.resume,
+            draw_later=True,
         )
     finally:
         raystart.discard()  # a no-op once run_sweep has claimed it
-    print(format_summary(result))
+    print(format_summary(result), flush=True)
+    if result.draw_report is not None:  # the plots onto the parent run, the summary already out
+        result.draw_report()
     return 0 if result.best is not None else 1
 
 
