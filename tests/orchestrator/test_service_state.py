@@ -165,3 +165,21 @@ class _Lines:
 
     def flush(self) -> None:
         pass
+
+
+def test_a_sigterm_lets_a_finished_sweeps_plots_finish_and_interrupts_a_running_sweep(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.service.driver import Driver
+
+    driver = Driver(tmp_path / "driver.sock", tmp_path)
+    driver.drawing = True  # `caviar down` while the last sweep's plots are drawn
+    driver._on_sigterm(15, None)  # returns: the plots finish, then the serve loop ends
+    assert driver.stopping
+    driver.drawing = False
+    with pytest.raises(SystemExit):  # idle: it ends at once
+        driver._on_sigterm(15, None)
+    driver.running = True  # a sweep under way ends interrupted, resumable
+    with pytest.raises(KeyboardInterrupt):
+        driver._on_sigterm(15, None)
+    assert driver.interrupted
