@@ -91,8 +91,9 @@ class SweepResult:
     # MLflow run ids of the best-ranked trials, best first (the UI's compare view).
     ranked_run_ids: list[str] = field(default_factory=list)
     status: str = "FAILED"  # the parent run's end: FINISHED, KILLED (interrupted) or FAILED
-    # run_sweep(draw_later=True): draws the report's plots and page onto the parent run.
-    draw_report: Callable[[], None] | None = None
+    # run_sweep(draw_later=True): draws the report's plots and page onto the parent run
+    # (its optional argument: where a failure is told, instead of the sweep's stream).
+    draw_report: Callable[..., None] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -332,7 +333,7 @@ def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) 
 
 def _report(
     result: SweepResult, tracker: SweepTracker, stream: TextIO
-) -> Callable[[], None] | None:
+) -> Callable[..., None] | None:
     """Importance, each round's best and median on the parent run (and in ``result``, for
     the summary); returns what draws the report's plots and page onto the parent run.
 
@@ -368,7 +369,8 @@ def _report(
         print(f"caviar: warning: the report could not be built ({error})", file=stream)
         return None
 
-    def draw() -> None:
+    def draw(warn: Callable[[str], None] | None = None) -> None:
+        """``warn``: where a failure is told (default: the sweep's stream)."""
         import tempfile
 
         from orchestrator.report.page import write_report
@@ -380,9 +382,11 @@ def _report(
                 for path in files.files:
                     tracker.log_parent_file(path, "report")
         except Exception as error:  # a broken plot costs the plots, never the sweep
-            note = f"the report's plots could not be drawn ({error})"
-            logging.getLogger("caviar").warning(note)  # drawn later, the stream may be gone
-            print(f"caviar: warning: {note}", file=stream)
+            note = f"caviar: warning: the report's plots could not be drawn ({error})"
+            if warn is not None:
+                warn(note)
+            else:
+                print(note, file=stream)
 
     return draw
 

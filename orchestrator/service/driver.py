@@ -172,7 +172,7 @@ class Driver:
             # (caviar down) waits for them: see _on_sigterm.
             self.drawing = True
             try:
-                draw_report()
+                draw_report(log.warning)  # the client has gone: a failure goes to the log
             finally:
                 self.drawing = False
         from orchestrator.engine import warm
@@ -184,7 +184,7 @@ class Driver:
 
     def _run(
         self, conn: socket.socket, reader: wire.Reader, run: dict[str, Any]
-    ) -> tuple[int, Callable[[], None] | None]:
+    ) -> tuple[int, Callable[..., None] | None]:
         out = ClientStream(conn, bool(run.get("tty")))
         err = ClientStream(conn, bool(run.get("tty")), err=True)
         self.interrupted = False
@@ -245,7 +245,7 @@ def _in_client_place(run: dict[str, Any]) -> Iterator[None]:
 
 def _run_sweep(
     run: dict[str, Any], out: ClientStream, err: ClientStream
-) -> tuple[int, Callable[[], None] | None]:
+) -> tuple[int, Callable[..., None] | None]:
     """``caviar run SPEC`` as the CLI runs it, with output to the client; also what draws
     the report's plots, left until the client has its answer."""
     from orchestrator.engine.run import run_sweep
