@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import CaviarError
+from orchestrator.spec.yaml_text import YamlShapeError, load_yaml
 
 # Short names a person types for the parameters they mean.
 ALIASES = {"lr": "learning_rate", "wd": "weight_decay"}
@@ -47,7 +48,10 @@ def parse_assignments(words: Sequence[str]) -> dict[str, Any]:
         name = name.strip()
         if not sep or not name or not text.strip():
             raise PandaError(f"expected NAME=VALUE, got {word!r} (for example learning_rate=0.01)")
-        value = _scalar(text.strip())
+        try:
+            value = _scalar(text.strip())
+        except YamlShapeError:  # nested or aliased past any scalar: refused as one below
+            value = None
         if isinstance(value, (dict, list)) or value is None:
             raise PandaError(f"{name}: expected a number, a word or true/false, got {text!r}")
         changes[ALIASES.get(name, name)] = value
@@ -63,7 +67,9 @@ def _scalar(text: str) -> Any:
         except ValueError:
             pass
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)  # caviar's one YAML loader: bounded, like a spec's
+    except YamlShapeError:
+        raise
     except yaml.YAMLError:
         return text
 

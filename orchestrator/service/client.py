@@ -65,8 +65,10 @@ def _store_named(spec_path: Path) -> str | None:
         return "MLFLOW_TRACKING_URI"
     import yaml
 
-    try:
-        data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    from orchestrator.spec.yaml_text import load_yaml
+
+    try:  # the spec loader's own reading: bounded however the spec nests or aliases
+        data = load_yaml(spec_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, RecursionError, ValueError):
         return None  # the driver's spec check reports it, with its path
     tracking = data.get("tracking") if isinstance(data, dict) else None

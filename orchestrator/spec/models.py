@@ -42,6 +42,7 @@ from orchestrator.search.space import (
     SearchSpace,
 )
 from orchestrator.spec.panda import PandaSpec
+from orchestrator.spec.yaml_text import YamlShapeError, load_yaml
 
 BUNDLED_SOURCES = ("digits", "iris", "wine", "breast_cancer")
 FILE_SOURCES = ("csv", "parquet", "npz", "torchvision")
@@ -926,30 +927,21 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
     return parse_spec_text(text, source, spec_dir=file.resolve().parent)
 
 
-# A spec is a few levels deep (section, parameter, field, list); anything far deeper is not a
-# spec, and refusing it early keeps every later walk of the data clear of Python's recursion limit.
-MAX_SPEC_DEPTH = 32
-_TOO_DEEP = (
-    f"nests deeper than {MAX_SPEC_DEPTH} levels; a spec is a few levels deep "
-    "(section, parameter, field): check for unbalanced brackets, a pasted data structure or "
-    "a YAML alias (*name) used inside its own anchor (&name)"
-)
-
-
 def parse_spec_text(
     text: str, source: str | None = None, spec_dir: Path | None = None
 ) -> SweepSpec:
     try:
-        data = yaml.safe_load(text)  # safe: a spec can never construct Python objects
+        # Safe: a spec never constructs Python objects; and bounded: load_yaml refuses a spec
+        # nested too deep or whose aliases expand past MAX_EXPANDED_VALUES values, before
+        # anything (pydantic, JSON for MLflow) walks every expansion.
+        data = load_yaml(text)
+    except YamlShapeError as error:
+        raise SpecError([Problem("", error.problem)], source) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise SpecError([Problem("", f"invalid YAML: {where}{problem}")], source) from None
-    except RecursionError:  # the YAML parser recurses once per nesting level
-        raise SpecError([Problem("", _TOO_DEEP)], source) from None
-    if _depth(data) > MAX_SPEC_DEPTH:
-        raise SpecError([Problem("", _TOO_DEEP)], source)
     if data is None:
         raise SpecError([Problem("", "is empty; a spec needs at least name and space")], source)
     if not isinstance(data, dict):
@@ -957,23 +949,6 @@ def parse_spec_text(
             [Problem("", f"must be a mapping of sections, got a {type(data).__name__}")], source
         )
     return parse_spec(data, source, spec_dir)
-
-
-def _depth(data: object) -> int:
-    """How many mappings and lists deep ``data`` nests, walked without recursion; the walk
-    stops past ``MAX_SPEC_DEPTH``, so a YAML alias that contains itself ends it too."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(data, 0)]
-    while stack:
-        value, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > MAX_SPEC_DEPTH:
-            break
-        if isinstance(value, dict):
-            stack.extend((child, level + 1) for child in value.values())
-        elif isinstance(value, list):
-            stack.extend((child, level + 1) for child in value)
-    return deepest
 
 
 def parse_spec(
