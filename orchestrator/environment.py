@@ -28,6 +28,10 @@ ENVIRONMENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow prints "View run trial-024 at: URL" and "View experiment at: URL" on stdout each
+    # time a run ends against a tracking server, in the driver and in every trial worker: the
+    # sweep's own progress and summary (with its links) are what the user reads.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # What importing scikit-learn sets; set before Ray starts (possibly before that import)
     # so the workers see the same environment either way.
     "KMP_DUPLICATE_LIB_OK": "True",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
-from orchestrator.environment import ENVIRONMENT_DEFAULTS
+import pytest
+
+from orchestrator.environment import ENVIRONMENT_DEFAULTS, apply_environment_defaults
 
 MODULES = (
     "orchestrator.cli",
@@ -49,3 +52,34 @@ def test_caviar_main_applies_the_defaults_before_anything_runs() -> None:
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass"
     )
     assert {k: after.get(k) for k in ENVIRONMENT_DEFAULTS} == ENVIRONMENT_DEFAULTS
+
+
+def _run_end_output(capsys: pytest.CaptureFixture[str]) -> str:
+    """What MLflow's own code writes when a run ends against a tracking server (its ``View
+    run ... at:`` lines), the server's answers faked: no server needed."""
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    client = TrackingServiceClient("http://127.0.0.1:5000")
+    assert isinstance(client.store, RestStore)
+    run = SimpleNamespace(
+        info=SimpleNamespace(experiment_id="1", run_name="trial-024"),
+        data=SimpleNamespace(tags={}),
+    )
+    client.store.get_run = lambda run_id: run  # type: ignore[method-assign]
+    capsys.readouterr()
+    client._log_url("0123abcd")  # what end_run / set_terminated calls last
+    return capsys.readouterr().out
+
+
+def test_mlflow_prints_no_view_run_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep's progress and summary are what the user reads: MLflow's ``View run
+    trial-024 at: ...`` per trial (driver and workers alike) is noise among them."""
+    for name in ENVIRONMENT_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    assert "View run trial-024 at: http://127.0.0.1:5000/" in _run_end_output(capsys)
+    apply_environment_defaults()
+    assert _run_end_output(capsys) == ""
