@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a registered name, package.module:NAME (this folder first) or an entry point",
     )
+    schema.add_argument(
+        "--spec",
+        type=Path,
+        metavar="PATH",
+        help="a spec file (its trainable, from its folder) or a folder to look up --trainable in",
+    )
     schema.set_defaults(handler=_schema)
 
     run = commands.add_parser("run", help="run a sweep on this machine (or RAY_ADDRESS)")
@@ -303,9 +309,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from orchestrator.spec.models import json_schema, trainable_schema
+    from orchestrator.spec.models import schema_for
 
-    schema = json_schema() if args.trainable is None else trainable_schema(args.trainable)
+    schema = schema_for(args.trainable, args.spec)
     print(json.dumps(schema, indent=2))
     return 0
 
