@@ -5,11 +5,20 @@ so a ``models.py`` beside the spec is found on the driver and, given the same fo
 trial worker. A bare name that is not registered is looked up among the ``caviar.trainables``
 entry points of installed packages. Either way the result must be a
 :class:`~trainables.registry.TrainableDefinition`.
+
+One process may look up many specs' trainables (``caviar up``'s warm driver runs sweep after
+sweep): a module found in a spec's folder is therefore known by its file and that file's
+content, not by its name alone. When ``sys.modules`` holds another folder's module of the same
+name (two projects each with a ``models.py``), or an older content of the same file (the user
+edited it), that copy is dropped and the module imported afresh, so the driver validates and
+scores with the code its trial workers import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.machinery
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -43,8 +52,13 @@ def import_trainable(reference: str, search_path: Sequence[str | Path] = ()) -> 
         )
     folders = [str(Path(folder).resolve()) for folder in search_path]
     for folder in reversed(folders):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)  # kept: the driver unpickles results that name it
+        # First, also when an earlier spec put it further back: this spec's folder wins.
+        # Kept afterwards: the driver unpickles results that name the module.
+        while folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+    chain = _modules_in(module_name, folders)
+    identities = _forget_stale(chain)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -57,6 +71,7 @@ def import_trainable(reference: str, search_path: Sequence[str | Path] = ()) -> 
         raise _import_failed(reference, module_name, error) from None
     except Exception as error:  # the user's module raised while being imported
         raise _import_failed(reference, module_name, error) from None
+    _remember(identities)
     if not hasattr(module, attribute):
         found = _definitions_in(module)
         hint = f"; it defines the trainables {', '.join(found)}" if found else ""
@@ -64,6 +79,80 @@ def import_trainable(reference: str, search_path: Sequence[str | Path] = ()) -> 
             f"trainable {reference!r}: module {module_name!r} has no {attribute!r}{hint}"
         )
     return _checked(reference, getattr(module, attribute))
+
+
+# --- user modules, by file and content -----------------------------------------------------
+
+# For each module imported from a spec's folder: the file it was imported from and a digest
+# of that file's content then. Invariant: an entry describes the module object that is in
+# sys.modules under that name, or sys.modules holds none.
+_LOADED: dict[str, tuple[str | None, str]] = {}
+
+
+def _modules_in(module_name: str, folders: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``(name, file)`` of ``module_name`` and its parent packages, as found in ``folders``
+    (not in the rest of sys.path: installed code is not the user's to edit between sweeps);
+    empty when the top-level package is not in one of them. Nothing is imported."""
+    chain: list[tuple[str, str | None]] = []
+    locations: Sequence[str] | None = list(folders)
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        if not locations:
+            break
+        name = ".".join(parts[:depth])
+        spec = importlib.machinery.PathFinder.find_spec(name, list(locations))
+        if spec is None:
+            break
+        chain.append((name, spec.origin if spec.has_location else None))  # None: namespace
+        search = spec.submodule_search_locations
+        locations = list(search) if search is not None else None
+    return chain
+
+
+def _identity(path: str | None) -> tuple[str | None, str]:
+    if path is None:
+        return None, ""
+    try:
+        return path, hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return path, ""
+
+
+def _forget_stale(
+    chain: Sequence[tuple[str, str | None]],
+) -> dict[str, tuple[str | None, str]]:
+    """Drop from sys.modules each module of ``chain`` (and what is below it) whose loaded copy
+    is another file, or the same file with other content, than the folders now hold; returns
+    each module's file and content digest as read now (before the import that follows, so an
+    edit made meanwhile is seen by the next lookup)."""
+    identities = {name: _identity(path) for name, path in chain}
+    dropped = False
+    for name, path in chain:
+        loaded = sys.modules.get(name)
+        if loaded is None:
+            continue
+        now = identities[name]
+        recorded = _LOADED.get(name)
+        same_file = getattr(loaded, "__file__", None) == path
+        if same_file and (recorded is None or recorded == now):
+            # Imported by someone else, or by us with this content: it is the current code.
+            _LOADED[name] = now
+            continue
+        for stale in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            del sys.modules[stale]
+            _LOADED.pop(stale, None)
+        dropped = True
+    if dropped:
+        importlib.invalidate_caches()  # the folders' listings may have changed too
+    return identities
+
+
+def _remember(identities: dict[str, tuple[str | None, str]]) -> None:
+    """After the import: what each module of the chain in sys.modules was read from."""
+    for name, (path, digest) in identities.items():
+        loaded = sys.modules.get(name)
+        if loaded is not None and getattr(loaded, "__file__", None) == path:
+            _LOADED[name] = (path, digest)
 
 
 def entry_point_trainable(name: str) -> TrainableDefinition | None:

@@ -120,9 +120,13 @@ def get_trainable(name: str, search_path: Sequence[str | Path] = ()) -> Trainabl
     """The trainable a spec names: a registered name, an import path ``package.module:NAME``
     (``search_path``, the spec's folder, first), or a ``caviar.trainables`` entry point.
 
-    One found by import path or entry point is registered under that reference, so later
-    lookups in this process are a dictionary read. Raises :class:`UnknownTrainableError`
-    with the reason (a missing module, attribute, or something that is not a trainable).
+    One found by entry point is registered under its name, so later lookups in this process
+    are a dictionary read. One found by import path is not: the same ``models:NAME`` may name
+    another folder's ``models.py``, or an edited one, in a later sweep of the same process
+    (``caviar up``'s driver), and ``import_trainable`` tells them apart by file and content
+    (a lookup of unchanged code is the module already imported). Raises
+    :class:`UnknownTrainableError` with the reason (a missing module, attribute, or
+    something that is not a trainable).
     """
     from trainables.references import (
         TrainableReferenceError,
@@ -136,9 +140,8 @@ def get_trainable(name: str, search_path: Sequence[str | Path] = ()) -> Trainabl
         return found
     try:
         if is_import_path(name):
-            found = import_trainable(name, search_path)
-        else:
-            found = entry_point_trainable(name)
+            return import_trainable(name, search_path)
+        found = entry_point_trainable(name)
     except TrainableReferenceError as error:
         raise UnknownTrainableError(name, trainable_names(), str(error)) from None
     if found is None:
