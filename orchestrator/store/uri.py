@@ -9,22 +9,32 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.errors import TrackingError
 
 
 def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on this store."""
+    """How to reach the MLflow UI on this store: a tracking server's address itself (a
+    browser opens it on any system), else the ``mlflow ui`` command that serves the store."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
+        return _server_address(uri)
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def ui_base(uri: str) -> str:
     """Where the MLflow UI for this store answers (the address ``ui_command`` serves)."""
     if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
+        return _server_address(uri)
     return "http://127.0.0.1:5000"
+
+
+def _server_address(uri: str) -> str:
+    """A tracking server's URI as printed and linked: scheme, host, port and path (a server
+    behind a prefix), no trailing slash; never its credentials, query or fragment."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def absolute_uri(uri: str) -> str:

@@ -70,11 +70,11 @@ def test_compare_page_percent_encodes_its_json() -> None:
     ],
 )
 def test_an_http_store_is_its_own_ui(uri: str, base: str) -> None:
-    assert ui_base(uri, f"open {uri}") == base
+    assert ui_base(uri, uri) == base
 
 
 def test_links_under_a_path_prefix_keep_it_once() -> None:
-    base = ui_base("https://example.org/mlflow/", "open https://example.org/mlflow/")
+    base = ui_base("https://example.org/mlflow/", "https://example.org/mlflow/")
     assert runs_page(base, "4") == "https://example.org/mlflow/#/experiments/4/runs"
     assert compare_page(base, "4", [RUN_A]).startswith(
         "https://example.org/mlflow/#/compare-runs?runs="
@@ -116,6 +116,24 @@ def test_the_printed_ui_command_and_the_links_agree() -> None:
     assert f"--host {host}" in command and f"--port {port}" in command
     http = "http://mlflow.internal:5000/"
     assert ui_base(http, ui_command(http)) == "http://mlflow.internal:5000"
+
+
+@pytest.mark.parametrize(
+    ("uri", "printed"),
+    [
+        ("http://mlflow.internal:5000/", "http://mlflow.internal:5000"),
+        ("https://example.org/team/mlflow/", "https://example.org/team/mlflow"),
+        ("http://user:secret@example.org:8080/", "http://example.org:8080"),
+    ],
+)
+def test_a_tracking_server_is_printed_as_its_address(uri: str, printed: str) -> None:
+    """The 'open the UI' line is the address itself, on every system (macOS's `open` is not
+    Linux's), and never the credentials a tracking URI may carry."""
+    from orchestrator.store.tracking import ui_base as store_ui_base
+    from orchestrator.store.tracking import ui_command
+
+    assert ui_command(uri) == printed
+    assert store_ui_base(uri) == printed  # the links' base: the same address
 
 
 def test_sweep_links_compare_the_best_five_in_ranking_order() -> None:
