@@ -132,7 +132,7 @@ class _MailboxActor:
         key = (pack, iteration)
         try:
             await asyncio.wait_for(self._event(key).wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             return None
         return list(self._posts[key])
 

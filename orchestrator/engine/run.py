@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
@@ -193,7 +193,7 @@ def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
         run_dir, marker = pick_for_resume(storage_root, spec.spec_hash())
         return SweepPlace(run_dir, marker.sweep_id, marker)
     refuse_if_unfinished(storage_root, shown_spec)
-    sweep_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    sweep_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
     return SweepPlace(storage_root / sweep_id, sweep_id)
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -105,7 +105,7 @@ def run_panda(
         config: dict[str, Any] = {}
     else:
         config = origin.config if origin else initial_config(spec, sets or {}, epochs)
-        session_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        session_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         folder = root / session_id
         folder.mkdir(parents=True)
         # What `caviar panda adjust` checks changes against, from any shell.

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -109,7 +109,7 @@ def revisit(
 
     data = load_data(spec.data, spec_dir)
     tracker = SweepTracker(history.tracking_uri, history.name)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
     new_run = tracker.start_sweep(
         run_name=f"{spec.name}-revisit-{stamp}",
         tags={
