@@ -20,6 +20,17 @@ COLOURS = (
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )  # fmt: skip
 CHART = "panda_branches.png"
+PAGE = "report.html"  # as a sweep's report names its page (report/page.py, the README)
+
+
+def session_title(history: PandaHistory) -> str:
+    """The session as ``caviar panda`` names it: its spec's name and its id. The parent run's
+    name is ``<spec>-panda-<id>``, which doubles "panda" for a spec named ``digits-panda``."""
+    session = history.tags.get("caviar.sweep_id", "")
+    suffix = f"-panda-{session}"
+    if not session or not history.name.endswith(suffix):
+        return history.name  # a run named otherwise: its name as it is
+    return f"panda session {history.name.removesuffix(suffix)} ({session})"
 
 
 def current_branch(history: PandaHistory) -> dict[int, float]:
@@ -92,7 +103,7 @@ def plot_branches(history: PandaHistory, path: Path, metrics: tuple[str, ...]) -
         ax.grid(True, alpha=0.25)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title(
-        f"{history.name}: {len(history.segments)} segments\n"
+        f"{session_title(history)}: {len(history.segments)} segments\n"
         "circle: adjustment, triangle: rewind; faded: abandoned branches",
         fontsize=10,
     )
@@ -130,10 +141,11 @@ def write_panda_report(history: PandaHistory, folder: Path, metrics: tuple[str, 
         f"<td><code>{s.run_id}</code></td></tr>"
         for s in history.segments
     )
-    page = folder / "index.html"
+    page = folder / PAGE
+    title = html.escape(session_title(history))
     page.write_text(
-        f"<!doctype html><meta charset=utf-8><title>{html.escape(history.name)}</title>"
-        f"<h1>{html.escape(history.name)}</h1><p>panda session, MLflow run "
+        f"<!doctype html><meta charset=utf-8><title>{title}</title>"
+        f"<h1>{title}</h1><p>MLflow run "
         f"<code>{history.run_id}</code> in experiment {html.escape(history.experiment)}</p>"
         f'<img src="data:image/png;base64,{image}" style="max-width:100%">'
         "<table border=1 cellpadding=4><tr><th>segment</th><th>parent</th><th>start epoch</th>"
