@@ -5,10 +5,28 @@ is installed wherever caviar is; Parquet also needs pyarrow, the ``parquet`` ext
 checks here are the ones that need column names to be useful: a missing label column, text
 in a feature column, an empty cell. Each is reported with the file, the column and the
 lines or rows to fix.
+
+A CSV must be text, and is checked as such before and while pandas parses it: a binary file
+(a Parquet or zip file named as a CSV, a disk image, a file of NUL bytes) once cost pandas'
+tokenizer many times the file's size in memory before ending in a misleading "no rows". The
+first 64 KiB are checked byte by byte before parsing (any control byte other than tab and line
+breaks, or bytes that are not UTF-8, is refused by its offset); the rest is checked for NUL
+bytes, UTF-8 and line length as the parser reads it, at a few percent of the parse's time.
+
+Memory: the parser reads the file in pieces, so its own buffer stays small; what a table
+costs is its cells. Peak memory is about 16 bytes per cell (the parsed table plus the float64
+features, 8 bytes each), plus a fixed few MiB for the parser, plus one line's text times a
+small factor: about twice the file's size for numbers of 6-8 characters, 8 times for
+one-digit numbers, and never more than 16 times (a cell takes at least its separator's byte).
+There is no limit on a file's size, only on a line's: :data:`MAX_LINE_BYTES`.
 """
 
 from __future__ import annotations
 
+import codecs
+import io
+import re
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -23,10 +41,26 @@ from trainables.data.splits import DataError, Dataset
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TABLE_FORMATS", "load_table"]
+__all__ = ["MAX_LINE_BYTES", "TABLE_FORMATS", "TEXT_PREFIX_BYTES", "load_table"]
 
 TABLE_FORMATS = ("csv", "parquet")
 TableFormat = Literal["csv", "parquet"]
+
+TEXT_PREFIX_BYTES = 64 * 1024  # checked for every control byte before parsing starts
+MAX_LINE_BYTES = 16 * 2**20  # one physical line; the tokenizer needs ~7 times a line's bytes
+_READ_BYTES = 1 << 20  # the most one read hands the parser (never more than a line's limit)
+# Control bytes a text table never holds: all below 0x20 but tab, LF, VT, FF and CR; and DEL.
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+_BYTE_NAMES = {0x00: "NUL"}
+# What a binary file named as a CSV usually is, by its first bytes: the fix to suggest.
+_KNOWN_STARTS = (
+    (b"PAR1", "this is a Parquet file: set data.source: parquet"),
+    (b"PK\x03\x04", "this is a zip archive (.zip, .xlsx, .npz): export the table as CSV"),
+    (b"\x1f\x8b", "this is gzip-compressed: decompress it first (gunzip)"),
+    (b"\x93NUMPY", "this is a NumPy .npy array: save X and y with np.savez, data.source: npz"),
+    (b"\xff\xfe", "it looks like UTF-16 text: save it as UTF-8"),
+    (b"\xfe\xff", "it looks like UTF-16 text: save it as UTF-8"),
+)
 
 
 def load_table(
@@ -79,15 +113,127 @@ def _read(path: Path, file_format: TableFormat, delimiter: str) -> pd.DataFrame:
     if file_format == "parquet":
         return _read_parquet(path, pd)
     try:
-        return pd.read_csv(path, sep=delimiter, low_memory=False)
+        with path.open("rb") as file:
+            head = file.read(TEXT_PREFIX_BYTES)
+            _require_text(path, head, whole=len(head) < TEXT_PREFIX_BYTES)
+            file.seek(0)
+            # low_memory (pandas' default): the tokenizer works through the file a piece at a
+            # time and each column is joined once at the end, so the text is never held whole.
+            # A column whose pieces parse differently (numbers, then a stray "?") becomes an
+            # object column holding both, which the checks below handle like a text column;
+            # pandas' warning about it says nothing the checks do not say better.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+                return pd.read_csv(_TextStream(path, file), sep=delimiter)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: is empty; a CSV file needs a header line and rows") from None
     except pd.errors.ParserError as error:
         raise DataError(f"{path}: cannot be parsed as CSV: {_first_line(error)}") from None
-    except UnicodeDecodeError:
+    except UnicodeDecodeError:  # _TextStream checks first; kept for any decoder it misses
         raise DataError(f"{path}: is not UTF-8 text; save the CSV as UTF-8") from None
     except OSError as error:
         raise DataError(f"{path}: cannot be read: {error.strerror or error}") from None
+
+
+def _require_text(path: Path, head: bytes, *, whole: bool) -> None:
+    """Refuse ``head`` (the file's first bytes) unless it is UTF-8 text.
+
+    Every control byte but tab and line breaks is refused, then anything not UTF-8; the
+    message names the first bad byte's offset in the file. ``whole=False``: ``head`` may end
+    inside a multi-byte character, which the next bytes complete.
+    """
+    found = _CONTROL.search(head)
+    if found is not None:
+        raise DataError(_not_text(path, head, found.start(), head[found.start()]))
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        cut_short = error.reason == "unexpected end of data" and not whole
+        if not cut_short:
+            raise DataError(_not_utf8(path, error.start, head[error.start])) from None
+
+
+def _not_text(path: Path, start: bytes, offset: int, value: int) -> str:
+    name = f" ({_BYTE_NAMES[value]})" if value in _BYTE_NAMES else ""
+    hint = next((f"; {fix}" for magic, fix in _KNOWN_STARTS if start.startswith(magic)), "")
+    return f"{path}: is not text: byte {offset} is 0x{value:02X}{name}; a CSV is text{hint}"
+
+
+def _not_utf8(path: Path, offset: int, value: int) -> str:
+    return f"{path}: is not UTF-8 text: byte {offset} is 0x{value:02X}; save the CSV as UTF-8"
+
+
+def _size(count: int) -> str:
+    return f"{count // 2**20} MiB" if count % 2**20 == 0 else f"{count} bytes"
+
+
+class _TextStream(io.RawIOBase):
+    """The CSV's bytes as pandas reads them, checked on the way: no NUL byte, UTF-8 only, no
+    line longer than :data:`MAX_LINE_BYTES`; a failed check raises :class:`DataError` naming
+    the byte's offset (or the line's number) in the file.
+
+    Past the prefix :func:`_require_text` checked, only NUL is looked for among the control
+    bytes: ``bytes.find`` is memchr-fast, where a full scan would cost a third of the parse.
+    Invariants: ``_offset`` is the number of bytes handed out so far; ``_lines`` the line
+    breaks among them; ``_since_break`` the bytes after the last one. Each read hands out at
+    most ``MAX_LINE_BYTES``, so a line over the limit always ends in a later read than it
+    began (or never ends) and is measured exactly.
+    """
+
+    def __init__(self, path: Path, file: io.BufferedReader) -> None:
+        super().__init__()
+        self._path = path
+        self._file = file
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._offset = 0
+        self._lines = 0
+        self._since_break = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), _READ_BYTES, MAX_LINE_BYTES)
+        count = self._file.readinto(view[:size]) or 0
+        self._check(bytes(view[:count]))
+        return count
+
+    def _check(self, block: bytes) -> None:
+        if not block:  # the end: a last line without a line break, or a cut-off character
+            self._check_line(self._since_break)
+            self._decode(b"", final=True)
+            return
+        nul = block.find(b"\x00")
+        self._decode(block if nul < 0 else block[:nul])  # a bad byte before the NUL first
+        if nul >= 0:
+            raise DataError(_not_text(self._path, b"", self._offset + nul, 0))
+        first = block.find(b"\n")
+        if first < 0:
+            self._since_break += len(block)
+            self._check_line(self._since_break)
+        else:
+            self._check_line(self._since_break + first)
+            self._lines += block.count(b"\n")
+            self._since_break = len(block) - block.rfind(b"\n") - 1
+        self._offset += len(block)
+
+    def _decode(self, block: bytes, final: bool = False) -> None:
+        pending = self._utf8.getstate()[0]
+        if not pending and block.isascii():  # ASCII is UTF-8: skip the decoder's copy
+            return
+        try:
+            self._utf8.decode(block, final=final)
+        except UnicodeDecodeError as error:  # error.start counts from the pending bytes
+            offset = self._offset - len(pending) + error.start
+            raise DataError(_not_utf8(self._path, offset, error.object[error.start])) from None
+
+    def _check_line(self, length: int) -> None:
+        if length > MAX_LINE_BYTES:
+            raise DataError(
+                f"{self._path}: line {self._lines + 1} is longer than {_size(MAX_LINE_BYTES)}; "
+                "a CSV has one row per line (is this file a CSV?)"
+            )
 
 
 def _read_parquet(path: Path, pd: Any) -> pd.DataFrame:
