@@ -34,8 +34,8 @@ TOO_DEEP = (
 )
 TOO_MANY_ALIASED = (
     f"uses YAML aliases (*name) that expand to more than {MAX_EXPANDED_VALUES} values; a spec "
-    "has a few hundred: write the repeated parts out, or check for anchors (&name) nested in "
-    "other anchors' aliases"
+    "has a few hundred: write the values out instead of anchors (&name) built from aliases of "
+    "other anchors"
 )
 TOO_MANY = (
     f"has more than {MAX_EXPANDED_VALUES} values; a spec has a few hundred: "
