@@ -1,23 +1,44 @@
-"""Shared helpers: run the real ``caviar`` command as a user would, in a clean environment."""
+"""Shared helpers: run the real ``caviar`` command as a user would, in a clean environment.
+
+The whole run is isolated from any ``caviar up`` service of the user's: ``CAVIAR_HOME`` (the
+only thing that locates a service, ``orchestrator/service/state.py``) names an empty folder of
+the run's own, set before any test and inherited by every ``caviar`` the tests start. Without
+it, ``make test`` with a service up sent the integration sweeps to that service.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 CAVIAR = str(Path(sys.executable).parent / "caviar")
+HOME_PREFIX = "caviar-test-home-"  # the run's own CAVIAR_HOME: no service is ever up there
+_HOME = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Tests that use caviar as a library get the environment ``caviar`` itself sets first
-    (no telemetry, Tune's logger files and SIGINT handler off), before MLflow is imported."""
+    (no telemetry, Tune's logger files and SIGINT handler off), before MLflow is imported;
+    and a ``CAVIAR_HOME`` of the run's own, whatever the user's shell set."""
     from orchestrator.environment import apply_environment_defaults
 
     apply_environment_defaults()
+    # Set here, not in a fixture: collection and every subprocess of the run see it.
+    home = tempfile.mkdtemp(prefix=HOME_PREFIX)
+    config.stash[_HOME] = home
+    os.environ["CAVIAR_HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(_HOME, None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -7,8 +7,10 @@ trial is the interpreter's start plus the warm driver's work (docs/performance.m
 
 The service is used unless something names another place to run or to log: ``RAY_ADDRESS``
 (another cluster), ``MLFLOW_TRACKING_URI`` or the spec's ``tracking.uri`` (another store),
-or ``caviar run --no-service``. Then, and when no service is up, ``caviar run`` runs as it
-always did, on a Ray of its own.
+or ``caviar run --no-service``; and only when its driver runs the same caviar as this command
+(version and a hash of the code, ``identity.py``: a service started from another checkout, or
+before an upgrade, would run the sweep on other code). Then, and when no service is up,
+``caviar run`` runs as it always did, on a Ray of its own, and its first line says why.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from orchestrator.service import wire
+from orchestrator.service import identity, wire
 from orchestrator.service.state import StateDir
 
 PING_TIMEOUT_S = 2.0
@@ -50,11 +52,20 @@ def choose(spec_path: Path, no_service: bool = False, state: StateDir | None = N
             f"caviar: the service in {state.path} is up, but {elsewhere} names another "
             "store: running on a Ray of its own",
         )
-    if ping(state.socket_path) is None:
+    answer = ping(state.socket_path)
+    if answer is None:
         return Choice(
             None,
             f"caviar: the service in {state.path} is not answering (caviar ps says why, "
             "caviar up restarts it): running on a Ray of its own",
+        )
+    theirs, mine = answer.get("caviar"), identity.code_identity()
+    if theirs != mine:
+        return Choice(
+            None,
+            f"caviar: the service in {state.path} runs other caviar code "
+            f"({identity.describe(theirs)}; this caviar: {identity.describe(mine)}): running "
+            "this sweep on a Ray of its own (caviar down, then caviar up, serves this code)",
         )
     return Choice(state.socket_path)
 

@@ -35,7 +35,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.environment import apply_environment_defaults
-from orchestrator.service import wire
+from orchestrator.service import identity, wire
 
 log = logging.getLogger("caviar.driver")
 
@@ -134,7 +134,10 @@ class Driver:
 
     def _accept(self, server: socket.socket) -> None:
         while True:
-            conn, _ = server.accept()
+            try:
+                conn, _ = server.accept()
+            except OSError:  # the server socket was closed: the driver is ending
+                return
             threading.Thread(
                 target=self._first_request, args=(conn,), name="caviar-request", daemon=True
             ).start()
@@ -150,7 +153,9 @@ class Driver:
                 self.queue.put((conn, reader, request["run"]))
                 return  # the main thread answers and closes it
             if request is not None and request.get("ping"):
-                wire.send(conn, {"ok": True, "pid": os.getpid(), "running": self.running})
+                # "caviar": the code this driver runs; a client of other code runs on its own
+                answer = {"ok": True, "pid": os.getpid(), "running": self.running}
+                wire.send(conn, {**answer, "caviar": identity.code_identity()})
             elif request is not None and request.get("prestart"):  # caviar up, nodes joined
                 from orchestrator.engine import warm
 
@@ -195,7 +200,7 @@ class Driver:
         watcher.start()
         try:
             with _in_client_place(run):
-                return _run_sweep(run, out, err)
+                return _run_sweep(run, out, err, self.home)
         except KeyboardInterrupt:  # before the sweep began: nothing to save
             err.write("\ncaviar: interrupted\n")
             return 130, None
@@ -244,13 +249,15 @@ def _in_client_place(run: dict[str, Any]) -> Iterator[None]:
 
 
 def _run_sweep(
-    run: dict[str, Any], out: ClientStream, err: ClientStream
+    run: dict[str, Any], out: ClientStream, err: ClientStream, home: Path | None = None
 ) -> tuple[int, Callable[..., None] | None]:
     """``caviar run SPEC`` as the CLI runs it, with output to the client; also what draws
-    the report's plots, left until the client has its answer."""
+    the report's plots, left until the client has its answer. A trial no node of the
+    service fits is refused first, as a local run refuses it (``fixed_nodes.py``)."""
     from orchestrator.engine.run import run_sweep
     from orchestrator.errors import CaviarError, SweepInterrupted
     from orchestrator.report.summary import format_summary
+    from orchestrator.service.fixed_nodes import refuse_what_never_fits
     from orchestrator.spec.data import check_data_files
     from orchestrator.spec.models import load_spec
 
@@ -258,6 +265,9 @@ def _run_sweep(
     try:
         spec = load_spec(spec_path)
         check_data_files(spec.data, spec_path.parent)
+        refuse_what_never_fits(
+            spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, _workers(home)
+        )
         result = run_sweep(
             spec,
             spec_path.read_text(encoding="utf-8"),
@@ -285,11 +295,21 @@ def _run_sweep(
     return (0 if result.best is not None else 1), result.draw_report
 
 
+def _workers(home: Path | None) -> int | None:
+    """How many worker nodes ``caviar up`` started, as its state folder records."""
+    from orchestrator.service.state import StateDir
+
+    records = StateDir(home).read() if home is not None else None
+    workers = records.settings.get("workers") if records else None
+    return int(workers) if isinstance(workers, int) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.service.driver")
     parser.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve")
     parser.add_argument("--home", type=Path, required=True, help="the service's state folder")
     args = parser.parse_args(argv)
+    identity.code_identity()  # the code on disk now, before the sweep's modules are imported
     apply_environment_defaults()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     driver = Driver(args.socket, args.home)

@@ -235,19 +235,38 @@ def marked_processes(prefix: str) -> list[int]:
     return found
 
 
-def group_members(pgid: int, not_before: int | None) -> list[int]:
-    """This user's processes in process group ``pgid`` that started no earlier than its
-    recorded leader (so a group id reused by a later program after ours ended and was
-    reaped is not taken for ours while its own leader lives)."""
+def group_members(pgid: int, not_before: int | None, marked: str | None = None) -> list[int]:
+    """This user's live processes in process group ``pgid`` whose leader is gone, that started
+    no earlier than the recorded leader (so a group id reused by a later program after ours
+    ended and was reaped is not taken for ours while its own leader lives) and, with
+    ``marked``, that carry that service's marker in their environment (what the service
+    started, never a stranger's process that happens to sit in a group of that id).
+
+    What a service leaves behind when only its leader dies: MLflow's server is a leader
+    whose uvicorn child serves the UI and holds the port; killed alone, the leader leaves
+    the child running, reparented, in the service's group."""
     if not Path("/proc").is_dir() or process_alive(pgid, None):
         return []  # the leader lives: it is signalled as a live record, or it is not ours
     found = []
     for pid, stat in _own_processes("stat"):
         text = stat.decode(errors="replace")
         fields = text[text.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and (not_before is None or int(fields[19]) >= not_before):
-            found.append(pid)
+        if fields[0] == "Z" or int(fields[2]) != pgid:
+            continue  # a zombie holds nothing (and this machine's init may never reap it)
+        if not_before is not None and int(fields[19]) < not_before:
+            continue
+        if marked is not None and not _carries(pid, marked):
+            continue
+        found.append(pid)
     return found
+
+
+def _carries(pid: int, whole_marker: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{MARKER_ENV}={whole_marker}".encode() in environ.split(b"\0")
 
 
 def _own_processes(part: str) -> Iterator[tuple[int, bytes]]:

@@ -14,6 +14,12 @@ Every process gets its own session (process group) and its pid, start time, port
 are recorded in the state folder (``state.py``) before anything waits on it, so ``caviar
 down`` stops exactly what was started, even after ``caviar up`` itself was interrupted.
 The token reaches Ray and the driver in their environment only.
+
+The service owns each such group, not only its leader: a leader that died alone (MLflow's
+server, whose uvicorn child serves the UI and holds the port) leaves the group running.
+``caviar ps`` reports that service as degraded, and ``caviar up`` ends what is left of the
+group (only processes of the recorded group id that started after the recorded leader and
+carry the service's marker) and waits for its ports before starting it again.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from orchestrator import speedups
 from orchestrator.cluster import services
 from orchestrator.environment import ENVIRONMENT_DEFAULTS
 from orchestrator.errors import CaviarError
-from orchestrator.service import ports
+from orchestrator.service import identity, ports
+from orchestrator.service.fixed_nodes import DASHBOARD_ENV
 from orchestrator.service.state import (
     MARKER_ENV,
     ProcessRecord,
@@ -42,6 +49,7 @@ from orchestrator.service.state import (
     marked_processes,
     marker,
     open_log,
+    process_alive,
     since,
     start_ticks,
 )
@@ -231,6 +239,7 @@ class Topology:
                 MLFLOW_TRACKING_URI=self.driver_store,
                 CAVIAR_MLFLOW_UI=self.mlflow_url,
             )
+            env[DASHBOARD_ENV] = self.dashboard_url  # which nodes there are, for its refusals
             return env
         env.update(
             CAVIAR_RAY_TEMP_DIR=str(self.ray_temp_dir(name)),
@@ -320,6 +329,7 @@ def _start_fresh(state: StateDir, topology: Topology, out: TextIO) -> int:
     records = ServiceRecords(settings=topology.settings)
     records.settings["boot_id"] = _boot_id()
     records.settings["up_since"] = time.time()
+    records.settings["caviar"] = identity.code_identity()  # what the driver will run
     print(f"caviar: starting the service in {state.path} ...", file=out, flush=True)
     started = time.monotonic()
     names = topology.names()
@@ -356,6 +366,7 @@ def _repair(
                 f"({', '.join(changed)}); caviar down first, then caviar up with the new ones"
             )
         print(f"caviar: the service in {state.path} is already up", file=out)
+        _say_if_other_code(state, records, out)
         _print_where(state, topology, out)
         return 0
     if len(dead) == len(topology.names()):
@@ -368,15 +379,65 @@ def _repair(
     restart |= {n for n in topology.names() if n not in records.processes}
     order = [n for n in topology.names() if n in restart]
     print(f"caviar: not running: {', '.join(dead)}; restarting {', '.join(order)}", file=out)
-    for name in reversed(order):  # stop what is left of them first
-        record = records.processes.pop(name, None)
-        if record is not None:
-            _stop_records([record], state, out=None)
-    _kill_stragglers(state, order)
+    _end_what_is_left(state, records, order, out)
+    if "driver" in order:
+        records.settings["caviar"] = identity.code_identity()
     topology.assign_ports(order)
     _start_and_wait(state, records, topology, order, out)
+    if "driver" not in order:
+        _say_if_other_code(state, records, out)
     _print_where(state, topology, out)
     return 0
+
+
+def _end_what_is_left(
+    state: StateDir, records: ServiceRecords, names: list[str], out: TextIO
+) -> None:
+    """Stop ``names`` before they start again: the live ones, what a dead leader left of its
+    group (said on ``out``) and their stragglers; then wait until their recorded ports are
+    free (a killed process lets go of its sockets a moment after it is signalled)."""
+    stopped = [records.processes.pop(n) for n in reversed(names) if n in records.processes]
+    for record in stopped:
+        left = _left_of_group(state, record)
+        if left and not record.alive():
+            print(
+                f"caviar: {record.name}'s leader (pid {record.pid}) had died, but its process "
+                f"group still ran (pids {', '.join(map(str, left))}); ending it",
+                file=out,
+            )
+        _stop_records([record], state, out=None)
+    _kill_stragglers(state, names)
+    _wait_ports_free(stopped)
+
+
+def _left_of_group(state: StateDir, record: ProcessRecord) -> list[int]:
+    """What still runs of a dead record's process group, and is the service's own."""
+    return group_members(record.pid, record.start_ticks, marker(state.path, record.name))
+
+
+def _wait_ports_free(stopped: list[ProcessRecord], timeout_s: float = 10.0) -> list[int]:
+    recorded = [p for r in stopped for p in r.ports.values()]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = [p for p in recorded if not ports.bindable(p)]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.1)
+
+
+def _say_if_other_code(state: StateDir, records: ServiceRecords, out: TextIO) -> None:
+    """A service up before this caviar was changed serves no ``caviar run`` of it."""
+    from orchestrator.service.client import ping
+
+    answer = ping(state.socket_path) or {}
+    theirs, mine = answer.get("caviar", records.settings.get("caviar")), identity.code_identity()
+    if theirs != mine:
+        print(
+            f"caviar: it runs other caviar code ({identity.describe(theirs)}; this caviar: "
+            f"{identity.describe(mine)}), so this caviar's runs do not use it: caviar down, "
+            "then caviar up, serves this code",
+            file=out,
+        )
 
 
 def _start_and_wait(
@@ -503,17 +564,25 @@ def status(out: TextIO, state: StateDir | None = None) -> int:
         return 1
     topology = Topology(state, dict(records.settings), _token_if_any(state))
     rows = [("SERVICE", "PID", "STATE", "SINCE", "ADDRESS", "LOG")]
-    down = []
+    down, notes = [], []
     for name in topology.names():
         record = records.processes.get(name)
         if record is None:
             rows.append((name, "-", "not started", "-", "-", "-"))
             down.append(name)
             continue
-        if not record.alive():
+        if not _same_boot(records):
             health = "dead"
-        elif not _same_boot(records):
-            health = "dead"
+        elif not record.alive():
+            left = _left_of_group(state, record)
+            health = "degraded" if left else "dead"
+            if left:
+                answering = " and still answers" if topology.healthy(name) else ""
+                notes.append(
+                    f"caviar: {name}: its leader (pid {record.pid}) died, but its process "
+                    f"group still runs{answering} (pids {', '.join(map(str, left))}); "
+                    "caviar up ends the group and starts it again"
+                )
         else:
             health = "running" if topology.healthy(name) else "not answering"
         if health != "running":
@@ -533,6 +602,8 @@ def status(out: TextIO, state: StateDir | None = None) -> int:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)] + [row[-1]]
         print("  " + "  ".join(cells), file=out)
+    for note in notes:
+        print(note, file=out)
     if down:
         print(
             f"caviar: not running or not answering: {', '.join(down)}; caviar up restarts them",
@@ -603,15 +674,17 @@ def _stop_records(
     what is left."""
     first = [r for r in chosen if r.name == "driver"]
     rest = [r for r in chosen if r.name != "driver"]
-    return _stop_group(first, DRIVER_GRACE_S) + _stop_group(rest, STOP_GRACE_S)
+    return _stop_group(first, DRIVER_GRACE_S, state) + _stop_group(rest, STOP_GRACE_S, state)
 
 
-def _stop_group(chosen: list[ProcessRecord], grace_s: float) -> list[ProcessRecord]:
+def _stop_group(
+    chosen: list[ProcessRecord], grace_s: float, state: StateDir
+) -> list[ProcessRecord]:
     live = [r for r in chosen if r.alive()]
-    for record in chosen:  # a dead leader's group may live on (MLflow's server workers)
-        if record not in live:
-            for pid in group_members(record.pid, record.start_ticks):
-                _kill(pid, signal.SIGKILL)
+    # A dead leader's group may live on (MLflow's uvicorn child, on the service's port).
+    left = [pid for r in chosen if r not in live for pid in _left_of_group(state, r)]
+    for pid in left:
+        _kill(pid, signal.SIGKILL)
     for record in live:
         _signal_group(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -620,7 +693,9 @@ def _stop_group(chosen: list[ProcessRecord], grace_s: float) -> list[ProcessReco
     for record in live:
         _signal_group(record.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(r.alive() for r in live):
+    while time.monotonic() < deadline and (
+        any(r.alive() for r in live) or any(process_alive(pid, None) for pid in left)
+    ):
         time.sleep(0.1)
     return live
 

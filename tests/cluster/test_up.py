@@ -2,9 +2,11 @@
 
 One service in a state folder of the test's own (``CAVIAR_HOME``), on free ports: it starts
 over a stale state folder (records of processes that no longer exist), answers a second
-``caviar up``, runs two sweeps whose runs land in its MLflow server, reports a killed worker
-and a killed MLflow server and gets them back with ``caviar up``, keeps its token out of
-every argv, log and world-readable file, ignores another state folder's ``caviar down``, and
+``caviar up``, runs two sweeps whose runs land in its MLflow server, refuses at once a GPU
+ask its CPU-only nodes can never hold, runs a user's edited ``models.py`` as edited, reports
+a killed worker and an MLflow server whose leader alone was killed (its uvicorn child still
+serving on the port) and gets them back with ``caviar up``, keeps its token out of every
+argv, log and world-readable file, ignores another state folder's ``caviar down``, and
 ``caviar down`` leaves no process (by the ids recorded and by the marker every service's
 processes carry) and no port open. The teardown stops whatever is left, also on failure.
 """
@@ -71,7 +73,16 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
     )
     mlflow_port = free_port()
     started = caviar(
-        home, "up", "--workers", "1", "--cpus-per-worker", "1", "--mlflow-port", str(mlflow_port)
+        home,
+        "up",
+        "--workers",
+        "1",
+        "--cpus-per-worker",
+        "1",
+        "--gpus",
+        "0",  # CPU-only on any machine: a GPU ask can never be held
+        "--mlflow-port",
+        str(mlflow_port),
     )
     assert started.returncode == 0, started.stdout + started.stderr
     assert "stale state" in started.stdout
@@ -97,6 +108,7 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
         (folder / "spec.yaml").write_text(SPEC.format(name=name))
         ran = caviar(home, "run", "spec.yaml", cwd=folder)
         assert ran.returncode == 0, ran.stdout + ran.stderr
+        # (Only while the checkout is unchanged: a service serves the code it started with.)
         assert ran.stdout.startswith("caviar: running on the service in"), ran.stdout
         assert f"http://127.0.0.1:{mlflow_port}" in ran.stdout
         assert f"runs table:      http://127.0.0.1:{mlflow_port}/#/experiments/" in ran.stdout
@@ -106,19 +118,25 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
         _wait_until(lambda name=name: "report.html" in _report_files(mlflow_port, name))
         assert "learning_curves.png" in _report_files(mlflow_port, name)
 
+    _a_gpu_ask_is_refused_at_once(home, tmp_path)
+    _an_edited_models_py_runs_as_edited(home, tmp_path, mlflow_port)
     _ctrl_c_on_the_service_then_resume(home, tmp_path, mlflow_port)
     _submit_to_the_service(home, tmp_path, mlflow_port)
 
-    # A killed worker and a killed MLflow server: reported, then restarted by `caviar up`.
+    # A killed worker, and an MLflow server whose leader alone was killed (its uvicorn child
+    # lives on in the service's group, on the port): reported, then restarted by `caviar up`.
     before = records(home)
-    for name in ("ray-worker-1", "mlflow"):
-        os.killpg(before[name]["pid"], signal.SIGKILL)
+    os.killpg(before["ray-worker-1"]["pid"], signal.SIGKILL)
+    os.kill(before["mlflow"]["pid"], signal.SIGKILL)
     _wait_until(lambda: caviar(home, "ps").returncode == 1)
     status = caviar(home, "ps").stdout
-    assert "ray-worker-1" in status and "dead" in status
+    assert re.search(r"^  ray-worker-1 +\d+ +dead ", status, re.M), status
+    assert re.search(r"^  mlflow +\d+ +degraded ", status, re.M), status
+    assert "mlflow: its leader" in status and "still answers" in status, status
     repaired = caviar(home, "up")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "restarting" in repaired.stdout
+    assert "mlflow's leader" in repaired.stdout and "ending it" in repaired.stdout
     assert caviar(home, "ps").returncode == 0
     after = records(home)
     assert after["ray-head"]["pid"] == before["ray-head"]["pid"]  # the rest was left alone
@@ -135,6 +153,74 @@ def test_up_two_sweeps_restart_and_down(home: Path, tmp_path: Path) -> None:
     assert marked_processes(marker(StateDir(home).path, "")) == []
     assert [pid for pid in pids if _running(pid)] == []
     assert [port for port in recorded_ports if listening(port)] == []
+
+
+def _a_gpu_ask_is_refused_at_once(home: Path, tmp_path: Path) -> None:
+    """A trial no node of the service can hold is a spec error, as without the service,
+    not a sweep pending forever (nothing joins caviar up's nodes)."""
+    folder = tmp_path / "svc-gpu"
+    folder.mkdir()
+    spec = SPEC.format(name="svc-gpu").replace(
+        "{cpus_per_trial: 1}", "{cpus_per_trial: 1, gpus_per_trial: 0.25}"
+    )
+    (folder / "spec.yaml").write_text(spec)
+    ran = caviar(home, "run", "spec.yaml", cwd=folder, timeout=90)  # it waited until killed
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert ran.stdout.startswith("caviar: running on the service in"), ran.stdout
+    assert (
+        "resources.gpus_per_trial: asks for 0.25 GPU per trial; the most any node offers is 0"
+        in ran.stderr
+    ), ran.stderr
+    assert "the service cannot run one trial" in ran.stderr
+    assert not (folder / "caviar_runs").exists()  # refused before anything started
+
+
+USER_MODEL = """
+from trainables.config import MlpConfig
+from trainables.registry import TrainableDefinition
+from trainables.train import TrainingSession
+
+
+class Config(MlpConfig):
+{fields}
+
+
+def session(config, tensors, device):
+    return TrainingSession({{k: v for k, v in config.items() if k != "tag"}}, tensors, device)
+
+
+MODEL = TrainableDefinition(
+    name="user-mlp",
+    description="the MLP, as a user's own module",
+    config_model=Config,
+    metrics={{"val_accuracy": "max", "val_loss": "min"}},
+    make_session=session,
+)
+"""
+
+
+def _an_edited_models_py_runs_as_edited(home: Path, tmp_path: Path, mlflow_port: int) -> None:
+    """The warm driver sees the user's models.py as it is now: after an edit that adds a
+    parameter, a spec setting it is validated and run with the new code."""
+    folder = tmp_path / "svc-model"
+    folder.mkdir()
+    spec = SPEC.format(name="svc-model") + "trainable: models:MODEL\n"
+    (folder / "models.py").write_text(USER_MODEL.format(fields="    pass"))
+    (folder / "spec.yaml").write_text(spec)
+    ran = caviar(home, "run", "spec.yaml", cwd=folder)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    (folder / "models.py").write_text(USER_MODEL.format(fields='    tag: str = "v1"'))
+    (folder / "spec.yaml").write_text(spec.replace("batch_size: 32}", "batch_size: 32, tag: v2}"))
+    ran = caviar(home, "run", "spec.yaml", cwd=folder)
+    assert ran.returncode == 0, ran.stdout + ran.stderr  # the old module lacked `tag`
+    assert ran.stdout.startswith("caviar: running on the service in"), ran.stdout
+    import mlflow
+
+    server = mlflow.MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+    experiment = server.get_experiment_by_name("svc-model")
+    runs = server.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("caviar.kind") != "sweep"]
+    assert sorted(str(r.data.params.get("tag")) for r in trials) == ["None"] * 3 + ["v2"] * 3
 
 
 def _ctrl_c_on_the_service_then_resume(home: Path, tmp_path: Path, mlflow_port: int) -> None:
