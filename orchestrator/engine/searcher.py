@@ -6,12 +6,17 @@ finished dicts. A sweep is a sequence of rounds: random and grid search are one 
 round's configurations are all handed out, the searcher answers "not yet" until every trial
 of the round has ended, then narrows the region around the round's best trials
 (``zoom.next_region``) and plans the next round.
+
+A ``tpe`` sweep is one round that is not planned ahead: each configuration is proposed when Tune
+asks for it by :class:`orchestrator.search.tpe.TpeProposer` (Optuna's TPE), which learns from
+every result the searcher is passed, and a resumed sweep adopts the journal's configurations
+instead of planning them again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,12 +26,15 @@ from orchestrator.engine import live
 from orchestrator.errors import CaviarError
 from orchestrator.search.packing import Packer, pack_round
 from orchestrator.search.ranking import ranked
-from orchestrator.search.space import SearchSpace, sample_configs
+from orchestrator.search.space import Scalar, SearchSpace, sample_configs
+from orchestrator.search.tpe import TpeProposer, TpeSettings
 from orchestrator.search.zoom import keep_count, next_region
 from orchestrator.spec.models import SweepSpec
 from orchestrator.store.journal import RESUME_FROM
 from orchestrator.trials import (
+    EPOCH_RESULTS,
     MEMBER_LAST,
+    MEMBER_RESULTS,
     PACK_MEMBERS,
     Trial,
     TrialState,
@@ -50,6 +58,7 @@ class RoundPlan:
     mode: Literal["max", "min"]
     milestones: tuple[int, ...]
     budget: int
+    tpe: TpeSettings | None = None  # strategy tpe: proposed one by one, not planned
 
 
 class ReplayError(CaviarError):
@@ -86,6 +95,7 @@ class RoundSearcher(Searcher):
         # continued pack may be down to one member).
         self.members_of: dict[str, tuple[int, ...]] = {}
         self._member_last: dict[int, dict[str, Any]] = {}  # a pack member's newest epoch
+        self._member_newest: dict[int, dict[str, Any]] = {}  # its newest epoch of its own
         # The trials handed out, by index: config and round; once ended, the state and the
         # last result Tune passed on completion (all that planning the next round needs).
         self.trials: dict[int, Trial] = {}
@@ -94,6 +104,12 @@ class RoundSearcher(Searcher):
         # or the unended members of one pack).
         self.continuations: list[list[Trial]] = []
         self._queue: list[list[dict[str, Any]]] = []  # the round's Tune trials still to hand out
+        # strategy tpe: the sampler that proposes each configuration when it is asked for.
+        self.proposer = (
+            TpeProposer(space, plan.tpe, plan.seed, plan.metric, plan.mode, plan.milestones)
+            if plan.tpe is not None
+            else None
+        )
         # Round 1 starts at the first suggestion (so building a searcher writes nothing).
 
     def __getstate__(self) -> dict[str, Any]:
@@ -111,6 +127,10 @@ class RoundSearcher(Searcher):
             return self._continue(trial_id, self.continuations.pop(0))
         if self.round == 0:
             self._start_round(())
+        if self.proposer is not None:
+            if self.next_index >= self.total:
+                return Searcher.FINISHED
+            self._queue = [self._propose_unit(self.total - self.next_index)]
         if not self._queue:
             if self.round >= self.plan.rounds:
                 return Searcher.FINISHED
@@ -127,6 +147,33 @@ class RoundSearcher(Searcher):
         self.next_index += len(unit)
         self._assign(trial_id, indices, packed=pack is not None)
         return tune_config(list(zip(indices, unit, strict=True)), packed=pack is not None)
+
+    def _propose_unit(self, limit: int) -> list[dict[str, Any]]:
+        """The next Tune trial's configurations, proposed now (strategy tpe): at most
+        ``limit`` members. A pack's shape is proposed once, with its first member; each other
+        member gets its own proposal of everything else, so a parameter's values stay the
+        sampler's own and only shape values repeat within a pack (as ``pack_round``)."""
+        assert self.proposer is not None
+        first = self.next_index
+        head = self.proposer.propose(first, self._grid_point(first))
+        packer = self.packer
+        if packer is None:
+            return [head]
+        size = min(limit, max(1, packer.size_for(head, self.total - first)))
+        imposed = {name: head[name] for name in packer.sampled if name in head}
+        key = packer.shape_key(head)
+        unit = [head]
+        for index in range(first + 1, first + size):
+            pinned = {**self._grid_point(index), **imposed}
+            if packer.shape_key({**head, **pinned}) != key:
+                break  # its grid point gives another shape: it starts the next pack
+            unit.append(self.proposer.propose(index, pinned))
+        return unit
+
+    def _grid_point(self, index: int) -> dict[str, Scalar]:
+        """The grid values of trial ``index``: each grid point gets its trials in a row."""
+        points = self.original.grid_points()
+        return dict(points[index // self.plan.samples_per_point]) if points else {}
 
     def _assign(self, trial_id: str, indices: tuple[int, ...], packed: bool) -> None:
         self.index_of[trial_id] = indices[0]
@@ -148,7 +195,13 @@ class RoundSearcher(Searcher):
         as they were; a configuration that differs from the journal's means the plan changed,
         and stops the resume. Trials that had not ended become continuations, served before
         anything new: a pack's unended members continue together.
+
+        Strategy tpe proposes from what it has learnt, which the order of events decided, so its
+        journaled trials are adopted instead (:meth:`_replay_proposed`).
         """
+        if self.proposer is not None:
+            self._replay_proposed(trials)
+            return
         top = max(trials, default=-1)
         fed: set[int] = set()
 
@@ -196,6 +249,79 @@ class RoundSearcher(Searcher):
             if unit:
                 self.continuations.append(unit)
 
+    def _replay_proposed(self, trials: dict[int, Trial]) -> None:
+        """strategy tpe: become the sampler of a killed sweep from its journal.
+
+        Every journaled trial is adopted with its configuration and pack, and everything it
+        reported is passed on, so the sampler's study holds what the killed one held and the
+        next proposals are the ones the killed sweep would have made. A configuration the
+        spec could not have proposed stops the resume. Trials that were proposed but never
+        started left no trace: they are proposed again, from all the journal holds.
+        """
+        assert self.proposer is not None
+        if self.round == 0:
+            self._start_round(())
+        top = max(trials, default=-1)
+        units: list[tuple[int, ...]] = []
+        gaps: list[tuple[int, int]] = []  # [first, end) of indices the journal lacks
+        index = 0
+        while index <= top:
+            trial = trials.get(index)
+            if trial is None:
+                end = index
+                while end <= top and end not in trials:
+                    end += 1
+                gaps.append((index, end))
+                index = end
+                continue
+            members = [index]
+            while (
+                trial.pack is not None
+                and members[-1] + 1 in trials
+                and trials[members[-1] + 1].pack == trial.pack
+            ):
+                members.append(members[-1] + 1)
+            for member in members:
+                known = trials[member]
+                try:
+                    self.proposer.adopt(member, known.config)
+                except ValueError as error:
+                    raise ReplayError(
+                        f"trial {member} ran {known.config}, which the spec's search space "
+                        f"cannot propose ({error}); a resumed sweep must run the same spec"
+                    ) from None
+                self.trials[member] = Trial(
+                    member, dict(known.config), self.round, trial_id=known.trial_id, pack=known.pack
+                )
+            units.append(tuple(members))
+            index = members[-1] + 1
+        for known in sorted(trials.values(), key=lambda t: t.index):
+            self.proposer.observe(known.index, known.history)
+            if known.state.ended:
+                self._complete(known.index, known.last or None, known.state)
+        for first, end in gaps:
+            self.next_index = first
+            while self.next_index < end:
+                unit = self._propose_unit(end - self.next_index)
+                indices = tuple(range(self.next_index, self.next_index + len(unit)))
+                pack = indices[0] if len(unit) > 1 else None
+                for member, config in zip(indices, unit, strict=True):
+                    self.trials[member] = Trial(member, config, self.round, pack=pack)
+                units.append(indices)
+                self.next_index += len(unit)
+        self.next_index = top + 1
+        for indices in sorted(units):
+            unit = []
+            for member in indices:
+                known = trials.get(member)
+                if known is not None and known.state.ended:
+                    continue
+                continued = self.trials[member]
+                continued.checkpoint = known.checkpoint if known else None
+                unit.append(continued)
+            if unit:
+                self.continuations.append(unit)
+
     def _continue(self, trial_id: str, unit: list[Trial]) -> dict[str, Any]:
         packed = unit[0].pack is not None
         self._assign(trial_id, tuple(trial.index for trial in unit), packed)
@@ -212,6 +338,44 @@ class RoundSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         for index, entry in result.get(MEMBER_LAST) or ():
             self._member_last[int(index)] = entry
+        if self.proposer is not None:
+            self._observe(trial_id, result)
+
+    def _observe(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Pass a step's epochs to the sampler (strategy tpe), as the observer journals them.
+
+        A pack member's epochs after it left its pack are not its own, and it has ended when
+        it left, finished or diverged: the observer ends it then, not when the pack ends, so
+        the sampler does too (a resumed sweep's sampler learns from the journal)."""
+        assert self.proposer is not None
+        members = self.members_of.get(trial_id)
+        if members is None:
+            index = self.index_of.get(trial_id)
+            if index is not None:
+                self.proposer.observe(index, result.get(EPOCH_RESULTS) or [result])
+            return
+        left_at = self._left_at()
+        for index, epochs in result.get(MEMBER_RESULTS) or ():
+            index = int(index)
+            left = left_at.get(index)
+            own = [e for e in epochs if left is None or int(e.get("epoch", 0)) <= left]
+            self.proposer.observe(index, own)
+            if own:
+                self._member_newest[index] = own[-1]
+            newest = self._member_newest.get(index, {})
+            if (
+                left is not None
+                or newest.get("diverged")
+                or (int(newest.get("epoch", 0)) >= self.plan.budget)
+            ):
+                self.proposer.end(index, classify_last(newest, self.plan.budget))
+
+    def _left_at(self) -> Mapping[int, int]:
+        """The scheduler's pack members that left their pack (the epoch they left at), as the
+        sweep's observer is given them; empty when the sweep has none."""
+        found = live.lookup(self.sweep_id)
+        left_at = getattr(found.observer, "left_at", None) if found is not None else None
+        return left_at if left_at is not None else {}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -220,6 +384,8 @@ class RoundSearcher(Searcher):
         if indices is None:  # one trial, not a pack
             index = self.index_of.get(trial_id)
             if index is not None:
+                if self.proposer is not None and result:
+                    self._observe(trial_id, result)
                 failed = TrialState.FAILED
                 state = failed if error else classify_last(result or {}, self.plan.budget)
                 self._complete(index, result, state)
@@ -243,6 +409,8 @@ class RoundSearcher(Searcher):
             return
         trial.history = [dict(last)] if last else []
         trial.state = state
+        if self.proposer is not None:
+            self.proposer.end(index, state)
 
     def round_trials(self, round_number: int) -> list[Trial]:
         """The ended trials of a round, from what Tune passed on completion."""
@@ -252,7 +420,8 @@ class RoundSearcher(Searcher):
         self.round += 1
         self.regions.append(self.space)
         self.notes.append(notes)
-        self._queue = pack_round(self._round_configs(self.space), self.packer)
+        if self.proposer is None:
+            self._queue = pack_round(self._round_configs(self.space), self.packer)
         listener = self.on_round
         if listener is None:
             found = live.lookup(self.sweep_id)
@@ -316,6 +485,7 @@ def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
         mode=spec.mode,
         milestones=tuple(milestones),
         budget=spec.max_epochs,
+        tpe=search.tpe_settings(),
     )
 
 

@@ -41,6 +41,7 @@ from orchestrator.search.space import (
     Scalar,
     SearchSpace,
 )
+from orchestrator.search.tpe import TpeSettings
 from orchestrator.spec.panda import PandaSpec
 from orchestrator.spec.yaml_text import YamlShapeError, load_yaml
 
@@ -402,15 +403,57 @@ DEFAULT_KEEP_TOP = 0.25
 DEFAULT_MARGIN = 0.1
 
 
+class TpeSpec(StrictModel):
+    """Optuna's Tree-structured Parzen Estimator, searching in caviar's scales."""
+
+    n_startup_trials: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "Trials sampled at random before TPE models the results. It is also the "
+                "fewest trials that must have a value at an ASHA rung for TPE to rank trials "
+                "there (the deepest such rung is used; at least parameters + 1)."
+            ),
+        ),
+    ] = 10
+    n_ei_candidates: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description=(
+                "Candidates TPE draws from its model of the good trials for each proposal; it "
+                "proposes the one likeliest to be good rather than bad."
+            ),
+        ),
+    ] = 24
+    multivariate: Annotated[
+        bool,
+        Field(
+            description=(
+                "Model the parameters jointly (Optuna's multivariate TPE, its default for one "
+                "objective) rather than each on its own."
+            )
+        ),
+    ] = True
+
+    def settings(self) -> TpeSettings:
+        return TpeSettings(self.n_startup_trials, self.n_ei_candidates, self.multivariate)
+
+
 class SearchSpec(StrictModel):
     strategy: Annotated[
-        Literal["random", "grid", "zoom"],
+        Literal["random", "grid", "zoom", "tpe"],
         Field(
             description=(
                 "random: each trial samples every parameter on its scale (grid parameters are "
                 "still enumerated). grid: every combination of grid and values parameters. "
                 "zoom: coarse to fine: rounds of random search, each in the box around the "
-                "previous round's best trials."
+                "previous round's best trials. tpe: Optuna's TPE proposes each trial from the "
+                "results so far (early-stopped, diverged and running trials included), in "
+                "the same scales; settings under tpe."
             )
         ),
     ] = "random"
@@ -420,13 +463,16 @@ class SearchSpec(StrictModel):
             ge=1,
             le=100_000,
             description=(
-                "random: trials per grid point (default 16). grid: repeats of the whole grid "
-                "(default 1). zoom: use trials_per_round."
+                "random, tpe: trials per grid point (default 16). grid: repeats of the whole "
+                "grid (default 1). zoom: use trials_per_round."
             ),
             json_schema_extra={"default": DEFAULT_SAMPLES_PER_POINT},
         ),
     ] = None
-    seed: Annotated[int, Field(description="Seed of the sampled configurations.")] = 0
+    seed: Annotated[
+        int,
+        Field(description="Seed of the sampled configurations (and of every TPE proposal)."),
+    ] = 0
     max_concurrent: Annotated[
         int | None,
         Field(ge=1, description="Cap on trials running at once (default: as many as fit)."),
@@ -472,6 +518,16 @@ class SearchSpec(StrictModel):
             json_schema_extra={"default": DEFAULT_MARGIN},
         ),
     ] = None
+    tpe: Annotated[
+        TpeSpec | None,
+        Field(
+            description=(
+                "tpe: the sampler's settings (n_startup_trials, n_ei_candidates, "
+                "multivariate); the seed is search.seed."
+            ),
+            json_schema_extra={"default": TpeSpec().model_dump()},
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _zoom_fields_only_for_zoom(self) -> SearchSpec:
@@ -487,6 +543,11 @@ class SearchSpec(StrictModel):
             )
         if self.keep_top is not None and self.keep_top >= 1 and self.keep_top != int(self.keep_top):
             raise ValueError(f"keep_top >= 1 is a count and must be whole, got {self.keep_top:g}")
+        if self.tpe is not None and self.strategy != "tpe":
+            raise ValueError(
+                f"tpe settings only apply to strategy: tpe (this spec uses strategy: "
+                f"{self.strategy}); set strategy: tpe or remove tpe"
+            )
         return self
 
     def samples_per_point(self) -> int:
@@ -494,7 +555,7 @@ class SearchSpec(StrictModel):
             return self.trials_per_round or DEFAULT_SAMPLES_PER_POINT
         if self.num_trials is not None:
             return self.num_trials
-        return DEFAULT_SAMPLES_PER_POINT if self.strategy == "random" else 1
+        return DEFAULT_SAMPLES_PER_POINT if self.strategy in ("random", "tpe") else 1
 
     def rounds_count(self) -> int:
         return (self.rounds or DEFAULT_ZOOM_ROUNDS) if self.strategy == "zoom" else 1
@@ -504,6 +565,12 @@ class SearchSpec(StrictModel):
 
     def margin_value(self) -> float:
         return self.margin if self.margin is not None else DEFAULT_MARGIN
+
+    def tpe_settings(self) -> TpeSettings | None:
+        """The TPE sampler's settings under strategy tpe (defaults where unset), else None."""
+        if self.strategy != "tpe":
+            return None
+        return (self.tpe or TpeSpec()).settings()
 
 
 class AshaScheduler(StrictModel):

@@ -24,7 +24,8 @@ from ray.tune.search import Searcher
 
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.searcher import RoundPlan, RoundSearcher
-from orchestrator.search.space import GridDomain, RangeDomain, SearchSpace
+from orchestrator.search.space import ChoiceDomain, GridDomain, RangeDomain, SearchSpace
+from orchestrator.search.tpe import TpeSettings
 from orchestrator.store.journal import RESUME_FROM, Journal, read_journal
 from orchestrator.trials import Trial, classify_finished
 
@@ -54,17 +55,32 @@ SPACES = {
         ),
         {"epochs": BUDGET},
     ),
+    # Every kind of parameter TPE maps: log, log1m, a log integer, a categorical and a grid.
+    "tpe": SearchSpace(
+        (
+            RangeDomain("learning_rate", "log", 1e-4, 1.0),
+            RangeDomain("momentum", "log1m", 0.5, 0.99),
+            RangeDomain("hidden_units", "log", 8, 128, integer=True),
+            ChoiceDomain("activation", ("relu", "tanh")),
+            GridDomain("batch_size", (16, 32)),
+        ),
+        {"epochs": BUDGET},
+    ),
 }
 PLANS = {  # rounds, samples per point
     "random": (1, 12),
     "grid": (1, 2),
     "zoom": (3, 6),
+    "tpe": (1, 12),  # 24 trials, the first 6 at random: most are proposed by TPE
 }
 
 
 def _plan(strategy: str) -> RoundPlan:
     rounds, per_point = PLANS[strategy]
-    return RoundPlan(rounds, per_point, 5, 0.34, 0.1, "val_accuracy", "max", MILESTONES, BUDGET)
+    tpe = TpeSettings(n_startup_trials=6) if strategy == "tpe" else None
+    return RoundPlan(
+        rounds, per_point, 5, 0.34, 0.1, "val_accuracy", "max", MILESTONES, BUDGET, tpe
+    )
 
 
 def _score(config: dict[str, Any], epoch: int) -> float:
@@ -133,6 +149,8 @@ class Driver:
         decision = TrialScheduler.CONTINUE
         if self.scheduler is not None:
             decision = self.scheduler.on_trial_result(None, _RayTrial(trial_id), result)
+        if decision != TrialScheduler.STOP:  # as Tune: a stopping result comes on completion
+            self.searcher.on_trial_result(trial_id, result)
         self.log.append(("result", state["index"], state["epoch"], decision))
         if decision == TrialScheduler.STOP or state["epoch"] >= BUDGET:
             if self.scheduler is not None:
@@ -270,7 +288,7 @@ def test_a_resumed_sweep_is_the_killed_sweep(strategy: str, scheduler: str, tmp_
     assert _searcher_state(resumed.searcher) == _searcher_state(killed.searcher)
     end = read_journal(tmp_path / "killed.jsonl").trials
     assert len(end) == total and all(t.state.ended for t in end.values())
-    if strategy != "zoom":  # one round: the plan cannot depend on the order of events
+    if strategy not in ("zoom", "tpe"):  # planned ahead: cannot depend on the order of events
         assert {i: (t.round, t.config) for i, t in end.items()} == {
             i: (t.round, t.config) for i, t in whole.searcher.trials.items()
         }

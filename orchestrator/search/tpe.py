@@ -1,0 +1,439 @@
+"""TPE in caviar's scales: Optuna's ``TPESampler``, asked and told from caviar's trial records.
+
+The Tree-structured Parzen Estimator is the sampler every peer offers; caviar does not
+reimplement it. What caviar adds is what the sampler is shown:
+
+- **caviar's coordinates.** Each range is searched where its scale is uniform (``space.py``):
+  a ``log`` range as log10 x, a ``log1m`` range as log10(1 - x) (Optuna has no such scale),
+  a ``linear`` range as x. Integers are Optuna's integers, whose bins are caviar's (each
+  integer owns the interval from half a unit below to half above, on the log scale for a
+  ``log`` integer). Categoricals are categoricals; a grid parameter is a categorical fixed to
+  the trial's grid point.
+- **Early-stopped trials.** With ASHA most trials stop early, and a value after 2 epochs is
+  not a value after 27. The sampler ranks at one budget, chosen by BOHB's rule: the deepest
+  milestone (rung epoch, or the full budget) at which at least ``n_min`` trials have a value,
+  ``n_min = max(n_startup_trials, parameters + 1)``. A trial with a value there is told that
+  value (``COMPLETE``), even while it still runs on; a trial that ended before reaching it is
+  told ``PRUNED`` with its value at the deepest milestone it reached, which Optuna ranks below
+  every ``COMPLETE`` trial, deeper before shallower, then by value (exactly caviar's
+  ASHA-aware ranking, ``ranking.py``). Those are the trials ASHA judged worse, so they are
+  evidence of bad regions, not missing data.
+- **Diverged and failed trials count as bad.** Optuna leaves ``FAIL`` trials out of the model,
+  which would make a region that diverges look unexplored. They are told ``PRUNED`` with no
+  value, the last place in Optuna's ranking: always in the "bad" density.
+- **Parallel trials.** Running trials stay ``RUNNING`` in the study and the sampler is built
+  with ``constant_liar=True``: it counts them as bad, so a pending configuration is not
+  proposed twice.
+
+**Reproducible and resumable.** A proposal is a function of the sweep seed, the trial's index
+and the study's contents, and the study is a function of caviar's trial records alone (each
+record: its configuration, whether it ended and how, and its value at each milestone). The
+records are what the journal holds, so a resumed sweep rebuilds the same study and makes the
+same next proposals. Three details make that exact: each proposal gets a fresh sampler seeded
+from (seed, index) (no random state carried between proposals); a study trial's parameters
+are always recomputed from the caviar configuration (``log10(1 - x)`` of the value that was
+handed out, not the float Optuna proposed before mapping it back: they can differ in the last
+bit), so the proposal Optuna makes is told ``FAIL`` (ignored by TPE) and a canonical copy is
+added; and when a told value would have to change (the chosen milestone moved deeper, or a
+trial that had a value there diverged later), the study is rebuilt from the records in index
+order.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from orchestrator.search.space import (
+    ChoiceDomain,
+    GridDomain,
+    RangeDomain,
+    Scalar,
+    SearchSpace,
+    from_transformed,
+    to_transformed,
+)
+from orchestrator.trials import TrialState
+
+# How a trial is shown to the sampler at the chosen milestone (see the module docstring).
+Encoding = (
+    tuple[Literal["running"]]
+    | tuple[Literal["complete"], float]
+    | tuple[Literal["pruned"], int, float]
+    | tuple[Literal["bad"]]
+)
+RUNNING: Encoding = ("running",)
+BAD: Encoding = ("bad",)
+
+
+@dataclass(frozen=True)
+class TpeSettings:
+    """The sampler's settings (``search.tpe`` in a spec); the seed is the sweep's."""
+
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = True
+
+
+@dataclass
+class _Record:
+    """What the sampler may know of one trial: all of it is in the sweep's journal."""
+
+    config: dict[str, Any]
+    ended: TrialState | None = None
+    diverged: bool = False
+    rungs: dict[int, float] = field(default_factory=dict)  # milestone -> value first there
+    last: tuple[int, float] | None = None  # (epoch, value) of its newest finite value
+
+
+class TpeProposer:
+    """Proposes one trial at a time with Optuna's TPE, learning from every trial's outcome.
+
+    ``propose`` hands out trial ``index`` (indices in increasing order); ``observe`` and
+    ``end`` feed what the trials reported; ``adopt`` takes a trial from a journal as if it had
+    been proposed (resume). Nothing here knows about Ray: the searcher calls these.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        settings: TpeSettings,
+        seed: int,
+        metric: str,
+        mode: Literal["max", "min"],
+        milestones: Sequence[int],
+    ) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial told
+        self.space = space
+        self.settings = settings
+        self.seed = seed
+        self.metric = metric
+        self.mode = mode
+        self.milestones = tuple(sorted(int(m) for m in milestones))
+        self.distributions = optuna_distributions(space)
+        searched = sum(1 for d in space.sampled if not _single(d))
+        self.n_min = max(settings.n_startup_trials, searched + 1)
+        self.records: dict[int, _Record] = {}
+        self._reset_study()
+
+    # --- pickling: Tune pickles its searcher; the study is rebuilt from the records ------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in ("_study", "_handles", "_shown", "_dirty"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_study()
+
+    # --- the searcher's calls -----------------------------------------------------------
+
+    def propose(self, index: int, fixed: Mapping[str, Scalar] | None = None) -> dict[str, Any]:
+        """The configuration of trial ``index``: the sampler's, with ``fixed`` values imposed
+        (the trial's grid point, a fused pack's shape). The trial is then pending."""
+        import optuna
+
+        fixed = dict(fixed or {})
+        study = self._synced_study()
+        tpe = optuna.samplers.TPESampler(
+            seed=proposal_seed(self.seed, index),
+            n_startup_trials=self.settings.n_startup_trials,
+            n_ei_candidates=self.settings.n_ei_candidates,
+            multivariate=self.settings.multivariate,
+            constant_liar=True,
+        )
+        sampler: optuna.samplers.BaseSampler = tpe
+        if fixed:
+            pinned = {name: self._optuna_value(name, value) for name, value in fixed.items()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = optuna.samplers.PartialFixedSampler(pinned, tpe)
+        study.sampler = sampler
+        asked = study.ask(self.distributions)
+        proposed = dict(asked.params)
+        study.tell(asked, state=optuna.trial.TrialState.FAIL)  # its canonical copy follows
+        config = self._config_from(proposed)
+        config.update({name: value for name, value in fixed.items() if name in config})
+        self._add(index, config)
+        return config
+
+    def adopt(self, index: int, config: Mapping[str, Any]) -> None:
+        """A trial the journal says was handed out: known as if proposed here.
+
+        Raises ``ValueError`` naming the parameter when the configuration is not one this
+        space could propose (the spec changed since the journal was written)."""
+        problem = self.misfit(config)
+        if problem:
+            raise ValueError(problem)
+        self._add(index, dict(config))
+
+    def observe(self, index: int, entries: Iterable[Mapping[str, Any]]) -> None:
+        """Epoch results of trial ``index``, oldest first (repeats of known epochs are fine)."""
+        record = self.records.get(index)
+        if record is None:
+            return
+        changed = False
+        for entry in entries:
+            epoch = int(entry.get("epoch", 0))
+            if entry.get("diverged") and not record.diverged:
+                record.diverged, changed = True, True
+            value = _finite(entry.get(self.metric))
+            if value is None:
+                continue
+            if record.last is None or epoch >= record.last[0]:
+                record.last = (epoch, value)
+            for milestone in self.milestones:
+                if epoch >= milestone and milestone not in record.rungs:
+                    record.rungs[milestone] = value
+                    changed = True
+        if changed:
+            self._dirty.add(index)
+
+    def end(self, index: int, state: TrialState) -> None:
+        """Trial ``index`` ended (completed, stopped early, diverged or failed)."""
+        record = self.records.get(index)
+        if record is None or record.ended is not None:
+            return
+        record.ended = state
+        self._dirty.add(index)
+
+    def misfit(self, config: Mapping[str, Any]) -> str | None:
+        """Why ``config`` is not a configuration of this space (None when it is)."""
+        for domain in self.space.domains:
+            if domain.name not in config:
+                return f"it has no value for {domain.name!r}"
+            value = config[domain.name]
+            if isinstance(domain, RangeDomain):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    return f"{domain.name}={value!r} is not a number"
+                if not domain.low <= float(value) <= domain.high:
+                    return f"{domain.name}={value!r} is outside {domain.describe()}"
+                if domain.integer and float(value) != int(value):
+                    return f"{domain.name}={value!r} is not a whole number"
+            elif _choice_index(domain.values, value) is None:
+                return f"{domain.name}={value!r} is not one of {list(domain.values)}"
+        for name, value in self.space.fixed.items():
+            if name in config and repr(config[name]) != repr(value):
+                return f"{name}={config[name]!r}, but the spec fixes it to {value!r}"
+        return None
+
+    def study(self) -> Any:
+        """The Optuna study the next proposal is made from, up to date with the records
+        (for inspection: the proposer owns it)."""
+        return self._synced_study()
+
+    # --- what the sampler is shown ------------------------------------------------------
+
+    def milestone(self) -> int:
+        """BOHB's rule: the deepest milestone where ``n_min`` trials (not diverged or
+        failed) have a value; the first milestone while none has that many."""
+        chosen = self.milestones[0]
+        for milestone in self.milestones:
+            count = sum(1 for r in self.records.values() if milestone in r.rungs and not _is_bad(r))
+            if count >= self.n_min:
+                chosen = milestone
+        return chosen
+
+    def encoding(self, record: _Record, milestone: int) -> Encoding:
+        """How ``record`` is told at ``milestone`` (see the module docstring)."""
+        if _is_bad(record):
+            return BAD
+        if milestone in record.rungs:
+            return ("complete", record.rungs[milestone])
+        if record.ended is None:
+            return RUNNING
+        reached = [m for m in self.milestones if m in record.rungs]
+        if reached:
+            return ("pruned", reached[-1], record.rungs[reached[-1]])
+        if record.last is not None:
+            return ("pruned", record.last[0], record.last[1])
+        return BAD
+
+    # --- the study ------------------------------------------------------------------------
+
+    def _reset_study(self) -> None:
+        self._study: Any = None
+        self._handles: dict[int, Any] = {}  # index -> the Optuna trial, while RUNNING there
+        self._shown: dict[int, Encoding] = {}  # index -> what the study holds for it
+        self._dirty: set[int] = set(self.records)
+        self._shown_at: int | None = None
+
+    def _synced_study(self) -> Any:
+        """The study, brought up to date with the records (rebuilt when a told value would
+        have to change)."""
+        milestone = self.milestone()
+        if self._study is None or milestone != self._shown_at:
+            return self._rebuild(milestone)
+        for index in sorted(self._dirty):
+            wanted = self.encoding(self.records[index], milestone)
+            shown = self._shown[index]
+            if wanted == shown:
+                continue
+            if shown != RUNNING:
+                return self._rebuild(milestone)  # a finished Optuna trial cannot change
+            self._tell(index, wanted)
+        self._dirty.clear()
+        return self._study
+
+    def _rebuild(self, milestone: int) -> Any:
+        import optuna
+
+        direction = "maximize" if self.mode == "max" else "minimize"
+        self._study = optuna.create_study(
+            direction=direction, sampler=optuna.samplers.RandomSampler(seed=0)
+        )
+        self._handles, self._shown, self._dirty = {}, {}, set()
+        self._shown_at = milestone
+        for index in sorted(self.records):
+            self._enter(index, self.encoding(self.records[index], milestone))
+        return self._study
+
+    def _add(self, index: int, config: dict[str, Any]) -> None:
+        if index in self.records:
+            raise ValueError(f"trial {index} is already known to the sampler")
+        if self.records and index < max(self.records):
+            self._study = None  # the study lists trials in index order: rebuilt when next used
+        self.records[index] = _Record(config)
+        if self._study is not None:
+            self._enter(index, RUNNING)
+
+    def _enter(self, index: int, encoding: Encoding) -> None:
+        """Add trial ``index`` to the study (after every lower index), shown as ``encoding``."""
+        import optuna
+
+        params = self._optuna_params(self.records[index].config)
+        if encoding == RUNNING:
+            study = self._study
+            study.sampler = optuna.samplers.RandomSampler(seed=0)  # every value is fixed
+            study.enqueue_trial(params)
+            self._handles[index] = study.ask(self.distributions)
+            self._shown[index] = RUNNING
+            return
+        state, value, intermediate = _frozen_fields(encoding)
+        self._study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params=params,
+                distributions=self.distributions,
+                intermediate_values=intermediate,
+            )
+        )
+        self._shown[index] = encoding
+
+    def _tell(self, index: int, encoding: Encoding) -> None:
+        import optuna
+
+        handle = self._handles.pop(index)
+        if encoding[0] == "complete":
+            self._study.tell(handle, encoding[1])
+        else:
+            if encoding[0] == "pruned":
+                handle.report(encoding[2], encoding[1])
+            self._study.tell(handle, state=optuna.trial.TrialState.PRUNED)
+        self._shown[index] = encoding
+
+    # --- caviar values <-> Optuna parameters -------------------------------------------
+
+    def _optuna_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {d.name: self._optuna_value(d.name, config[d.name]) for d in self.space.domains}
+
+    def _optuna_value(self, name: str, value: Any) -> Any:
+        domain = self._domain(name)
+        if isinstance(domain, RangeDomain):
+            if domain.integer:
+                return int(value)
+            low, high = domain.bounds_transformed()
+            return min(high, max(low, float(to_transformed(domain.scale, float(value)))))
+        index = _choice_index(domain.values, value)
+        if index is None:
+            raise ValueError(f"{name}={value!r} is not one of {list(domain.values)}")
+        return domain.values[index]
+
+    def _config_from(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        config: dict[str, Any] = dict(self.space.fixed)
+        for domain in self.space.domains:
+            value = params[domain.name]
+            if isinstance(domain, RangeDomain) and not domain.integer:
+                x = float(from_transformed(domain.scale, float(value)))
+                value = min(domain.high, max(domain.low, x))  # round-off at the ends
+            elif isinstance(domain, RangeDomain):
+                value = int(value)
+            config[domain.name] = value
+        return config
+
+    def _domain(self, name: str) -> RangeDomain | ChoiceDomain | GridDomain:
+        for domain in self.space.domains:
+            if domain.name == name:
+                return domain
+        raise KeyError(f"{name!r} is not a parameter of the search space")
+
+
+def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
+    """Each parameter as an Optuna distribution in caviar's coordinate (module docstring)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for domain in space.domains:
+        if isinstance(domain, RangeDomain) and domain.integer:
+            out[domain.name] = IntDistribution(
+                int(domain.low), int(domain.high), log=domain.scale == "log"
+            )
+        elif isinstance(domain, RangeDomain):
+            low, high = domain.bounds_transformed()
+            out[domain.name] = FloatDistribution(low, high)
+        else:
+            out[domain.name] = CategoricalDistribution(list(domain.values))
+    return out
+
+
+def proposal_seed(seed: int, index: int) -> int:
+    """The sampler seed of trial ``index``'s proposal: fixed by the sweep seed and index."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, float] | None]:
+    from optuna.trial import TrialState as OptunaState
+
+    if encoding[0] == "complete":
+        return OptunaState.COMPLETE, encoding[1], None
+    if encoding[0] == "pruned":
+        return OptunaState.PRUNED, None, {int(encoding[1]): float(encoding[2])}
+    return OptunaState.PRUNED, None, None
+
+
+def _is_bad(record: _Record) -> bool:
+    return record.diverged or record.ended in (TrialState.DIVERGED, TrialState.FAILED)
+
+
+def _single(domain: RangeDomain | ChoiceDomain) -> bool:
+    if isinstance(domain, RangeDomain):
+        return domain.low == domain.high
+    return len(domain.values) <= 1
+
+
+def _choice_index(values: Sequence[Scalar], value: Any) -> int | None:
+    """The position of ``value`` among ``values``, by its printed form (1 is not True)."""
+    for index, candidate in enumerate(values):
+        if repr(candidate) == repr(value):
+            return index
+    return None
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
