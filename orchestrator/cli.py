@@ -304,6 +304,9 @@ def _validate(args: argparse.Namespace) -> int:
     from orchestrator.spec.data import check_data_files
 
     check_data_files(spec.data, args.spec.parent)  # exists; `run` checks the contents
+    from orchestrator.store.uri import check_store
+
+    check_store(spec.tracking_uri())  # credentials in its address, an unwritable SQLite folder
     print(f"OK {spec.summary()}")
     return 0
 
@@ -334,6 +337,9 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.cluster.submit import prepare_job_driver
 
     prepare_job_driver(spec)  # as a Ray job: no store in its temp folder; leave the shared folder
+    from orchestrator.store.uri import check_store
+
+    check_store(spec.tracking_uri())  # a store that cannot work, refused before Ray starts
     if not os.environ.get("RAY_ADDRESS"):  # and a trial too large for this machine
         from orchestrator.engine.capacity import refuse_on_this_machine
 

@@ -15,16 +15,30 @@ link clickable. Pure string building: no MLflow import, no I/O.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
+
+# The links' base: one function for the store's printed address and the report's links, so a
+# link never carries the credentials a tracking URI may hold (re-exported from here).
+from orchestrator.store.uri import ui_base
+
+__all__ = [
+    "LABEL_WIDTH",
+    "TOP_TRIALS_COMPARED",
+    "SweepLinks",
+    "compare_page",
+    "labelled",
+    "labelled_line",
+    "run_page",
+    "runs_page",
+    "sweep_links",
+    "text_lines",
+    "ui_base",
+]
 
 TOP_TRIALS_COMPARED = 5  # how many of the best trials a compare link shows
-MLFLOW_UI_DEFAULT_HOST = "127.0.0.1"  # `mlflow ui` without --host
-MLFLOW_UI_DEFAULT_PORT = 5000  # `mlflow ui` without --port
 LABEL_WIDTH = 17  # "<label>: " padded to this, so the terminal's links line up in one column
-_ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": MLFLOW_UI_DEFAULT_HOST}
 
 
 @dataclass(frozen=True)
@@ -36,25 +50,6 @@ class SweepLinks:
     compare: str | None
     best: str | None
     compared: int  # how many runs the compare link holds (0 without one)
-
-
-def ui_base(tracking_uri: str, ui_command: str) -> str:
-    """The address the MLflow UI for this store answers at, without a trailing slash.
-
-    An http(s) tracking URI is the UI itself (path kept, for a server behind a prefix; any
-    credentials, query or fragment dropped). Any other store is served by the printed
-    ``ui_command`` (``mlflow ui ... --host H --port P``), so its host and port are read
-    from that command: the link and the command cannot disagree.
-    """
-    if tracking_uri.startswith(("http://", "https://")):
-        parts = urlsplit(tracking_uri)
-        netloc = parts.netloc.rpartition("@")[2]  # never print credentials in a link
-        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    host, port = _host_and_port(ui_command)
-    host = _ANY_ADDRESS.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal
-    return f"http://{host}:{port}"
 
 
 def runs_page(base: str, experiment_id: str) -> str:
@@ -100,27 +95,6 @@ def _root(base: str) -> str:
 
 def _json_param(value: list[str]) -> str:
     return quote(json.dumps(value, separators=(",", ":")), safe="")
-
-
-def _host_and_port(command: str) -> tuple[str, int]:
-    """``--host``/``--port`` (``-h``/``-p``, ``--opt=value`` too) of an ``mlflow ui`` command."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    options: dict[str, str] = {}
-    for i, word in enumerate(words):
-        name, equals, value = word.partition("=")
-        if name in ("--host", "-h", "--port", "-p"):
-            if not equals:
-                value = words[i + 1] if i + 1 < len(words) else ""
-            options[name.lstrip("-")[0]] = value
-    host = options.get("h", MLFLOW_UI_DEFAULT_HOST)
-    try:
-        port = int(options.get("p", MLFLOW_UI_DEFAULT_PORT))
-    except ValueError:
-        port = MLFLOW_UI_DEFAULT_PORT
-    return host, port
 
 
 def labelled(links: SweepLinks) -> list[tuple[str, str]]:
