@@ -55,6 +55,11 @@ class SweepError(CaviarError):
     """The sweep could not run to completion for a reason outside the spec."""
 
 
+class SweepHalted(SweepError):
+    """Something outside the sweep stopped it (a full disk, a journal it cannot write): what
+    it journaled is kept, its runs are marked interrupted, and ``--resume`` finishes it."""
+
+
 class SweepInterrupted(CaviarError):
     """The user stopped the sweep (Ctrl-C, SIGTERM, ``caviar stop``); it can be resumed.
 

@@ -7,9 +7,12 @@ background thread, and redraws the progress line at most a few times a second.
 
 from __future__ import annotations
 
+import errno
+import json
 import math
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ from ray.tune import Callback
 from orchestrator.engine import live
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.searcher import RoundSearcher
-from orchestrator.store.journal import RESUME_FROM, Journal
+from orchestrator.engine.trial_actor import TIMEOUT_NOTE
+from orchestrator.errors import CaviarError, SweepHalted
+from orchestrator.store.journal import RESUME_FROM, Journal, JournalWriteError
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import (
     EPOCH_RESULTS,
@@ -35,6 +40,33 @@ from trainables.train import RESULT_KEYS
 # What a trial reports that is a per-epoch metric (everything numeric we own, nothing of Ray's).
 EPOCH_METRICS = tuple(k for k in RESULT_KEYS if k not in ("epoch", "diverged"))
 RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "worker_pid", "ended_at")
+# A trial silent for this many times its usual gap between reports gets a live notice (once),
+# but never sooner than NOTICE_MIN_S, nor later than half its epoch timeout.
+NOTICE_FACTOR = 10.0
+NOTICE_MIN_S = 30.0
+# What a worker's error says when it could not write for lack of space.
+DISK_FULL_HINTS = ("No space left on device", f"[Errno {errno.ENOSPC}]", "Disk quota exceeded")
+
+
+class _Halted(Exception):
+    """Raised inside a callback once the sweep is halted; :func:`_unless_halted` ends it."""
+
+
+def _unless_halted(method: Any) -> Any:
+    """A Tune event is ignored once the sweep is halted: what cannot be journaled must not
+    reach MLflow or the records either."""
+
+    def guarded(self: SweepObserver, *args: Any, **kwargs: Any) -> None:
+        if self.halted() is not None:
+            return
+        try:
+            method(self, *args, **kwargs)
+        except _Halted:
+            return
+
+    guarded.__name__ = method.__name__
+    guarded.__doc__ = method.__doc__
+    return guarded
 
 
 class SweepObserver(Callback):
@@ -45,8 +77,14 @@ class SweepObserver(Callback):
     MLflow, so the journal always holds at least what MLflow holds.
 
     A fused pack's Tune trial is several records, one per member, each started, fed and
-    ended as its own trial; a member ends when it leaves its pack (stopped by the scheduler,
-    finished or diverged), not when the pack does.
+    ended as its own trial; a member ends when it leaves its pack (stopped by the scheduler
+    or diverged), or, once it has trained its last epoch, with its pack: after the pack's
+    final checkpoint is journaled. A state is journaled only after what it points to is
+    durable, so a kill between two events never leaves an ended trial without its checkpoint.
+
+    Something that stops the whole sweep (its journal cannot be written, a worker's disk is
+    full) is kept in :attr:`fatal`; from then on no event is journaled or recorded (the
+    trials still running stay unended, for ``--resume``), and the sweep's stopper ends Tune.
     """
 
     def __init__(
@@ -58,6 +96,8 @@ class SweepObserver(Callback):
         journal: Journal | None = None,
         metrics: tuple[str, ...] = (),
         left_at: Mapping[int, int] | None = None,
+        epoch_timeout_s: float | None = None,
+        timeouts_dir: Path | None = None,
     ) -> None:
         self.sweep_id = sweep_id
         self.searcher = searcher
@@ -71,6 +111,14 @@ class SweepObserver(Callback):
         # The scheduler's pack members that left, with the epoch they left at.
         self.left_at: Mapping[int, int] = left_at if left_at is not None else {}
         self._pack_sizes: Counter[int] = Counter()  # members planned per pack
+        self.epoch_timeout_s = epoch_timeout_s
+        self.timeouts_dir = timeouts_dir
+        self.fatal: CaviarError | None = None
+        # When the driver last heard from each running trial, and its recent gaps between
+        # reports (seconds): what a stall is measured against.
+        self._heard: dict[int, float] = {}
+        self._gaps: dict[int, deque[float]] = {}
+        self._noticed: set[int] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the Tuner; the journal's open file stays here."""
@@ -127,6 +175,7 @@ class SweepObserver(Callback):
 
     # --- Tune's events -----------------------------------------------------------------
 
+    @_unless_halted
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         members = self.searcher.members_of.get(trial.trial_id)
         if members is not None:
@@ -170,6 +219,7 @@ class SweepObserver(Callback):
             sizes.update(t.pack for t in trials.values() if t.pack is not None)
         return sizes[pack]
 
+    @_unless_halted
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
@@ -203,8 +253,10 @@ class SweepObserver(Callback):
                 entry = {k: epoch[k] for k in self.recorded_keys if k in epoch}
                 self._journal("result", i=record.index, r=entry)
                 self._record_result(record, entry)
-            last = record.last
-            if left_at is not None or last.get("diverged") or record.epochs >= self.budget:
+            # A member at its last epoch ends with its pack, after the pack's final
+            # checkpoint (on_checkpoint, then on_trial_complete): ending it here would
+            # journal its end before the checkpoint that a resume tests it from.
+            if left_at is not None or record.last.get("diverged"):
                 self._end_member(record)
 
     def _end_member(self, record: Trial) -> None:
@@ -217,6 +269,7 @@ class SweepObserver(Callback):
         members = self.searcher.members_of.get(trial.trial_id, ())
         return [self.records[i] for i in members if i in self.records]
 
+    @_unless_halted
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         members = self._members(trial)
         if members:
@@ -231,16 +284,21 @@ class SweepObserver(Callback):
         self._journal("end", i=record.index, outcome=record.state)
         self._end(record, "FINISHED", time.time())
 
+    @_unless_halted
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _error_summary(trial)
+        if any(hint in _error_text(trial) for hint in DISK_FULL_HINTS):
+            # Not the trial's fault: it stays unended (KILLED in MLflow), for --resume.
+            self.halt(SweepHalted(f"a worker could not write: the disk is full ({error})"))
+            return
         members = self._members(trial)
         if members or trial.trial_id in self.searcher.members_of:
             if not members:  # the pack failed before it started: its members still count
                 self.on_trial_start(iteration, trials, trial)
                 members = self._members(trial)
-            error = _error_summary(trial)
             for member in members:
                 if not member.state.ended:
-                    self._fail(member, error)
+                    self._fail(member, self._timed_out(trial, member) or error)
             return
         record = self._record_of(trial)
         if record is None:
@@ -250,14 +308,43 @@ class SweepObserver(Callback):
             record = self._record_of(trial)
             if record is None:
                 return
-        self._fail(record, _error_summary(trial))
+        self._fail(record, self._timed_out(trial, record) or error)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune restarts a trial whose worker died: its silence starts over."""
+        now = time.monotonic()
+        for record in self._members(trial) or [self._record_of(trial)]:
+            if record is not None:
+                self._heard[record.index] = now
+                self._noticed.discard(record.index)
+
+    def _timed_out(self, trial: Any, record: Trial) -> str | None:
+        """The error of a trial whose worker ended it for silence (``epoch_timeout_s``: the
+        worker's watchdog exits the process, so Tune only sees the worker die), from the
+        note the watchdog left, else from the driver's own clock."""
+        timeout = self.epoch_timeout_s
+        if timeout is None:
+            return None
+        if self.timeouts_dir is not None:
+            note = self.timeouts_dir / TIMEOUT_NOTE.format(trial_id=trial.trial_id)
+            try:
+                left = json.loads(note.read_text())
+                return f"timed out after {left['timeout_s']:g} s in epoch {left['epoch']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        heard = self._heard.get(record.index)
+        if heard is None or time.monotonic() - heard < timeout:
+            return None
+        return f"timed out after {timeout:g} s after epoch {record.epochs}"
 
     def _fail(self, record: Trial, error: str) -> None:
         record.state = TrialState.FAILED
         record.error = error
         self._journal("end", i=record.index, outcome=record.state, error=record.error)
         self._end(record, "FAILED", time.time())
+        self.progress.note(f"caviar: trial {record.index} failed: {error}")
 
+    @_unless_halted
     def on_checkpoint(
         self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
     ) -> None:
@@ -268,6 +355,34 @@ class SweepObserver(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.progress.update(self.records.values())
+        self._notice_stalls()
+
+    def _notice_stalls(self) -> None:
+        """A line, once per trial, when a trial has been silent for far longer than its
+        reports usually take: before its epoch timeout ends it, a person can look."""
+        now = time.monotonic()
+        everyone = [gap for gaps in self._gaps.values() for gap in gaps]
+        for index, heard in self._heard.items():
+            gaps = self._gaps.get(index) or everyone  # not heard from yet: the others' pace
+            if index in self._noticed or not gaps:
+                continue
+            usual = statistics.median(gaps)
+            threshold = max(NOTICE_FACTOR * usual, NOTICE_MIN_S)
+            if self.epoch_timeout_s is not None:
+                threshold = min(threshold, self.epoch_timeout_s / 2)
+            silent = now - heard
+            if silent < threshold:
+                continue
+            self._noticed.add(index)
+            limit = (
+                f"it ends failed at {self.epoch_timeout_s:g} s (resources.epoch_timeout_s)"
+                if self.epoch_timeout_s is not None
+                else "resources.epoch_timeout_s is off: it waits until stopped"
+            )
+            self.progress.note(
+                f"caviar: trial {index} has sent nothing for {silent:.0f} s (reports come "
+                f"every {usual:.1f} s); {limit}"
+            )
 
     # --- shared by live events and replay ----------------------------------------------
 
@@ -289,6 +404,7 @@ class SweepObserver(Callback):
             index, config, round_number, trial_id=trial_id, started_at=started_at, pack=pack
         )
         self.records[index] = record
+        self._heard[index] = time.monotonic()
         tags = {
             "caviar.trial_id": trial_id,
             "caviar.trial_index": str(index),
@@ -308,7 +424,15 @@ class SweepObserver(Callback):
         self.progress.update(self.records.values())
         return record
 
+    def _hear(self, index: int) -> None:
+        now = time.monotonic()
+        last = self._heard.get(index)
+        if last is not None and now > last:
+            self._gaps.setdefault(index, deque(maxlen=5)).append(now - last)
+        self._heard[index] = now
+
     def _record_result(self, record: Trial, entry: dict[str, Any]) -> None:
+        self._hear(record.index)
         epoch = int(entry.get("epoch", 0))
         record.history = with_epoch(record.history, entry)
         record.node_id = entry.get("node_id", record.node_id)
@@ -327,6 +451,7 @@ class SweepObserver(Callback):
         self.progress.update(self.records.values())
 
     def _end(self, record: Trial, status: str, ended_at: float | None) -> None:
+        self._heard.pop(record.index, None)
         record.ended_at = ended_at
         tags = {"caviar.outcome": str(record.state), "caviar.last_epoch": str(record.epochs)}
         if record.node_id:
@@ -337,16 +462,38 @@ class SweepObserver(Callback):
         self.progress.update(self.records.values())
 
     def _journal(self, event: str, **fields: Any) -> None:
+        if self.halted() is not None:
+            raise _Halted
         if self.journal is not None:
-            self.journal.append(event, **fields)
+            try:
+                self.journal.append(event, **fields)
+            except JournalWriteError as error:
+                self.halt(error)
+                raise _Halted from None
+
+    def halted(self) -> CaviarError | None:
+        """Why the sweep must stop, if it must: what halted it here, or its journal's failed
+        write (the scheduler journals too)."""
+        if self.fatal is None and self.journal is not None and self.journal.failure is not None:
+            self.fatal = self.journal.failure
+        return self.fatal
+
+    def halt(self, error: CaviarError) -> None:
+        """Stop the sweep for ``error`` (the first one is kept): nothing more is recorded."""
+        if self.fatal is None:
+            self.fatal = error
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        return Path(path).read_text() if path else ""
+    except OSError:
+        return ""
 
 
 def _error_summary(trial: Any) -> str:
     """The last line of the trial's error: enough to see what went wrong in the MLflow UI."""
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
+    text = _error_text(trial)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else "trial failed")[:500]

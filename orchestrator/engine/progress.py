@@ -70,6 +70,15 @@ class ProgressLine:
             self.stream.write(text + "\n")
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own (``caviar: ...``), above the progress line on a terminal."""
+        if self.is_tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        if self.is_tty and self._last_text:
+            self.stream.write(self._last_text)
+        self.stream.flush()
+
     def close(self, records: Iterable[Trial]) -> None:
         self.update(records, force=True)
         if self.is_tty:

@@ -8,6 +8,7 @@ recorded as it arrives (MLflow, progress), so an interrupted sweep loses nothing
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -38,7 +39,7 @@ from orchestrator.engine.searcher import build_searcher, concurrent_slots
 from orchestrator.engine.trial_actor import MEMBER_FILE, CaviarTrainable, load_trial_state
 from orchestrator.engine.trial_choice import NewestFirstFIFO
 from orchestrator.environment import apply_environment_defaults
-from orchestrator.errors import SweepError, SweepInterrupted
+from orchestrator.errors import SweepHalted, SweepInterrupted
 from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.zoom import region_as_dict
@@ -51,6 +52,7 @@ from orchestrator.store.markers import (
     refuse_if_unfinished,
     write_marker,
 )
+from orchestrator.store.sweep_lock import sweep_lock
 from orchestrator.store.tracking import SweepTracker, model_code_paths, ui_command
 from orchestrator.trials import FINAL_STATES, Trial
 from trainables import DataSplits, TensorSplits, get_trainable
@@ -58,10 +60,16 @@ from trainables import DataSplits, TensorSplits, get_trainable
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
 # own records and MLflow, so the analysis' "no result.json" warnings are noise.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+# A failed trial is told once, in one line, by the observer (its error in full stays in the
+# trial's MLflow run and Ray's error file): Tune's own traceback per failure and its closing
+# list of failed trials would bury the sweep's progress (a full disk printed thousands).
+logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
 
 
 TOP_TRIALS_COMPARED = 5  # the summary's compare link shows this many of the best trials
 MEMBERS_DIR = "members"  # a stopped pack member's state, saved as it leaves its pack
+TIMEOUTS_DIR = "timeouts"  # notes of the trials whose epoch ran past epoch_timeout_s
 
 
 @dataclass
@@ -120,25 +128,54 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or, with ``resume``, finish) one sweep; raises :class:`SweepInterrupted` on Ctrl-C.
 
-    Everything that can fail on the user's input (the sweep's folder, the data, the machine's
-    size, the tracking store) is checked before Ray starts, in that order. With
+    Everything that can fail on the user's input (the data, the machine's size, the sweep's
+    folder and lock, the tracking store) is checked before Ray starts, in that order. With
     ``draw_later`` the report's plots and page are left to ``result.draw_report``, for the
     caller to run once the summary is out (everything the summary shows is computed before).
     """
     apply_environment_defaults()  # before Ray starts: its processes inherit the environment
-    stream = stream or sys.stdout
     started = time.monotonic()
     shown_spec = _shown_spec(spec_filename, spec_dir)
-    place = _choose_sweep(spec, shown_spec, resume)
     data = load_data(spec.data, spec_dir)  # data paths are relative to the spec's folder
     if not os.environ.get("RAY_ADDRESS"):  # an embedded Ray cannot grow: it would wait forever
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
+    # One driver per sweep: held from choosing the sweep until its end is marked on disk.
+    with sweep_lock(_storage_root(spec), spec.name, shown_spec):
+        place = _choose_sweep(spec, shown_spec, resume)
+        return _run_locked(
+            spec,
+            place,
+            data,
+            spec_text,
+            spec_filename,
+            stream or sys.stdout,
+            spec_dir,
+            resume,
+            draw_later,
+            started,
+        )
+
+
+def _run_locked(
+    spec: SweepSpec,
+    place: SweepPlace,
+    data: DataSplits,
+    spec_text: str,
+    spec_filename: str,
+    stream: TextIO,
+    spec_dir: Path | None,
+    resume: bool,
+    draw_later: bool,
+    started: float,
+) -> SweepResult:
+    shown_spec = _shown_spec(spec_filename, spec_dir)
     tracker = _open_tracking(spec, place, data, spec_text, spec_filename)
     assert place.marker is not None  # written by _open_tracking
     sweep = Sweep(
         spec, data, tracker, place.run_dir, place.sweep_id, stream, resume, place.marker, spec_dir
     )
     result = _announce(sweep, started)
+    halted: SweepHalted | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="caviar-ray-shutdown") as background:
         try:
             with _ray_session(background):  # its shutdown overlaps the summary and report
@@ -149,8 +186,14 @@ def run_sweep(
         except KeyboardInterrupt:
             result.status = "KILLED"
             print(INTERRUPTED_NOTE, file=stream, flush=True)
+        except SweepHalted as error:  # a full disk, say: the sweep is kept for --resume
+            result.status = "KILLED"
+            halted = error
         finally:
             _close_sweep(sweep, result, started, draw_later)
+    if halted is not None:
+        resume_hint = f"caviar: then finish it with:  caviar run {shown_spec} --resume"
+        raise SweepHalted(f"{halted}\n{resume_hint}")
     if result.status == "KILLED":
         raise SweepInterrupted(_interrupted_message(spec, result, shown_spec))
     return result
@@ -186,11 +229,16 @@ class SweepPlace:
     marker: SweepMarker | None = None
 
 
+def _storage_root(spec: SweepSpec) -> Path:
+    """The folder of every sweep of this spec's name (and of their lock)."""
+    return (Path(storage_path(spec)) / spec.name).resolve()
+
+
 def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
     """A new sweep (never beside an unfinished one), or the interrupted one to finish."""
-    storage_root = (Path(storage_path(spec)) / spec.name).resolve()
+    storage_root = _storage_root(spec)
     if resume:
-        run_dir, marker = pick_for_resume(storage_root, spec.spec_hash())
+        run_dir, marker = pick_for_resume(storage_root, spec.spec_hash(), spec.results_fields())
         return SweepPlace(run_dir, marker.sweep_id, marker)
     refuse_if_unfinished(storage_root, shown_spec)
     sweep_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -217,7 +265,13 @@ def _open_tracking(
             spec_filename=spec_filename,
         )
     place.marker = SweepMarker(
-        place.sweep_id, "running", parent_run_id, tracker.uri, tracker.experiment, spec.spec_hash()
+        place.sweep_id,
+        "running",
+        parent_run_id,
+        tracker.uri,
+        tracker.experiment,
+        spec.spec_hash(),
+        spec.results_fields(),
     )
     write_marker(place.run_dir, place.marker)
     return tracker
@@ -260,7 +314,20 @@ def _ray_session(background: ThreadPoolExecutor) -> Iterator[None]:
         yield
     finally:
         if owned:
-            background.submit(ray.shutdown)
+            # Whatever still refers to a Ray object and is already garbage is freed now,
+            # while Ray is up: freed during the shutdown it would call into a core worker
+            # being torn down, which ends the process (exit 1, no summary).
+            gc.collect()
+            background.submit(_shutdown_quietly)
+
+
+def _shutdown_quietly() -> None:
+    """Ray's shutdown with the collector paused: no Ray object is freed while it runs."""
+    gc.disable()
+    try:
+        ray.shutdown()
+    finally:
+        gc.enable()
 
 
 def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
@@ -274,7 +341,7 @@ def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
     result.best_run_id = tracker.child_run_id(str(result.best.index))
     top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
     result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
-    model = _score_best(spec, sweep.data, result)
+    model = _score_best(spec, sweep.data, result, sweep.stream)
     result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], model_code_paths(model))
 
 
@@ -283,10 +350,32 @@ def _close_sweep(sweep: Sweep, result: SweepResult, started: float, draw_later: 
 
     An interrupted sweep's children end KILLED and it gets no totals or report: those come
     when ``--resume`` finishes it."""
-    tracker, status = sweep.tracker, result.status
     if not result.records:
         result.records = _records(sweep.sweep_id)
     result.wall_seconds = time.monotonic() - started
+    try:
+        _close_tracking(sweep, result, draw_later)
+    except Exception as error:
+        if result.status == "FINISHED":
+            raise
+        # Interrupted or halted: the store may be what failed (a full disk); the marker
+        # below must still say so, and ``--resume`` delivers what MLflow missed.
+        print(f"caviar: warning: MLflow could not be updated ({error})", file=sweep.stream)
+    finally:
+        status_on_disk = {"FINISHED": "finished", "KILLED": "interrupted"}.get(
+            result.status, "failed"
+        )
+        try:
+            write_marker(sweep.run_dir, dataclasses.replace(sweep.marker, status=status_on_disk))
+        except OSError as error:  # a full disk: the lock shows the driver gone all the same
+            note = f"caviar: warning: the sweep's marker was not updated ({error})"
+            print(note, file=sweep.stream)
+        live.unregister(sweep.sweep_id)
+
+
+def _close_tracking(sweep: Sweep, result: SweepResult, draw_later: bool) -> None:
+    """Deliver what MLflow lacks; end the children and the parent as the sweep ended."""
+    tracker, status = sweep.tracker, result.status
     tracker.close()
     if status == "FINISHED":
         tracker.finalize_children({str(r.index): r.state for r in result.records})
@@ -301,10 +390,6 @@ def _close_sweep(sweep: Sweep, result: SweepResult, started: float, draw_later: 
     tracker.end_sweep(status)
     result.draw_report = draw
     result.undelivered = tracker.undelivered
-    status_on_disk = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
-    marker = dataclasses.replace(sweep.marker, status=status_on_disk)
-    write_marker(sweep.run_dir, marker)
-    live.unregister(sweep.sweep_id)
 
 
 def _records(sweep_id: str) -> list[Trial]:
@@ -436,6 +521,8 @@ def _fit(sweep: Sweep) -> None:
         set(spec.search_space().fixed),
         metrics=tuple(get_trainable(spec.trainable, _trainable_path(sweep)).metrics),
         left_at=scheduler.left_at if isinstance(scheduler, HalvingScheduler) else None,
+        epoch_timeout_s=spec.resources.epoch_timeout_s,
+        timeouts_dir=sweep.run_dir / TIMEOUTS_DIR,
     )
     registered.observer = observer
     journal = Journal(sweep.run_dir / JOURNAL)
@@ -452,6 +539,10 @@ def _fit(sweep: Sweep) -> None:
         if searcher.remaining > 0:
             tuner = _tuner(sweep, search_alg, scheduler, observer, searcher.remaining, mailbox)
             tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
+        live_observer = registered.observer or observer  # Tune's setup() may swap in a copy
+        halted = live_observer.halted()
+        if halted is not None:
+            raise halted
     finally:
         stop_mailbox(mailbox)
         journal.close()
@@ -511,6 +602,8 @@ def _tuner(
             report_at=_report_at(spec),
             mailbox=mailbox,
             member_dir=str(sweep.run_dir / MEMBERS_DIR),
+            epoch_timeout_s=spec.resources.epoch_timeout_s,
+            timeout_dir=str(sweep.run_dir / TIMEOUTS_DIR),
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
@@ -529,6 +622,7 @@ def _tuner(
             name=_tune_session_name(sweep.run_dir),
             storage_path=str(sweep.run_dir),
             callbacks=[observer],
+            stop=_HaltStopper(sweep.sweep_id),
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=0,  # the trial asks for one by time
@@ -541,6 +635,21 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
         ),
     )
+
+
+class _HaltStopper(tune.Stopper):
+    """Ends every trial once the live observer says the sweep must halt (a full disk, a
+    journal it cannot write). Found by the sweep's id: Tune keeps a pickled copy of this."""
+
+    def __init__(self, sweep_id: str) -> None:
+        self.sweep_id = sweep_id
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        found = live.lookup(self.sweep_id)
+        return bool(found and found.observer and found.observer.halted() is not None)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -695,27 +804,54 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _readable_state(checkpoint: str | None, index: int) -> dict[str, Any] | None:
+    """The trial's state from its checkpoint; None when there is none or it cannot be read."""
+    if checkpoint is None:
+        return None
+    try:
+        with tune.Checkpoint.from_directory(checkpoint).as_directory() as directory:
+            return load_trial_state(directory, index)
+    except (OSError, RuntimeError, EOFError, KeyError) as error:
+        logging.getLogger("caviar").warning("checkpoint %s unreadable: %s", checkpoint, error)
+        return None
+
+
 def _trainable_path(sweep: Sweep) -> tuple[str, ...]:
     """Where trial workers look for a trainable named by import path: the spec's folder (on
     this machine; a job's workers also find it in their working directory)."""
     return (str(sweep.spec_dir.resolve()),) if sweep.spec_dir is not None else ()
 
 
-def _score_best(spec: SweepSpec, data: DataSplits, result: SweepResult) -> Any:
+def _score_best(
+    spec: SweepSpec, data: DataSplits, result: SweepResult, stream: TextIO | None = None
+) -> Any:
     """The best trial rebuilt from its last checkpoint and scored once on the test split
-    (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode."""
+    (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode.
+
+    A best trial with no readable checkpoint (lost to a kill or a full disk) is trained
+    again from its configuration for the epochs it trained: the sweep still ends with a
+    tested model, and the summary says so."""
     assert result.best is not None
     best = result.best
     checkpoint = best.checkpoint
     saved_on_leaving = result.storage_dir / MEMBERS_DIR
     if best.pack is not None and (saved_on_leaving / MEMBER_FILE.format(index=best.index)).exists():
         checkpoint = str(saved_on_leaving)  # a killed driver may not have journaled it
-    if checkpoint is None:
-        raise SweepError(f"the best trial {best.trial_id} left no checkpoint to test")
-    with tune.Checkpoint.from_directory(checkpoint).as_directory() as directory:
-        state = load_trial_state(directory, best.index)
     tensors = TensorSplits.from_splits(data, "cpu")
-    session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
-    session.load_state_dict(state["session"])
+    definition = get_trainable(spec.trainable)
+    state = _readable_state(checkpoint, best.index)
+    if state is not None:
+        session = definition.make_session(state["config"], tensors, "cpu")
+        session.load_state_dict(state["session"])
+    else:
+        print(
+            f"caviar: the best trial {best.index} left no readable checkpoint; training it "
+            f"again from its configuration ({best.epochs} epochs) to test it",
+            file=stream or sys.stdout,
+            flush=True,
+        )
+        session = definition.make_session(best.config, tensors, "cpu")
+        for _ in range(best.epochs):
+            session.step()
     result.test_loss, result.test_accuracy = session.evaluate(tensors.x_test, tensors.y_test)
     return session.model.eval()

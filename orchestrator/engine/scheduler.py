@@ -25,7 +25,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.engine.trial_choice import NewestPendingFirst
 from orchestrator.search.halving import Decision, SuccessiveHalving
-from orchestrator.store.journal import Journal
+from orchestrator.store.journal import Journal, JournalWriteError
 from orchestrator.trials import MEMBER_LAST, MEMBER_RESULTS
 
 
@@ -208,4 +208,7 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
             fields["r"] = {k: result[k] for k in (self._time_attr, self._objective) if k in result}
         if decision is not None:
             fields["d"] = decision
-        self.journal.append("sched", **fields)
+        try:
+            self.journal.append("sched", **fields)
+        except JournalWriteError:
+            pass  # kept as the journal's failure: the sweep's stopper halts it

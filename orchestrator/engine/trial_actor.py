@@ -16,13 +16,22 @@ after the first it takes from the sweep's mailbox (``orchestrator.engine.packs``
 members the scheduler stopped at its last result, and they leave the pack (their state kept for
 the checkpoint). Every checkpoint holds one file per member, in a plain trial's format.
 
+A trial that stays inside one epoch longer than ``epoch_timeout_s`` (a dead-locked data loader,
+a hung collective) cannot be interrupted from Python: a watchdog thread ends its worker process,
+which Tune sees as the trial's worker dying. It first leaves a note (``TIMEOUT_NOTE``: the
+epoch and the limit) in the sweep's ``timeouts`` folder, from which the driver names the
+trial's error.
+
 An actor keeps the dataset it was given, already converted to tensors on its device, for its
 whole life: the data crosses the object store once per actor, and a trial never reloads it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,7 @@ from trainables.registry import TrainableDefinition
 
 STATE_FILE = "state.pt"
 MEMBER_FILE = "member-{index}.pt"  # a pack member's state, in STATE_FILE's format
+TIMEOUT_NOTE = "{trial_id}.json"  # in the timeouts folder: {"epoch": E, "timeout_s": N}
 
 
 class CaviarTrainable(tune.Trainable):
@@ -54,6 +64,8 @@ class CaviarTrainable(tune.Trainable):
         report_at: tuple[int, ...] = (),
         mailbox: Any = None,
         member_dir: str | None = None,
+        epoch_timeout_s: float | None = None,
+        timeout_dir: str | None = None,
     ) -> None:
         # The spec's folder where it exists on this node, else the job's working directory.
         search = [p for p in trainable_path if Path(p).is_dir()] + [os.getcwd()]
@@ -74,6 +86,8 @@ class CaviarTrainable(tune.Trainable):
         self._tensors = TensorSplits.from_splits(data, self._device)
         self._last_result: dict[str, Any] = {}
         self._pack: _PackRun | None = None
+        self._timeout_dir = Path(timeout_dir) if timeout_dir else None
+        self._watchdog = EpochWatchdog(epoch_timeout_s)
         self._start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -86,6 +100,8 @@ class CaviarTrainable(tune.Trainable):
         """A new trial, or one a resumed sweep continues from the checkpoint it names."""
         config = dict(config)
         resume_from = config.pop(RESUME_FROM, None)
+        if self._timeout_dir is not None:  # a reused actor runs a trial of another id
+            self._watchdog.note = self._timeout_dir / TIMEOUT_NOTE.format(trial_id=self.trial_id)
         members = config.get(PACK_MEMBERS)
         if members is not None:
             self._pack = _PackRun(self._definition, members, self._tensors, self._device)
@@ -108,7 +124,9 @@ class CaviarTrainable(tune.Trainable):
         deadline = time.monotonic() + self._report_every_s
         epochs: list[dict[str, Any]] = []
         while True:
-            epoch = dict(self._session.step())
+            done = epochs[-1]["epoch"] if epochs else self._last_result.get("epoch", 0)
+            with self._watchdog.watching(int(done) + 1):
+                epoch = dict(self._session.step())
             epoch["node_id"] = self._node
             epoch["worker_pid"] = self._pid
             epoch["ended_at"] = time.time()
@@ -129,7 +147,7 @@ class CaviarTrainable(tune.Trainable):
             stopped = self._mailbox.take(pack.key, self.iteration, MAILBOX_WAIT_S)
             pack.stop(stopped or (), self._member_dir)
         deadline = time.monotonic() + self._report_every_s
-        trained = pack.train(deadline, self._report_at, self._node, self._pid)
+        trained = pack.train(deadline, self._report_at, self._node, self._pid, self._watchdog)
         result = pack.result(trained)
         if pack.finished:
             result["done"] = True
@@ -170,6 +188,82 @@ class CaviarTrainable(tune.Trainable):
 
     def _new_session(self, config: dict[str, Any]) -> TrainingSession:
         return self._definition.make_session(config, self._tensors, self._device)
+
+
+class EpochWatchdog:
+    """Ends this worker process when one epoch runs past ``timeout_s`` (None: never).
+
+    A thread of its own, started with the first watched epoch, checks the deadline a few
+    times per timeout; it costs the epoch loop two clock reads. The process exit is the only
+    stop a hung epoch cannot ignore: the actor's task thread may be blocked in C code that no
+    Python exception reaches. Tune then restarts the trial (``storage.max_failures``) or ends
+    it failed, and the driver names the timeout (``SweepObserver._timed_out``).
+    """
+
+    EXIT_CODE = 124  # what ``timeout(1)`` exits with
+
+    def __init__(self, timeout_s: float | None, note: Path | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.note = note
+        self._deadline: float | None = None
+        self._epoch = 0
+        self._thread: threading.Thread | None = None
+
+    def watching(self, epoch: int) -> _Watched:
+        return _Watched(self, epoch)
+
+    def arm(self, epoch: int) -> None:
+        if self.timeout_s is None:
+            return
+        self._epoch = epoch
+        self._deadline = time.monotonic() + self.timeout_s
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._watch, name="caviar-epoch-watchdog", daemon=True
+            )
+            self._thread.start()
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def _watch(self) -> None:
+        assert self.timeout_s is not None
+        period = min(1.0, self.timeout_s / 4)
+        while True:
+            time.sleep(period)
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self._leave_note()
+                print(
+                    f"caviar: an epoch ran past resources.epoch_timeout_s "
+                    f"({self.timeout_s:g} s); ending this worker (pid {os.getpid()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(self.EXIT_CODE)
+
+    def _leave_note(self) -> None:
+        if self.note is None:
+            return
+        try:
+            self.note.parent.mkdir(parents=True, exist_ok=True)
+            self.note.write_text(json.dumps({"epoch": self._epoch, "timeout_s": self.timeout_s}))
+        except OSError:
+            pass  # the driver still names a timeout from its own clock
+
+
+class _Watched:
+    """``with watchdog.watching(epoch):`` one epoch under the watchdog's deadline."""
+
+    def __init__(self, watchdog: EpochWatchdog, epoch: int) -> None:
+        self._watchdog = watchdog
+        self._epoch = epoch
+
+    def __enter__(self) -> None:
+        self._watchdog.arm(self._epoch)
+
+    def __exit__(self, *exc: object) -> None:
+        self._watchdog.disarm()
 
 
 def _device() -> torch.device:
@@ -241,13 +335,21 @@ class _PackRun:
             self.session.remove([self._id[i] for i in leaving])
 
     def train(
-        self, deadline: float, report_at: frozenset[int], node: str, pid: int
+        self,
+        deadline: float,
+        report_at: frozenset[int],
+        node: str,
+        pid: int,
+        watchdog: EpochWatchdog | None = None,
     ) -> dict[int, list[dict[str, Any]]]:
         """Epochs of every live member until one reaches a rung, all are done, or the
         deadline passes."""
         trained: dict[int, list[dict[str, Any]]] = {}
+        watchdog = watchdog or EpochWatchdog(None)
         while not self.session.finished:
-            step = self.session.step()
+            done = max((int(last.get("epoch", 0)) for last in self.last.values()), default=0)
+            with watchdog.watching(done + 1):
+                step = self.session.step()
             ended_at = time.time()
             reached_rung = False
             for member, result in step.items():

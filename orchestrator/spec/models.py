@@ -642,6 +642,21 @@ class ResourcesSpec(StrictModel):
         ),
     ] = "auto"
 
+    epoch_timeout_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=7 * 86_400,
+            description=(
+                "A trial silent this many seconds within one epoch (a dead-locked data loader, "
+                "a hung collective) ends failed, 'timed out after N s in epoch E', and the "
+                "sweep goes on; null turns the limit off. The default, an hour, is far above "
+                "any epoch caviar's networks take; a live notice comes much earlier, when a "
+                "trial is silent for many times its usual epoch."
+            ),
+        ),
+    ] = 3600.0
+
     @field_validator("pack_size")
     @classmethod
     def _pack_size_range(cls, value: int | str) -> int | str:
@@ -726,6 +741,16 @@ class StorageSpec(StrictModel):
 
 
 # --- the sweep ---------------------------------------------------------------------------
+
+# Fields a resumed sweep may change: they decide how the sweep is run and recorded (its note,
+# its timeouts, how often it reports and checkpoints), never what it trains.
+RESULT_NEUTRAL = (
+    "description",
+    "resources.epoch_timeout_s",
+    "storage.report_every_s",
+    "storage.checkpoint_every_s",
+    "storage.max_failures",
+)
 
 
 class SweepSpec(StrictModel):
@@ -828,8 +853,19 @@ class SweepSpec(StrictModel):
         per_round = self.search_space().grid_size() * self.search.samples_per_point()
         return per_round * self.search.rounds_count()
 
+    def results_fields(self) -> dict[str, Any]:
+        """The spec in canonical form, less the fields that cannot change its results
+        (``RESULT_NEUTRAL``): what a resumed sweep must share with the one it finishes."""
+        fields = self.model_dump(mode="json")
+        for path in RESULT_NEUTRAL:
+            section, _, key = path.rpartition(".")
+            holder = fields.get(section) if section else fields
+            if isinstance(holder, dict):
+                holder.pop(key, None)
+        return fields
+
     def spec_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        canonical = json.dumps(self.results_fields(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def summary(self) -> str:

@@ -15,7 +15,10 @@ its wall-clock time ``t`` (seconds since the epoch):
 - ``sched``: a call the ASHA scheduler received (so its rungs can be rebuilt exactly).
 
 An append of one short line survives the writer being killed (the OS holds it); a kill in the
-middle of a write can cut only the last line, which the reader drops. The journal is the
+middle of a write (or a full disk) can cut only the last line, which the reader drops and the
+next writer cuts off before it appends: a torn line never ends up inside the journal. A write
+that fails (``ENOSPC``, ``EIO``) raises :class:`JournalWriteError` at once, after cutting off
+what it half wrote, and the journal takes no more lines. The journal is the
 single source of truth on resume: the searcher, the scheduler, the records and any MLflow
 writes lost with the killed process are all rebuilt from it (the ``replay`` methods of
 ``RoundSearcher``, ``HalvingScheduler`` and ``SweepObserver``).
@@ -23,13 +26,15 @@ writes lost with the killed process are all rebuilt from it (the ``replay`` meth
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from orchestrator.errors import CaviarError
+from orchestrator.errors import CaviarError, SweepHalted
 from orchestrator.trials import Trial, TrialState, with_epoch
 
 JOURNAL = "journal.jsonl"
@@ -44,34 +49,103 @@ class JournalError(CaviarError):
     exit_code = 2
 
 
+class JournalWriteError(SweepHalted):
+    """The journal could not be written (a full disk, a failing one): the sweep must stop,
+    since an event it cannot journal would be lost to ``--resume``."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        self.errno = error.errno
+        super().__init__(_write_failure(path, error))
+
+
 class Journal:
-    """Append-only writer; each event is one line, flushed to the OS at once."""
+    """Append-only writer; each event is one line, written to the OS at once (unbuffered
+    bytes: nothing waits in this process for a kill to lose)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self._closed = False
+        self.failure: JournalWriteError | None = None  # the write that closed it, if one did
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles what holds a journal (the Tuner's state); the open file stays here."""
-        return {"path": self.path, "_file": None, "_closed": self._closed}
+        return {"path": self.path, "_fd": None, "_closed": self._closed, "failure": None}
 
     def append(self, event: str, **fields: Any) -> None:
         if self._closed:
             return
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
         record = {"e": event, "t": round(time.time(), 3), **fields}
-        line = json.dumps(record, separators=(",", ":"), default=_plain)
-        self._file.write(line + "\n")
-        self._file.flush()
+        line = (json.dumps(record, separators=(",", ":"), default=_plain) + "\n").encode()
+        try:
+            if self._fd is None:
+                self._fd = _open_for_append(self.path)
+            _write_line(self._fd, line)
+        except OSError as error:
+            self.close()  # nothing more is journaled: the sweep stops on this error
+            self.failure = JournalWriteError(self.path, error)
+            raise self.failure from None
 
     def close(self) -> None:
         self._closed = True
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_for_append(path: Path) -> int:
+    """The journal opened for appending, its torn last line (a killed writer's) cut off, so
+    every line this writer adds starts on a line of its own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.ftruncate(fd, _complete_length(fd, size))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _complete_length(fd: int, size: int) -> int:
+    """The length of the file's complete lines: up to and including its last newline."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def _write_line(fd: int, line: bytes) -> None:
+    """The whole line or, on failure, none of it: a partial write is cut off again."""
+    before = os.fstat(fd).st_size
+    written = 0
+    try:
+        while written < len(line):
+            written += os.write(fd, line[written:])
+    except OSError:
+        if written:
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass  # the reader drops a torn last line, and the next writer cuts it off
+        raise
+
+
+def _write_failure(path: Path, error: OSError) -> str:
+    folder = path.parent
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"the file system holding {folder} is full ({error.strerror}); the sweep stopped "
+            "with everything it journaled kept. Free some space there, then resume it"
+        )
+    return f"cannot write the sweep's journal {path} ({error.strerror}); the sweep stopped"
 
 
 @dataclass
@@ -87,14 +161,14 @@ def read_journal(path: Path) -> JournalState:
     state = JournalState()
     if not path.exists():
         return state
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             event = json.loads(line)
         except ValueError:
-            if number >= len(lines) - 1:  # the line being written when the sweep was killed
+            if number == len(lines):  # no newline after it: being written when killed
                 break
             raise JournalError(
                 f"{path}, line {number}, is damaged; the sweep cannot be resumed from it. "

@@ -3,7 +3,11 @@
 ``caviar run`` writes ``caviar_sweep.json`` next to Ray's experiment state when a sweep
 starts and marks it finished when it ends. A marker that is not finished is a sweep that was
 interrupted (killed, crashed, Ctrl-C): ``--resume`` continues the newest one, and a plain run
-refuses to start beside it rather than silently leave it behind.
+refuses to start beside it rather than silently leave it behind. Both run under the sweep's
+lock (``sweep_lock``), so a marker still ``running`` here belongs to a driver that is gone.
+
+The marker keeps the spec as it was run (its canonical form), so a resume with a changed spec
+is refused naming each changed field with its old and new value.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import CaviarError
 
@@ -32,6 +37,9 @@ class SweepMarker:
     tracking_uri: str
     experiment: str
     spec_hash: str
+    # The spec's fields that decide its results, as run (SweepSpec.results_fields); None in
+    # markers written before caviar kept it.
+    spec: dict[str, Any] | None = None
 
 
 def write_marker(run_dir: Path, marker: SweepMarker) -> None:
@@ -64,15 +72,18 @@ def refuse_if_unfinished(storage_root: Path, spec_path: str) -> None:
     pending = unfinished(storage_root)
     if pending:
         run_dir, marker = pending[0]
+        status = "interrupted" if marker.status == "running" else marker.status
         raise ResumeError(
-            f"an unfinished sweep ({marker.sweep_id}, {marker.status}) is in {run_dir}.\n"
+            f"an unfinished sweep ({marker.sweep_id}, {status}) is in {run_dir}.\n"
             f"  - to continue it:      caviar run {spec_path} --resume\n"
             f"  - to start a new one:  give the spec another name (or storage.path), "
             f"or remove {run_dir}"
         )
 
 
-def pick_for_resume(storage_root: Path, spec_hash: str) -> tuple[Path, SweepMarker]:
+def pick_for_resume(
+    storage_root: Path, spec_hash: str, spec: dict[str, Any] | None = None
+) -> tuple[Path, SweepMarker]:
     pending = unfinished(storage_root)
     if not pending:
         raise ResumeError(
@@ -80,9 +91,34 @@ def pick_for_resume(storage_root: Path, spec_hash: str) -> tuple[Path, SweepMark
         )
     run_dir, marker = pending[0]
     if marker.spec_hash != spec_hash:
+        if marker.spec is not None and spec is not None:
+            changes = "\n".join(f"  - {line}" for line in spec_changes(marker.spec, spec))
+        else:
+            changes = f"  - (hash {marker.spec_hash}, now {spec_hash})"
         raise ResumeError(
-            f"the spec changed since sweep {marker.sweep_id} started (hash {marker.spec_hash}, "
-            f"now {spec_hash}); a resumed sweep must run the same spec. Restore the spec, or "
-            "run the new one under another name"
+            f"the spec changed since sweep {marker.sweep_id} started; a resumed sweep must run "
+            f"the same spec:\n{changes}\nRestore those fields, or run the new spec under "
+            "another name"
         )
     return run_dir, marker
+
+
+def spec_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """Each changed field as ``path: old -> new`` (nested mappings walked; lists compared whole)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                found.append(f"{where}: {_shown(old[key])} -> (removed)")
+            elif key not in old:
+                found.append(f"{where}: (absent) -> {_shown(new[key])}")
+            else:
+                found += spec_changes(old[key], new[key], where)
+        return found
+    return [] if old == new else [f"{path}: {_shown(old)} -> {_shown(new)}"]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -3,7 +3,6 @@ API server it cannot use."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -12,12 +11,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import CAVIAR, clean_env
-from ports import free_ports
+from ray_head import PlainHead, kill_processes_naming, plain_ray_head
 
 pytestmark = pytest.mark.integration
 
@@ -91,52 +89,10 @@ scheduler: {kind: fifo, max_epochs: 2}
 """
 
 
-@dataclass
-class PlainHead:
-    """A one-node cluster started the way Ray's docs start one: `ray start --head`."""
-
-    gcs_port: int
-    process: subprocess.Popen[bytes]
-
-
 @pytest.fixture(scope="module")
 def plain_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainHead]:
-    gcs_port, agent_port, dashboard_port = free_ports(3)
-    # short: Ray's socket paths under it must fit AF_UNIX's 107 bytes
-    temp_dir = Path(tempfile.mkdtemp(prefix="cv-", dir="/tmp"))
-    log = tmp_path_factory.mktemp("head") / "head.log"
-    head = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--block",
-            f"--port={gcs_port}",
-            "--num-cpus=1",
-            "--include-dashboard=false",
-            f"--dashboard-port={dashboard_port}",
-            f"--dashboard-agent-listen-port={agent_port}",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        env=clean_env(RAY_AUTH_MODE="disabled"),
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        _wait_for_gcs(gcs_port, head, log)
-        yield PlainHead(gcs_port, head)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)  # a throwaway head: no need to wait out Ray's own grace
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
-        _kill_processes_naming(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with plain_ray_head(tmp_path_factory.mktemp("head")) as head:
+        yield head
 
 
 def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(
@@ -160,7 +116,7 @@ def test_a_sweep_starts_its_own_ray_beside_a_cluster_left_by_ray_start(
         )
         sessions = [p.name for p in (ray_root / "ray").glob("session_*") if not p.is_symlink()]
     finally:
-        _kill_processes_naming(ray_root)
+        kill_processes_naming(ray_root)
         shutil.rmtree(ray_root, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "trials:          3 (3 completed, 0 stopped early, 0 diverged, 0 failed)" in (
@@ -190,7 +146,7 @@ def test_gpus_no_node_offers_are_named_at_once_on_a_cluster_and_refused_embedded
         )  # fmt: skip
         ray_started = (ray_root / "ray").exists()
     finally:
-        _kill_processes_naming(ray_root)
+        kill_processes_naming(ray_root)
         shutil.rmtree(ray_root, ignore_errors=True)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "resources.gpus_per_trial: asks for 0.25 GPU per trial" in refused.stderr
@@ -225,36 +181,3 @@ def test_gpus_no_node_offers_are_named_at_once_on_a_cluster_and_refused_embedded
     assert "no node of this cluster (1 alive) can run a trial" in output, output[-3000:]
     assert "asks for 0.25 GPU per trial; the most any node offers is 0" in output
     assert waiting.returncode == 130 and "0 of 3 trials ended, 3 remain" in output, output[-2000:]
-
-
-def _wait_for_gcs(
-    port: int, head: subprocess.Popen[bytes], log: Path, timeout_s: float = 180
-) -> None:
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start --head exited:\n" + log.read_text()[-3000:]
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                time.sleep(3)  # the raylet registers just after the GCS listens
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"ray start --head did not listen on {port} in {timeout_s} s")
-
-
-def _kill_processes_naming(folder: Path) -> None:
-    """Ray processes that outlived their group (the raylet's workers) still name the folder."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if str(folder) in cmdline:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass

@@ -16,7 +16,13 @@ from ray.tune.search import Searcher
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.searcher import ReplayError, RoundPlan, RoundSearcher
 from orchestrator.search.space import RangeDomain, SearchSpace
-from orchestrator.store.journal import RESUME_FROM, Journal, JournalError, read_journal
+from orchestrator.store.journal import (
+    RESUME_FROM,
+    Journal,
+    JournalError,
+    JournalWriteError,
+    read_journal,
+)
 from orchestrator.trials import TrialState
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
@@ -58,6 +64,33 @@ def test_a_line_cut_by_the_kill_is_dropped_and_damage_inside_is_an_error(tmp_pat
     path.write_text(path.read_text().replace('"e":"trial"', '"e":"tr') + "\n{}\n")
     with pytest.raises(JournalError, match="line 1"):
         read_journal(path)
+
+
+def test_a_resumed_writer_cuts_the_torn_line_off_before_it_appends(tmp_path: Path) -> None:
+    """A kill (or a full disk) mid-write leaves a torn last line; the next writer starts on a
+    line of its own, so the journal reads back whole however many times this happens."""
+    path = tmp_path / "j.jsonl"
+    for round_ in range(3):
+        journal = Journal(path)
+        _journal_trial(journal, round_, f"t{round_}", 1, {"learning_rate": 0.1})
+        journal.append("result", i=round_, r={"epoch": 1, "val_accuracy": 0.5})
+        journal.close()
+        with path.open("a") as file:
+            file.write('{"e":"result","i":0,"r":{"epoch":2,"val_')  # torn by the kill
+    state = read_journal(path)
+    assert sorted(state.trials) == [0, 1, 2]
+    assert all(len(trial.history) == 1 for trial in state.trials.values())
+    Journal(path).append("end", i=2, outcome="completed")
+    assert read_journal(path).trials[2].state is TrialState.COMPLETED
+    assert path.read_text().count('"val_"') == 0 and path.read_text().endswith("\n")
+
+
+def test_a_failed_write_raises_at_once_and_leaves_no_partial_line(tmp_path: Path) -> None:
+    """/dev/full answers every write with ENOSPC: the error names the full file system."""
+    journal = Journal(Path("/dev/full"))
+    with pytest.raises(JournalWriteError, match="is full"):
+        journal.append("end", i=0, outcome="completed")
+    journal.append("end", i=1, outcome="completed")  # a closed journal takes nothing more
 
 
 def test_absent_journal_is_an_empty_sweep_and_a_pickled_journal_holds_no_file(
