@@ -157,7 +157,7 @@ class RoundSearcher(Searcher):
         first = self.next_index
         head = self.proposer.propose(first, self._grid_point(first))
         packer = self.packer
-        if packer is None:
+        if packer is None or self.proposer.alone(first):
             return [head]
         size = min(limit, max(1, packer.size_for(head, self.total - first)))
         imposed = {name: head[name] for name in packer.sampled if name in head}

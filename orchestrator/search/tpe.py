@@ -78,6 +78,7 @@ class TpeSettings:
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     multivariate: bool = True
+    ranking: Literal["asha", "bohb"] = "asha"
 
 
 @dataclass
@@ -206,6 +207,12 @@ class TpeProposer:
         record.ended = state
         self._dirty.add(index)
 
+    def alone(self, index: int) -> bool:
+        """Whether trial ``index`` is one of the random start, which fused packs leave alone:
+        a pack shares one shape among its members, so a random start of packs would show the
+        model only a few shapes, and it would settle on the best of those."""
+        return index < self.settings.n_startup_trials
+
     def misfit(self, config: Mapping[str, Any]) -> str | None:
         """Why ``config`` is not a configuration of this space (None when it is)."""
         for domain in self.space.domains:
@@ -234,8 +241,12 @@ class TpeProposer:
     # --- what the sampler is shown ------------------------------------------------------
 
     def milestone(self) -> int:
-        """BOHB's rule: the deepest milestone where ``n_min`` trials (not diverged or
-        failed) have a value; the first milestone while none has that many."""
+        """The milestone trials are ranked at. ``asha``: the full budget, so a trial that went
+        deeper ranks above one stopped earlier (caviar's ASHA-aware ranking). ``bohb``: the
+        deepest milestone where ``n_min`` trials (not diverged or failed) have a value; the
+        first milestone while none has that many."""
+        if self.settings.ranking == "asha":
+            return self.milestones[-1]
         chosen = self.milestones[0]
         for milestone in self.milestones:
             count = sum(1 for r in self.records.values() if milestone in r.rungs and not _is_bad(r))

@@ -412,9 +412,10 @@ class TpeSpec(StrictModel):
             ge=1,
             le=100_000,
             description=(
-                "Trials sampled at random before TPE models the results. It is also the "
+                "Trials sampled at random before TPE models the results (each with a shape of "
+                "its own: fused packs start after them). Under ranking: bohb it is also the "
                 "fewest trials that must have a value at an ASHA rung for TPE to rank trials "
-                "there (the deepest such rung is used; at least parameters + 1)."
+                "there (at least parameters + 1)."
             ),
         ),
     ] = 10
@@ -438,9 +439,23 @@ class TpeSpec(StrictModel):
             )
         ),
     ] = True
+    ranking: Annotated[
+        Literal["asha", "bohb"],
+        Field(
+            description=(
+                "How trials ASHA stopped at different rungs are ranked for TPE. asha: as "
+                "caviar ranks them, deepest rung first, then the objective there (Optuna's "
+                "rule for pruned trials). bohb: BOHB's rule, by the objective at the deepest "
+                "rung where n_startup_trials trials have a value; trials stopped below it "
+                "rank after them. Diverged and failed trials always rank last."
+            )
+        ),
+    ] = "asha"
 
     def settings(self) -> TpeSettings:
-        return TpeSettings(self.n_startup_trials, self.n_ei_candidates, self.multivariate)
+        return TpeSettings(
+            self.n_startup_trials, self.n_ei_candidates, self.multivariate, self.ranking
+        )
 
 
 class SearchSpec(StrictModel):

@@ -54,10 +54,11 @@ SPACE = SearchSpace(
 MILESTONES = (1, 3, 9)
 
 
-def _proposer(seed: int = 0, startup: int = 8, space: SearchSpace = SPACE) -> TpeProposer:
-    return TpeProposer(
-        space, TpeSettings(n_startup_trials=startup), seed, "val_accuracy", "max", MILESTONES
-    )
+def _proposer(
+    seed: int = 0, startup: int = 8, space: SearchSpace = SPACE, ranking: str = "asha"
+) -> TpeProposer:
+    settings = TpeSettings(n_startup_trials=startup, ranking=ranking)  # type: ignore[arg-type]
+    return TpeProposer(space, settings, seed, "val_accuracy", "max", MILESTONES)
 
 
 def _quality(config: dict[str, Any]) -> float:
@@ -185,10 +186,17 @@ def _mean_distance(configs: list[dict[str, Any]]) -> float:
 # --- early-stopped, diverged and failed trials ----------------------------------------------
 
 
+def _shown(proposer: TpeProposer) -> dict[int, Any]:
+    """The study's trial for each caviar index: its trials in index order, less the FAIL
+    records of the raw proposals (see ``tpe.py``)."""
+    kept = [t for t in proposer.study().trials if t.state != OptunaState.FAIL]
+    return dict(enumerate(kept))
+
+
 def test_bohb_rule_ranks_at_the_deepest_rung_with_enough_trials() -> None:
     """n_min = max(n_startup_trials 3, 2 parameters + 1) = 3 trials with a value at a rung."""
     space = SearchSpace(SPACE.domains[:2], {"epochs": 9})
-    proposer = _proposer(startup=3, space=space)
+    proposer = _proposer(startup=3, space=space, ranking="bohb")
     for index in range(9):
         proposer.propose(index)
 
@@ -214,7 +222,7 @@ def test_bohb_rule_ranks_at_the_deepest_rung_with_enough_trials() -> None:
     proposer.end(6, TrialState.FAILED)
     feed(7, 4, None, diverge=True)  # its value at 3 does not count: it diverged after
     assert proposer.milestone() == 3
-    shown = {t.number: t for t in proposer.study().trials}
+    shown = _shown(proposer)
     assert [shown[i].state for i in range(9)] == [
         OptunaState.COMPLETE,
         OptunaState.COMPLETE,
@@ -235,10 +243,31 @@ def test_bohb_rule_ranks_at_the_deepest_rung_with_enough_trials() -> None:
     assert proposer.milestone() == 3
     feed(4, 9, TrialState.COMPLETED)
     assert proposer.milestone() == 9  # 0, 4, 8 reached the full budget
-    shown = {t.number: t for t in proposer.study().trials}
+    shown = _shown(proposer)
     assert shown[1].state == OptunaState.PRUNED  # stopped at rung 3, below the budget now
     assert shown[1].intermediate_values == {3: pytest.approx(0.13)}
     assert shown[0].value == pytest.approx(0.09)
+
+
+def test_asha_ranking_puts_deeper_trials_first_as_caviar_and_optuna_rank_them() -> None:
+    """The default: ranked at the full budget; a trial stopped at a rung is told PRUNED with
+    its value there, which Optuna ranks after every full-budget trial, deeper first."""
+    proposer = _proposer(startup=3)
+    for index in range(5):
+        proposer.propose(index)
+    proposer.observe(0, [{"epoch": e, "val_accuracy": 0.5} for e in (1, 3, 9)])
+    proposer.end(0, TrialState.COMPLETED)
+    proposer.observe(1, [{"epoch": e, "val_accuracy": 0.9} for e in (1, 3)])
+    proposer.end(1, TrialState.STOPPED_EARLY)
+    proposer.observe(2, [{"epoch": 1, "val_accuracy": 0.95}])
+    proposer.end(2, TrialState.STOPPED_EARLY)
+    proposer.observe(3, [{"epoch": e, "val_accuracy": 0.99} for e in (1, 3)])  # running on
+    assert proposer.milestone() == 9
+    shown = _shown(proposer)
+    assert shown[0].state == OptunaState.COMPLETE and shown[0].value == 0.5
+    assert shown[1].state == shown[2].state == OptunaState.PRUNED
+    assert shown[1].intermediate_values == {3: 0.9} and shown[2].intermediate_values == {1: 0.95}
+    assert shown[3].state == shown[4].state == OptunaState.RUNNING
 
 
 def test_diverged_trials_count_as_bad_and_tpe_stays_out_of_where_they_diverge() -> None:
@@ -331,7 +360,13 @@ def _pack_step(searcher: RoundSearcher, trial_id: str, epochs: dict[int, list[in
 
 
 def test_a_pack_shares_one_proposed_shape_and_each_member_gets_its_own_other_values() -> None:
-    searcher = _searcher(_spec())
+    searcher = _searcher(_spec(tpe={"n_startup_trials": 2}))
+    # The random start: each trial alone, with a shape of its own.
+    alone = [searcher.suggest(f"t{number}") for number in range(2)]
+    assert all(isinstance(c, dict) and PACK_MEMBERS not in c for c in alone)
+    for number, config in enumerate(alone):
+        value = _quality({**config, "activation": "tanh"})  # type: ignore[arg-type]
+        searcher.on_trial_complete(f"t{number}", {"epoch": 9, "val_accuracy": value})
     for number in range(6):
         suggested = searcher.suggest(f"p{number}")
         assert isinstance(suggested, dict)
@@ -346,41 +381,47 @@ def test_a_pack_shares_one_proposed_shape_and_each_member_gets_its_own_other_val
             searcher, f"p{number}", {i: [1, 2, 3] for i, _ in suggested[PACK_MEMBERS]}
         )
         searcher.on_trial_complete(f"p{number}", step)
-    assert searcher.proposer is not None
-    assert len(searcher.proposer.study().get_trials(states=(OptunaState.COMPLETE,))) == 24
+    assert searcher.proposer is not None  # every member told (stopped at epoch 3 of 9)
+    told = searcher.proposer.study().get_trials(states=(OptunaState.COMPLETE, OptunaState.PRUNED))
+    assert len(told) == 26
 
 
 def test_a_resumed_packed_tpe_sweep_proposes_what_the_killed_one_would_have() -> None:
-    """The journal's view of a kill: two packs ended, one running (a member stopped at rung 1
-    left it); rebuilt from it, the searcher's next proposals are the killed one's (TPE's:
-    8 trials ended, 4 at random)."""
-    spec = _spec(tpe={"n_startup_trials": 4})
-    live.register("tpe-live", live.LiveSweep(None, None, observer=SimpleNamespace(left_at={})))  # type: ignore[arg-type]
-    left_at = live.lookup("tpe-live").observer.left_at  # type: ignore[union-attr]
+    """The journal's view of a kill: four trials alone (the random start) and two packs
+    ended, one pack running (a member stopped at rung 1 left it), one started; rebuilt from
+    it, the searcher's next proposals are the killed one's. Ranked by BOHB's rule, which
+    ranks at rung 3 here: whether member 9 has ended decides how it is shown."""
+    spec = _spec(tpe={"n_startup_trials": 4, "ranking": "bohb"})
+    observer = SimpleNamespace(left_at={})
+    live.register("tpe-live", live.LiveSweep(None, None, observer=observer))  # type: ignore[arg-type]
     try:
         killed = _searcher(spec, "tpe-live")
         for number in range(4):
-            killed.suggest(f"p{number}")
-        killed.on_trial_complete(
-            "p0", _pack_step(killed, "p0", {0: [1, 2, 3], 1: [1, 2, 3], 2: [1, 2, 3], 3: [1]})
-        )
-        killed.on_trial_complete(
-            "p1", _pack_step(killed, "p1", {4: [1, 2, 3], 5: [1, 2, 3], 6: [1], 7: [1]})
-        )
-        left_at[9] = 1  # the scheduler stopped member 9 at rung 1 (the observer ends it there)
+            config = killed.suggest(f"t{number}")
+            assert isinstance(config, dict) and PACK_MEMBERS not in config
+            result = {"epoch": 3, "val_accuracy": 0.1 * number}
+            killed.on_trial_complete(f"t{number}", {**result, "epoch_results": [result]})
+        for number in range(4):
+            killed.suggest(f"p{number}")  # packs 4-7, 8-11, 12-15, 16-19
+        for trial_id, epochs in (
+            ("p0", {4: [1, 2, 3], 5: [1, 2, 3], 6: [1, 2, 3], 7: [1]}),
+            ("p1", {8: [1, 2, 3], 9: [1, 2, 3], 10: [1], 11: [1]}),
+        ):
+            killed.on_trial_complete(trial_id, _pack_step(killed, trial_id, epochs))
+        observer.left_at[13] = 1  # the scheduler stopped member 13 at rung 1
         killed.on_trial_result(
-            "p2", _pack_step(killed, "p2", {8: [1, 2, 3], 9: [1], 10: [1, 2], 11: [1]})
+            "p2", _pack_step(killed, "p2", {12: [1, 2, 3], 13: [1], 14: [1, 2], 15: [1]})
         )
-        journal = _journal_of(killed, stopped={9})  # pack 12-15: started, nothing reported yet
-        assert killed.proposer is not None and killed.proposer.milestone() == 3  # 6 there
+        journal = _journal_of(killed, stopped={13})  # pack 16-19: started, nothing reported
+        assert killed.proposer is not None and killed.proposer.milestone() == 3
         resumed = _searcher(spec, "tpe-live")
         resumed.replay(journal)
         assert {i: t.config for i, t in resumed.trials.items()} == {
             i: t.config for i, t in killed.trials.items()
         }
         assert [[t.index for t in unit] for unit in resumed.continuations] == [
-            [8, 10, 11],
-            [12, 13, 14, 15],
+            [12, 14, 15],
+            [16, 17, 18, 19],
         ]
         for unit in resumed.continuations[:]:
             resumed.suggest(f"r{unit[0].index}")  # the continuations go first
