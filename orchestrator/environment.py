@@ -24,6 +24,10 @@ ENVIRONMENT_DEFAULTS = {
     # it had finished (and print a Tuner.restore hint a caviar user cannot follow); caviar
     # ends the sweep as interrupted, resumable with `caviar run SPEC --resume`.
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # Ray prints every failed task result nobody read as "Unhandled error" with its
+    # traceback; in a sweep those are Tune's own (a checkpoint that failed to save on a full
+    # disk printed one per trial). caviar tells each failed trial in one line instead.
+    "RAY_IGNORE_UNHANDLED_ERRORS": "1",
     # A tracking server that is away fails a write fast; caviar's writer retries it later.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",

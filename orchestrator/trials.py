@@ -59,7 +59,9 @@ class Trial:
 
     ``history`` holds one entry per epoch, oldest first (see :func:`with_epoch`); ``checkpoint``
     is the path of its newest persisted checkpoint. ``trial_id`` is Ray's id of the trial's
-    latest run: a resumed sweep runs an unfinished trial again under a new id, same ``index``.
+    latest run (a resumed sweep runs an unfinished trial again under a new id, same ``index``;
+    a pack's members share their pack's): its own id is :func:`trial_key`. Read back from
+    MLflow, ``trial_id`` is that own id.
     """
 
     index: int
@@ -99,6 +101,14 @@ class Trial:
             for entry in self.history
             if entry.get(name) is not None
         ]
+
+
+def trial_key(sweep_id: str, index: int) -> str:
+    """A trial's own id: its sweep's random suffix and its index (``9bb036-027``). Unique in
+    its sweep and the same after ``--resume`` (a resumed trial gets a new Ray trial id, and a
+    fused pack's members share their pack's); what the summary, MLflow's ``caviar.trial_id``
+    and the report name a trial by."""
+    return f"{sweep_id.rsplit('-', 1)[-1]}-{index:03d}"
 
 
 def with_epoch(history: list[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:

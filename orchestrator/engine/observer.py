@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import statistics
 import time
 from collections import Counter, deque
@@ -33,6 +34,7 @@ from orchestrator.trials import (
     Trial,
     TrialState,
     classify_finished,
+    trial_key,
     with_epoch,
 )
 from trainables.train import RESULT_KEYS
@@ -46,6 +48,10 @@ NOTICE_FACTOR = 10.0
 NOTICE_MIN_S = 30.0
 # What a worker's error says when it could not write for lack of space.
 DISK_FULL_HINTS = ("No space left on device", f"[Errno {errno.ENOSPC}]", "Disk quota exceeded")
+# Below this much free space the sweep's folder counts as full: the next checkpoint or
+# journal line fails, and Tune would first retry every trial whose save failed.
+MIN_FREE_BYTES = 1 << 20
+SPACE_CHECK_EVERY_S = 1.0
 
 
 class _Halted(Exception):
@@ -98,6 +104,7 @@ class SweepObserver(Callback):
         left_at: Mapping[int, int] | None = None,
         epoch_timeout_s: float | None = None,
         timeouts_dir: Path | None = None,
+        storage_dir: Path | None = None,
     ) -> None:
         self.sweep_id = sweep_id
         self.searcher = searcher
@@ -113,6 +120,8 @@ class SweepObserver(Callback):
         self._pack_sizes: Counter[int] = Counter()  # members planned per pack
         self.epoch_timeout_s = epoch_timeout_s
         self.timeouts_dir = timeouts_dir
+        self.storage_dir = storage_dir  # where checkpoints and the journal go: kept from full
+        self._space_checked = 0.0
         self.fatal: CaviarError | None = None
         # When the driver last heard from each running trial, and its recent gaps between
         # reports (seconds): what a stall is measured against.
@@ -289,7 +298,7 @@ class SweepObserver(Callback):
         error = _error_summary(trial)
         if any(hint in _error_text(trial) for hint in DISK_FULL_HINTS):
             # Not the trial's fault: it stays unended (KILLED in MLflow), for --resume.
-            self.halt(SweepHalted(f"a worker could not write: the disk is full ({error})"))
+            self.halt(self._disk_full(error))
             return
         members = self._members(trial)
         if members or trial.trial_id in self.searcher.members_of:
@@ -311,7 +320,11 @@ class SweepObserver(Callback):
         self._fail(record, self._timed_out(trial, record) or error)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Tune restarts a trial whose worker died: its silence starts over."""
+        """Tune restarts a trial whose worker died (or whose save failed): its silence starts
+        over; a failure for lack of space halts the sweep instead of retrying into it."""
+        if any(hint in _error_text(trial) for hint in DISK_FULL_HINTS):
+            self.halt(self._disk_full(_error_summary(trial)))
+            return
         now = time.monotonic()
         for record in self._members(trial) or [self._record_of(trial)]:
             if record is not None:
@@ -356,6 +369,34 @@ class SweepObserver(Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.progress.update(self.records.values())
         self._notice_stalls()
+        self._check_space()
+
+    def _disk_full(self, detail: str) -> SweepHalted:
+        where = f" holding {self.storage_dir}" if self.storage_dir is not None else ""
+        return SweepHalted(
+            f"a trial could not write: the file system{where} is full ({detail}); the sweep "
+            "stopped with everything it journaled kept. Free some space there"
+        )
+
+    def _check_space(self) -> None:
+        """Halt, before anything fails, once the sweep's folder has (almost) no space left."""
+        now = time.monotonic()
+        if self.storage_dir is None or now - self._space_checked < SPACE_CHECK_EVERY_S:
+            return
+        self._space_checked = now
+        try:
+            stat = os.statvfs(self.storage_dir)
+        except OSError:
+            return  # not there yet, or a file system without the call: the writes will tell
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES:
+            self.halt(
+                SweepHalted(
+                    f"the file system holding {self.storage_dir} is full ({free // 1024} KiB "
+                    "free); the sweep stopped with everything it journaled kept. Free some "
+                    "space there"
+                )
+            )
 
     def _notice_stalls(self) -> None:
         """A line, once per trial, when a trial has been silent for far longer than its
@@ -406,7 +447,8 @@ class SweepObserver(Callback):
         self.records[index] = record
         self._heard[index] = time.monotonic()
         tags = {
-            "caviar.trial_id": trial_id,
+            "caviar.trial_id": trial_key(self.sweep_id, index),
+            "caviar.ray_trial_id": trial_id,  # a pack member's: its pack's
             "caviar.trial_index": str(index),
             "caviar.round": str(round_number),
             "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),

@@ -54,7 +54,7 @@ from orchestrator.store.markers import (
 )
 from orchestrator.store.sweep_lock import sweep_lock
 from orchestrator.store.tracking import SweepTracker, model_code_paths, ui_command
-from orchestrator.trials import FINAL_STATES, Trial
+from orchestrator.trials import FINAL_STATES, Trial, trial_key
 from trainables import DataSplits, TensorSplits, get_trainable
 
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
@@ -65,6 +65,10 @@ logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERRO
 # list of failed trials would bury the sweep's progress (a full disk printed thousands).
 logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+# caviar resumes from its journal, never from Tune's experiment snapshot: a snapshot that
+# cannot be synced (a full disk) is not the user's concern, and the journal's failure is told.
+logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
+logging.getLogger("ray.train._internal.syncer").setLevel(logging.CRITICAL)
 
 
 TOP_TRIALS_COMPARED = 5  # the summary's compare link shows this many of the best trials
@@ -523,6 +527,7 @@ def _fit(sweep: Sweep) -> None:
         left_at=scheduler.left_at if isinstance(scheduler, HalvingScheduler) else None,
         epoch_timeout_s=spec.resources.epoch_timeout_s,
         timeouts_dir=sweep.run_dir / TIMEOUTS_DIR,
+        storage_dir=sweep.run_dir,
     )
     registered.observer = observer
     journal = Journal(sweep.run_dir / JOURNAL)
@@ -774,7 +779,7 @@ def _summary_metrics(result: SweepResult) -> dict[str, float]:
 def _summary_tags(result: SweepResult) -> dict[str, str]:
     tags: dict[str, str] = {}
     if result.best is not None:
-        tags["caviar.best_trial_id"] = result.best.trial_id
+        tags["caviar.best_trial_id"] = trial_key(result.sweep_id, result.best.index)
         tags["caviar.best_trial_index"] = str(result.best.index)
         if result.best_run_id:
             tags["caviar.best_run_id"] = result.best_run_id
@@ -845,7 +850,7 @@ def _score_best(
         session.load_state_dict(state["session"])
     else:
         print(
-            f"caviar: the best trial {best.index} left no readable checkpoint; training it "
+            f"caviar: the best trial #{best.index} left no readable checkpoint; training it "
             f"again from its configuration ({best.epochs} epochs) to test it",
             file=stream or sys.stdout,
             flush=True,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from orchestrator.engine.run import SweepResult
 from orchestrator.report.page import format_value
 from orchestrator.report.ui_links import sweep_links, text_lines, ui_base
-from orchestrator.trials import Trial
+from orchestrator.trials import Trial, trial_key
 
 
 def pack_sizes(records: Sequence[Trial]) -> list[int]:
@@ -45,7 +45,8 @@ def format_summary(result: SweepResult) -> str:
         best = result.best
         value = best.metric(result.metric)
         lines += [
-            f"  best trial:      #{best.index} ({best.trial_id}), {best.state.replace('_', ' ')} "
+            f"  best trial:      #{best.index} ({trial_key(result.sweep_id, best.index)}), "
+            f"{best.state.replace('_', ' ')} "
             f"after {best.epochs} epochs",
             f"  best {result.metric}: {value:.4f}" if value is not None else "",
         ]

@@ -870,13 +870,18 @@ class SweepSpec(StrictModel):
 
     def results_fields(self) -> dict[str, Any]:
         """The spec in canonical form, less the fields that cannot change its results
-        (``RESULT_NEUTRAL``): what a resumed sweep must share with the one it finishes."""
-        fields = self.model_dump(mode="json")
+        (``RESULT_NEUTRAL``): what a resumed sweep must share with the one it finishes.
+
+        Fields at their defaults are left out, so a caviar that adds a field (with a default
+        that keeps today's behaviour) still resumes the sweeps an older one started."""
+        fields = self.model_dump(mode="json", exclude_defaults=True)
         for path in RESULT_NEUTRAL:
             section, _, key = path.rpartition(".")
             holder = fields.get(section) if section else fields
             if isinstance(holder, dict):
                 holder.pop(key, None)
+                if section and not holder:  # a section that only set neutral fields
+                    fields.pop(section)
         return fields
 
     def spec_hash(self) -> str:

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,16 +75,28 @@ def _start(folder: Path, args: list[str], env: dict[str, str], log: Path) -> sub
     )
 
 
-def _wait_for(process: subprocess.Popen, log: Path, pattern: str, timeout: float = 120) -> bool:
-    """True once ``pattern`` is in the log; False if the process ended first."""
+def _journal_events(folder: Path, name: str, event: str, storage: str = "caviar_runs") -> set[int]:
+    """The trial indices with a journaled ``event`` in the sweeps of this name."""
+    found: set[int] = set()
+    for journal in (folder / storage / name).glob(f"*/{JOURNAL}"):
+        for line in journal.read_text(errors="replace").splitlines():
+            if f'"e":"{event}"' in line:
+                match = re.search(r'"i":(\d+)', line)
+                if match:
+                    found.add(int(match.group(1)))
+    return found
+
+
+def _wait_until(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> bool:
+    """True once ``ready()`` holds; False if the process ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if re.search(pattern, log.read_text(errors="replace"), re.MULTILINE):
+        if ready():
             return True
         if process.poll() is not None:
             return False
         time.sleep(0.05)
-    raise AssertionError(f"{pattern!r} not seen in {timeout} s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"not ready in {timeout} s")
 
 
 def _check_finished_sweep(folder: Path, name: str, trials: int = N_TRIALS) -> None:
@@ -124,15 +136,18 @@ def test_sigkill_anywhere_then_resume_always_finishes(tmp_path: Path, ray_head: 
     sweep, resume = 0, False
     spec = _spec(tmp_path, f"kill-{sweep}", seed=sweep)
     while len(landed) < kills:
+        name = f"kill-{sweep}"
         process = _start(tmp_path, ["run", spec, *(["--resume"] if resume else [])], env, log)
         phase = phases[len(landed) % len(phases)]
         if phase == "start":
             time.sleep(rng.uniform(0.2, 4.0))
         elif phase == "training":
-            if _wait_for(process, log, r"running [1-9]"):
-                time.sleep(rng.uniform(0.0, 2.0))
-        elif _wait_for(process, log, r"running 0 \| pending 0"):
-            time.sleep(rng.uniform(0.0, 1.5))  # testing the best trial, logging the model
+            if _wait_until(process, lambda n=name: bool(_journal_events(tmp_path, n, "trial"))):
+                time.sleep(rng.uniform(0.0, 3.0))
+        elif _wait_until(
+            process, lambda n=name: len(_journal_events(tmp_path, n, "end")) == N_TRIALS
+        ):
+            time.sleep(rng.uniform(0.0, 2.0))  # testing the best trial, logging the model
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -161,16 +176,33 @@ def _plain(env: dict[str, str]) -> dict[str, str]:
 def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path: Path, ray_head: PlainHead) -> None:
     env = _env(ray_head)
     spec = _spec(tmp_path, "twice", trials=32)
+    # Slow while the second drivers try: its epochs wait while the file `slow` exists.
+    (tmp_path / "models.py").write_text(SLOW_MODEL)
+    (tmp_path / "slow").touch()
+    (tmp_path / spec).write_text((tmp_path / spec).read_text() + "trainable: models:SLOW\n")
     log = tmp_path / "first.log"
     first = _start(tmp_path, ["run", spec], env, log)
     try:
-        assert _wait_for(first, log, r"running [1-9]")
-        for args in (["run", spec], ["run", spec, "--resume"]) * 2:
-            second = run_caviar(*args, cwd=tmp_path, timeout=60, **_plain(env))
-            assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-            assert f"sweep twice is running now (caviar, pid {first.pid}" in second.stderr
-            assert "Traceback" not in second.stderr
-        assert first.poll() is None  # the second driver disturbed nothing
+        assert _wait_until(first, lambda: bool(_journal_events(tmp_path, "twice", "trial")))
+        seconds = [
+            subprocess.Popen(
+                [CAVIAR, *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in (["run", spec], ["run", spec, "--resume"]) * 2
+        ]
+        for second in seconds:
+            out, err = second.communicate(timeout=120)
+            assert second.returncode == 2, out[-2000:] + err[-2000:]
+            holder = re.search(r"sweep twice is running now \(caviar, pid (\d+) on ", err)
+            assert holder and os.getpgid(int(holder.group(1))) == first.pid, err
+            assert "Traceback" not in err
+        assert first.poll() is None, "the first sweep ended before the second drivers tried"
+        (tmp_path / "slow").unlink()
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     finally:
@@ -183,6 +215,43 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path: Path, ray_head:
     journal = next((tmp_path / "caviar_runs" / "twice").glob(f"*/{JOURNAL}"))
     started = [line for line in journal.read_text().splitlines() if '"e":"trial"' in line]
     assert len(started) == 32  # every trial started once: no second driver ran any
+
+
+SLOW_MODEL = '''
+"""The built-in network, its epochs slowed while the file `slow` is beside this one."""
+import time
+from pathlib import Path
+
+from trainables.registry import BN_SOFTMAX_MLP, TrainableDefinition
+
+FLAG = Path(__file__).with_name("slow")
+
+
+class Slow:
+    def __init__(self, session):
+        self.session = session
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def step(self):
+        if FLAG.exists():
+            time.sleep(0.5)
+        return self.session.step()
+
+
+def make_session(config, tensors, device):
+    return Slow(BN_SOFTMAX_MLP.make_session(config, tensors, device))
+
+
+SLOW = TrainableDefinition(
+    name="slow",
+    description="slow while told",
+    config_model=BN_SOFTMAX_MLP.config_model,
+    metrics=BN_SOFTMAX_MLP.metrics,
+    make_session=make_session,
+)
+'''
 
 
 HANGING_MODEL = '''
@@ -281,11 +350,16 @@ def test_a_full_disk_stops_with_one_line_and_resume_finishes(
     """The sweep's storage is on a small disk that fills while it trains: one clear line
     within seconds, the runs marked interrupted, and after space is freed --resume finishes."""
     spec = _spec(tmp_path, "full", trials=64, storage=f"path: {small_disk}, ")
+    (tmp_path / "models.py").write_text(SLOW_MODEL)  # slow: it still trains when the disk fills
+    (tmp_path / "slow").touch()
+    (tmp_path / spec).write_text((tmp_path / spec).read_text() + "trainable: models:SLOW\n")
     filler = small_disk / "filler"
     log = tmp_path / "full.log"
     process = _start(tmp_path, ["run", spec], clean_env(), log)
     try:
-        assert _wait_for(process, log, r"running [1-9]", timeout=180)
+        assert _wait_until(
+            process, lambda: bool(_journal_events(small_disk, "full", "result", storage="."))
+        )
         with filler.open("wb") as file:  # the disk fills up while the sweep trains
             chunk = b"\0" * (1 << 20)
             try:
@@ -310,6 +384,7 @@ def test_a_full_disk_stops_with_one_line_and_resume_finishes(
     runs = client.search_runs([client.get_experiment_by_name("full").experiment_id])
     assert "RUNNING" not in {r.info.status for r in runs}
     filler.unlink()  # space freed: the sweep finishes
+    (tmp_path / "slow").unlink()
     resumed = run_caviar("run", spec, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    _check_finished_sweep(tmp_path, "full")
+    _check_finished_sweep(tmp_path, "full", trials=64)

@@ -107,10 +107,15 @@ def test_sigkill_three_times_then_resume_leaves_one_clean_sweep(tmp_path: Path) 
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == N_TRIALS
+    # Every trial has its own id, the same across the kills: its sweep's suffix and index.
+    suffix = parent.data.tags["caviar.sweep_id"].rsplit("-", 1)[-1]
+    for child in children:
+        index = int(child.data.tags["caviar.trial_index"])
+        assert child.data.tags["caviar.trial_id"] == f"{suffix}-{index:03d}"
     # A pack's members share a Ray trial id (their pack's, at its latest run), nothing else.
     packs_of_id: dict[str, set[str]] = {}
     for child in children:
-        packs_of_id.setdefault(child.data.tags["caviar.trial_id"], set()).add(
+        packs_of_id.setdefault(child.data.tags["caviar.ray_trial_id"], set()).add(
             child.data.tags.get("caviar.pack", child.data.tags["caviar.trial_index"])
         )
     assert all(len(packs) == 1 for packs in packs_of_id.values()), packs_of_id

@@ -60,7 +60,8 @@ def test_a_trial_that_fails_before_it_starts_is_a_failed_trial_with_its_run(
     run = MlflowClient(tracker.uri).get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["caviar.outcome"] == "failed"
-    assert run.data.tags["caviar.trial_id"] == "b"
+    assert run.data.tags["caviar.ray_trial_id"] == "b"
+    assert run.data.tags["caviar.trial_id"] == f"obs-{searcher.index_of['b']:03d}"  # its own
 
 
 def test_a_child_run_spans_its_trial_not_the_moment_the_writer_got_to_it(
@@ -89,3 +90,68 @@ def test_a_child_run_spans_its_trial_not_the_moment_the_writer_got_to_it(
     info = MlflowClient(tracker.uri).get_run(run_id).info
     assert int(before_start * 1000) <= info.start_time <= after_start * 1000 + 1
     assert int(before_end * 1000) <= info.end_time <= after_end * 1000 + 1
+
+
+def _pack(searcher: RoundSearcher, trial_id: str, size: int) -> SimpleNamespace:
+    """A fused pack's Tune trial over the next ``size`` planned trials."""
+    indices = []
+    for n in range(size):
+        searcher.suggest(f"{trial_id}-{n}")
+        index = searcher.index_of.pop(f"{trial_id}-{n}")
+        searcher.trials[index].pack = indices[0] if indices else index
+        indices.append(index)
+    searcher.members_of[trial_id] = tuple(indices)
+    return _trial(trial_id, {})
+
+
+def _journal_lines(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_pack_member_at_its_last_epoch_ends_after_its_checkpoint_is_journaled(
+    tmp_path: Path,
+) -> None:
+    """A kill between a member's end and its pack's final checkpoint once left the best trial
+    ended with no checkpoint to test: the end must come after what it points to."""
+    from orchestrator.store.journal import Journal
+    from orchestrator.trials import MEMBER_LAST, MEMBER_RESULTS
+
+    observer, searcher, tracker = _observer(tmp_path)
+    observer.journal = Journal(tmp_path / "journal.jsonl")
+    try:
+        pack = _pack(searcher, "p", 2)
+        observer.on_trial_start(0, [], pack)
+        epochs = [{"epoch": e, "val_accuracy": e / 10} for e in (1, 2, 3, 4)]
+        result = {MEMBER_RESULTS: [[0, epochs], [1, epochs]], MEMBER_LAST: []}
+        observer.on_trial_result(0, [], pack, result)
+        assert not [e for e in _journal_lines(observer.journal.path) if e["e"] == "end"]
+        observer.on_checkpoint(0, [], pack, SimpleNamespace(path=str(tmp_path / "ckpt")))
+        observer.on_trial_complete(0, [], pack)
+    finally:
+        tracker.close()
+        live.unregister("obs")
+    events = [(e["e"], e.get("i")) for e in _journal_lines(observer.journal.path)]
+    for index in (0, 1):
+        assert events.index(("checkpoint", index)) < events.index(("end", index)), events
+    assert {r.state for r in observer.records.values()} == {"completed"}
+
+
+def test_a_journal_that_cannot_be_written_halts_the_sweep_and_records_nothing_more(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.store.journal import Journal, JournalWriteError
+
+    observer, searcher, tracker = _observer(tmp_path)
+    observer.journal = Journal(Path("/dev/full"))  # every write: ENOSPC
+    try:
+        trial = _trial("a", searcher.suggest("a"))
+        observer.on_trial_start(0, [], trial)  # no exception reaches Tune
+        observer.on_trial_result(0, [], trial, {"epoch": 1, "val_accuracy": 0.5})
+    finally:
+        tracker.close()
+        live.unregister("obs")
+    assert isinstance(observer.halted(), JournalWriteError)
+    assert "is full" in str(observer.halted())
+    assert observer.records == {}  # what could not be journaled reached nothing else
