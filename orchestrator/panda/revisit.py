@@ -4,9 +4,11 @@ The seeds: "re-evaluate hyperparameters every few months"; intuitions and best c
 stale as data changes. Revisiting re-trains a sweep's top K configurations (ASHA-aware
 ranking, the sweep's own) for the full epoch budget, with the spec the sweep ran (read back
 from its MLflow parent run) on the data as it is now, and compares old and new rank and score;
-a configuration whose rank moved is flagged. The revisit is a sweep of its own in MLflow (tags
-``caviar.revisits`` = the old parent run, ``caviar.revisit.top``), so `caviar report` reads it
-like any other, each child tagged with its old rank and run.
+a configuration whose rank moved is flagged. The revisit is a parent run of its own in the
+sweep's experiment, laid out as a sweep's (so `caviar report RUN_ID` reads it), each child
+tagged with its old rank and run; its tags ``caviar.kind = revisit``, ``caviar.revisits`` (the
+old parent run) and ``caviar.revisit.top`` keep it apart from the sweeps: an experiment's name
+still means its newest sweep to `caviar report` and `caviar revisit`.
 
 On unchanged data a configuration that completed in the sweep scores exactly as it did (same
 seed, same data, same code): any difference is the data's.
@@ -30,6 +32,7 @@ from orchestrator.panda.trainer import Trainer
 from orchestrator.search.ranking import ranked
 from orchestrator.spec.models import SweepSpec, parse_spec_text
 from orchestrator.store.panda_runs import read_spec_artifact
+from orchestrator.store.reader import REVISIT, SWEEP
 from orchestrator.store.tracking import SweepTracker, read_sweep
 from orchestrator.trials import Trial, TrialState, classify_finished
 
@@ -89,7 +92,7 @@ def revisit(
     stream = stream or sys.stdout
     if top < 1:
         raise PandaError(f"--top must be >= 1, got {top}")
-    history = read_sweep(tracking_uri, target)
+    history = read_sweep(tracking_uri, target, kinds=(SWEEP,), announce=stream)
     filename, text = read_spec_artifact(history.parent_run_id, history.tracking_uri)
     spec = parse_spec_text(text, filename, spec_dir=spec_dir)
     mode = "min" if history.mode == "min" else "max"
@@ -113,7 +116,7 @@ def revisit(
     new_run = tracker.start_sweep(
         run_name=f"{spec.name}-revisit-{stamp}",
         tags={
-            "caviar.kind": "sweep",
+            "caviar.kind": REVISIT,
             "caviar.sweep_id": stamp,
             "caviar.revisits": history.parent_run_id,
             "caviar.revisit.top": str(len(rows)),

@@ -28,7 +28,7 @@ def report_command(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if re.fullmatch(RUN_ID_PATTERN, sweep) and is_panda_run(sweep, uri):
         return _panda_report(sweep, uri, out, stream)
-    history = read_sweep(uri, sweep)
+    history = read_sweep(uri, sweep, announce=stream)
     folder = out or Path(f"caviar_report_{history.name}")
     command = ui_command(history.tracking_uri)
     base = ui_base(history.tracking_uri, command)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -22,12 +23,22 @@ from orchestrator.store.uri import absolute_uri, check_reachable
 from orchestrator.trials import Trial, TrialState
 
 RUN_ID_PATTERN = r"[0-9a-f]{32}"
+# A parent run's ``caviar.kind``: a sweep, or a revisit of one (``caviar revisit``).
+SWEEP, REVISIT = "sweep", "revisit"
 
 
-def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
+def read_sweep(
+    uri: str,
+    experiment_or_run: str,
+    *,
+    kinds: tuple[str, ...] = (SWEEP, REVISIT),
+    announce: TextIO | None = None,
+) -> SweepHistory:
     """Everything a report needs, from the store alone: parent, regions, trials, curves.
 
-    ``experiment_or_run`` is a parent run id, or an experiment name (its latest sweep).
+    ``experiment_or_run`` is a parent run id (of one of ``kinds``: a sweep or a revisit), or
+    an experiment name: its newest sweep, never a revisit. A sweep found by name is named on
+    ``announce`` (one line: its run id, sweep id and start), so the user sees which it took.
     """
     from orchestrator.search.ranking import rung_milestones
 
@@ -36,7 +47,7 @@ def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
     client = MlflowClient(tracking_uri=uri)
     try:
         is_run_id = bool(re.fullmatch(RUN_ID_PATTERN, experiment_or_run))
-        parent = _find_parent(client, experiment_or_run, is_run_id)
+        parent = _find_parent(client, experiment_or_run, is_run_id, kinds, announce)
         params = dict(parent.data.params)
         metric, mode = params.get("objective", "max val_accuracy").split(" ", 1)[::-1]
         max_epochs = int(params.get("scheduler.max_epochs", "1"))
@@ -100,15 +111,24 @@ def read_sweep(uri: str, experiment_or_run: str) -> SweepHistory:
     )
 
 
-def _find_parent(client: MlflowClient, key: str, looks_like_run_id: bool) -> Any:
+def _find_parent(
+    client: MlflowClient,
+    key: str,
+    looks_like_run_id: bool,
+    kinds: tuple[str, ...],
+    announce: TextIO | None,
+) -> Any:
+    """The parent run ``key`` names: a run id of one of ``kinds``, or an experiment's newest
+    sweep (never a revisit: it re-trains a sweep, it is not one), said on ``announce``."""
     if looks_like_run_id:
         try:
             run = client.get_run(key)
         except MlflowException:
             run = None
         if run is not None:
-            if run.data.tags.get("caviar.kind") != "sweep":
-                raise TrackingError(f"run {key} is not a caviar sweep's parent run")
+            kind = _kind(run)
+            if kind not in kinds:
+                raise TrackingError(_not_a_sweep(key, kind, run))
             return run
     experiment = client.get_experiment_by_name(key)
     if experiment is None:
@@ -116,15 +136,47 @@ def _find_parent(client: MlflowClient, key: str, looks_like_run_id: bool) -> Any
             f"no experiment or sweep run named {key!r} in the store; "
             "pass an experiment name or a parent run id (caviar run prints both)"
         )
+    # Revisits written before they had a kind of their own are tagged sweep; their
+    # ``caviar.revisits`` tells them apart.
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string="tags.`caviar.kind` = 'sweep'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=1000,
     )
-    if not runs:
+    sweeps = [run for run in runs if _kind(run) == SWEEP]
+    if not sweeps:
         raise TrackingError(f"experiment {key!r} holds no caviar sweep")
-    return runs[0]
+    parent = sweeps[0]
+    if announce is not None:
+        started = datetime.fromtimestamp(parent.info.start_time / 1000)
+        print(
+            f"caviar: experiment {key}: sweep run {parent.info.run_id} "
+            f"({parent.data.tags.get('caviar.sweep_id', '?')}, "
+            f"started {started:%Y-%m-%d %H:%M:%S})",
+            file=announce,
+            flush=True,
+        )
+    return parent
+
+
+def _kind(run: Any) -> str | None:
+    tags = run.data.tags
+    if tags.get("caviar.kind") == SWEEP and "caviar.revisits" in tags:
+        return REVISIT
+    return tags.get("caviar.kind")
+
+
+def _not_a_sweep(key: str, kind: str | None, run: Any) -> str:
+    if kind == REVISIT:
+        old = run.data.tags.get("caviar.revisits", "")
+        return (
+            f"run {key} is a revisit of sweep run {old}, not a sweep; revisit the sweep "
+            f"itself: caviar revisit {old}"
+        )
+    if kind == "panda":
+        return f"run {key} is a panda session, not a sweep (caviar report {key} shows it)"
+    return f"run {key} is not a caviar sweep's parent run"
 
 
 def _state(outcome: str | None) -> TrialState:

@@ -132,9 +132,15 @@ def test_revisit_scores_unchanged_data_exactly_and_flags_a_moved_rank(sweep) -> 
     client = MlflowClient(uri)
     run = client.get_run(changed.new_run_id)
     assert run.data.tags["caviar.revisits"] == parent_id
-    assert run.data.tags["caviar.kind"] == "sweep" and run.info.status == "FINISHED"
+    assert run.data.tags["caviar.kind"] == "revisit" and run.info.status == "FINISHED"
     assert run.data.metrics["revisit.rank_changes"] == sum(r.moved for r in changed.rows)
     children = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{changed.new_run_id}'"
     )
     assert sorted(c.data.tags["caviar.revisit.old_rank"] for c in children) == ["1", "2", "3"]
+
+    # The experiment's name still means the sweep, not the newer revisits, and says which run.
+    said = io.StringIO()
+    again = revisit("csv-sweep", 1, uri, _local, folder, said)
+    assert again.old_run_id == parent_id
+    assert said.getvalue().startswith(f"caviar: experiment csv-sweep: sweep run {parent_id} (")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +274,11 @@ def test_report_prints_the_ui_command_and_links_to_the_created_runs(
     report: dict[str, Any],
 ) -> None:
     db = report["folder"] / "mlflow.db"
+    started = datetime.fromtimestamp(T0 / 1000).strftime("%Y-%m-%d %H:%M:%S")
     assert report["stdout"].splitlines() == [
+        # An experiment's name: its newest sweep, and the report says which it took.
+        f"caviar: experiment {EXPERIMENT}: sweep run {report['parent']} "
+        f"(20231114-221320-abcdef, started {started})",
         f"open the UI:     mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1 "
         "--port 5000",
         f"runs table:      {UI}/#/experiments/{report['experiment_id']}/runs",
