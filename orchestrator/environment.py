@@ -40,6 +40,11 @@ ENVIRONMENT_DEFAULTS = {
     # so the workers see the same environment either way.
     "KMP_DUPLICATE_LIB_OK": "True",
     "KMP_INIT_AT_FORK": "FALSE",
+    # A SIGTERM (`caviar stop JOB`, `ray job stop`, `kill`, `caviar down`) is an interruption
+    # caviar handles like Ctrl-C; Ray's core worker would first print it as a crash
+    # (`*** SIGTERM received ... PC: @ 0x...`, absl's failure signal handler, in the driver and
+    # every worker). Crashes still print a stack: Ray enables Python's faulthandler in them.
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }
 
 
