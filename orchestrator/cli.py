@@ -147,13 +147,14 @@ def _add_panda(commands: argparse._SubParsersAction) -> None:
     different arguments, so the rest of the line is parsed by the form's own parser."""
     panda = commands.add_parser(
         "panda",
-        help="train one model and adjust it as it trains (adjust/stop it from another shell)",
+        help="train one model and adjust it as it trains "
+        "(adjust/pause/resume/stop it from another shell)",
         usage="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume]\n"
         "       caviar panda --from RUN_ID [--epochs N] [--tracking-uri URI]\n"
         "       caviar panda adjust RUN_ID [NAME=VALUE ...] [--rewind-to EPOCH] [--wait S]\n"
-        "       caviar panda stop RUN_ID [--wait S]",
+        "       caviar panda pause|resume|stop RUN_ID [--wait S]",
     )
-    panda.add_argument("target", nargs="?", metavar="SPEC|adjust|stop")
+    panda.add_argument("target", nargs="?", metavar="SPEC|adjust|pause|resume|stop")
     panda.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     # Options given before SPEC land here; after it, in `rest` (parsed by _panda_form).
     panda.add_argument(
@@ -170,7 +171,7 @@ def _add_panda(commands: argparse._SubParsersAction) -> None:
 
 def _panda_form(target: str) -> argparse.ArgumentParser:
     """The parser of one form of ``caviar panda``."""
-    if target in ("adjust", "stop"):
+    if target in ("adjust", "pause", "resume", "stop"):
         form = argparse.ArgumentParser(prog=f"caviar panda {target}")
         form.add_argument("run_id", help="the session's MLflow parent run id (printed at start)")
         if target == "adjust":
@@ -210,10 +211,10 @@ def _panda(args: argparse.Namespace) -> int:
     if args.target is None:
         raise PandaError("give a spec (caviar panda SPEC) or --from RUN_ID")
     form = _panda_form(args.target).parse_intermixed_args(args.rest)
-    if args.target == "stop":
+    if args.target in ("pause", "resume", "stop"):
         from orchestrator.panda.command import stop_command
 
-        return stop_command(form.run_id, form.wait, form.tracking_uri)
+        return stop_command(form.run_id, form.wait, form.tracking_uri, kind=args.target)
     if args.target == "adjust":
         from orchestrator.panda.command import adjust_command
 

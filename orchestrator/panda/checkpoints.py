@@ -1,11 +1,16 @@
-"""A panda session's per-epoch checkpoints on the driver's disk, bounded by ``panda.keep``.
+"""A panda session's per-epoch checkpoints on the driver's disk, bounded by ``panda.keep``,
+``panda.keep_for`` and ``panda.keep_max_mb``.
 
 Each checkpoint is the bytes a trainer's ``snapshot`` returned (the session's ``state_dict``
 and its config, saved by torch), in ``checkpoints/s<segment>-e<epoch>.pt``. A file appears
 whole or not at all (written beside, then renamed), so a killed session never leaves half a
-checkpoint for its resume. After each epoch the newest ``keep`` checkpoints of the current
-branch are kept and every other file is removed: the branch's recent epochs are what a rewind
-can go back to, and an abandoned branch keeps its curves (journal, MLflow), not its weights.
+checkpoint for its resume. After each epoch the current branch's checkpoints a rewind may
+want are kept and every other file is removed: the newest ``keep`` epochs, and every epoch
+saved within ``keep_for`` seconds of the session's training clock before the newest (a person
+reads at their own pace: a model at 50 epochs a second must not outrun them), newest first
+while those extra files fit in ``keep_max_bytes``. The clock is the session's: time paused
+does not age a checkpoint. What is kept is always the newest stretch of the branch. An
+abandoned branch keeps its curves (journal, MLflow), not its weights.
 
 A rewind asked from another shell pins its checkpoint (``pins/<command id>``) when it is checked,
 under the same file lock as pruning: a checkpoint that passed the check is still there when the
@@ -19,20 +24,47 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.spec.panda import PandaSpec
 
 _NAME = re.compile(r"^s(\d+)-e(\d+)\.pt$")
 PIN_TTL_S = 600.0
 
 
 class CheckpointStore:
-    def __init__(self, folder: Path, keep: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        keep: int,
+        keep_for: float = 0.0,
+        keep_max_bytes: float = float("inf"),
+    ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.folder = folder
         self.keep = keep
+        self.keep_for = keep_for
+        self.keep_max_bytes = keep_max_bytes
+
+    @classmethod
+    def for_spec(cls, folder: Path, panda: PandaSpec) -> CheckpointStore:
+        return cls(folder, panda.keep, panda.keep_for, panda.keep_max_mb * 1e6)
+
+    def budget(self) -> str:
+        """The rule, as the spec says it (for a refused rewind)."""
+        from orchestrator.spec.panda import format_duration
+
+        if self.keep_for <= 0:
+            return f"panda.keep = {self.keep}"
+        return (
+            f"panda.keep = {self.keep} epochs or panda.keep_for = "
+            f"{format_duration(self.keep_for)} of training, whichever keeps more"
+        )
 
     def path(self, segment: int, epoch: int) -> Path:
         return self.folder / f"s{segment:04d}-e{epoch:05d}.pt"
@@ -63,11 +95,46 @@ class CheckpointStore:
         held = self.held()
         return [epoch for key in branch_keys if key in held for epoch in (key[1],)]
 
-    def prune(self, branch_keys: Sequence[tuple[int, int]]) -> None:
-        """Keep the newest ``keep`` checkpoints of the branch (oldest first in
-        ``branch_keys``) and the pinned ones; remove every other checkpoint file."""
+    def wanted(
+        self,
+        branch_keys: Sequence[tuple[int, int]],
+        saved_at: Mapping[tuple[int, int], float] | None = None,
+        now: float | None = None,
+    ) -> list[tuple[int, int]]:
+        """The branch's checkpoints to keep, oldest first: the newest ``keep``, then older ones
+        saved at most ``keep_for`` before ``now`` (``saved_at``, on the session's training
+        clock; a key it lacks is not kept by time) while their files fit in
+        ``keep_max_bytes``."""
+        keys = list(branch_keys)
+        kept = keys[-self.keep :]
+        if self.keep_for <= 0 or now is None:
+            return kept
+        times = saved_at or {}
+        used = 0
+        for key in reversed(keys[: -self.keep]):
+            saved = times.get(key)
+            if saved is None or now - saved > self.keep_for:
+                break  # the branch's times only grow: every older one is older still
+            try:
+                size = self.path(*key).stat().st_size
+            except FileNotFoundError:
+                break  # gone already (an older prune): the kept stretch ends here
+            used += size
+            if used > self.keep_max_bytes:
+                break
+            kept.insert(0, key)
+        return kept
+
+    def prune(
+        self,
+        branch_keys: Sequence[tuple[int, int]],
+        saved_at: Mapping[tuple[int, int], float] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Keep what :meth:`wanted` names and the pinned checkpoints; remove every other
+        checkpoint file."""
         with self._locked():
-            wanted = set(list(branch_keys)[-self.keep :]) | self._pinned()
+            wanted = set(self.wanted(branch_keys, saved_at, now)) | self._pinned()
             for key in self.held() - wanted:
                 self.path(*key).unlink(missing_ok=True)
 

@@ -1,4 +1,5 @@
-"""``caviar panda``: start (or resume) a session, and ``adjust``/``stop`` one from another shell.
+"""``caviar panda``: start (or resume) a session, and ``adjust``/``pause``/``resume``/``stop``
+one from another shell.
 
 A session lives in ``<storage>/<spec name>/panda/<session id>/``: the sweep marker (its MLflow
 parent run, status), the journal, the command file and the checkpoints. The MLflow parent run
@@ -152,6 +153,7 @@ def run_panda(
             answered=set(record.answers) if record else None,
             on_epoch=view.on_epoch,
             on_event=view.on_event,
+            pauses=record.pauses if record else None,
         )
         if record is not None:
             session.resume()
@@ -246,7 +248,8 @@ def _announce(
         f"caviar: {verb} {spec.name} ({marker.sweep_id}): MLflow run {run_id} in experiment "
         f"{tracker.experiment!r} at {tracker.uri}\n"
         f"caviar: from another shell:  caviar panda adjust {run_id} learning_rate=...  "
-        f"[--rewind-to EPOCH]   |   caviar panda stop {run_id}",
+        f"[--rewind-to EPOCH]\n"
+        f"caviar:                      caviar panda pause|resume|stop {run_id}",
         file=stream,
         flush=True,
     )
@@ -277,6 +280,7 @@ def _session_params(
         "trainable": spec.trainable,
         "objective": f"{spec.mode} {spec.objective.metric}",
         "panda.keep": spec.panda.keep,
+        "panda.keep_for": spec.panda.keep_for,
         "resources.cpus_per_trial": spec.resources.cpus_per_trial,
         "resources.gpus_per_trial": spec.resources.gpus_per_trial,
     }
@@ -305,6 +309,12 @@ def _summary(outcome: PandaOutcome, metric: str, mode: str) -> tuple[dict[str, f
     if outcome.test_loss is not None:
         metrics["test_loss"] = outcome.test_loss
     tags = {"caviar.panda.status": outcome.status}
+    if outcome.pauses:
+        from orchestrator.panda.session import pauses_tag
+
+        metrics["pauses"] = float(len(outcome.pauses))
+        metrics["paused_seconds"] = float(sum(p.seconds or 0.0 for p in outcome.pauses))
+        tags["caviar.panda.pauses"] = pauses_tag(outcome.pauses)
     return metrics, tags
 
 
@@ -316,7 +326,7 @@ def best_epoch(branch: Sequence[Mapping[str, Any]], metric: str, mode: str) -> M
     return pick(scored, key=lambda e: float(e[metric]))
 
 
-# --- another shell: adjust and stop -------------------------------------------------------
+# --- another shell: adjust, pause, resume and stop -----------------------------------------
 
 
 def locate(run_id: str, tracking_uri: str | None = None) -> tuple[Path, SweepMarker]:
@@ -366,7 +376,7 @@ def adjust_command(
             check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
             return
         # pinned from here until the session answers: it may train epochs before reading this
-        store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
+        store = CheckpointStore.for_spec(folder / "checkpoints", spec.panda)
         base = rewind_origin(lineage, store, rewind_to, pin=command.id).config
         try:
             check_changes(spec.trainable, get_trainable(spec.trainable).config_model, base, changes)
@@ -382,8 +392,10 @@ def stop_command(
     wait_s: float = 120.0,
     tracking_uri: str | None = None,
     stream: TextIO | None = None,
+    kind: str = "stop",
 ) -> int:
-    return _deliver(run_id, Command("stop"), None, wait_s, tracking_uri, stream or sys.stdout)
+    """``stop``, ``pause`` or ``resume`` (``kind``): nothing to check before sending."""
+    return _deliver(run_id, Command(kind), None, wait_s, tracking_uri, stream or sys.stdout)
 
 
 def _deliver(
@@ -400,7 +412,7 @@ def _deliver(
     if check is not None:
         check(folder, marker)
     send(folder, command)
-    return _report_answer(folder, command, wait_s, stream)
+    return _report_answer(folder, command, wait_s, stream, run_id)
 
 
 def _require_running(marker: SweepMarker) -> None:
@@ -420,7 +432,9 @@ def _session_spec(folder: Path, marker: SweepMarker, parse: Callable[..., SweepS
     return parse(path.read_text(encoding="utf-8"), str(path), spec_dir=spec_dir)
 
 
-def _report_answer(folder: Path, command: Command, wait_s: float, stream: TextIO) -> int:
+def _report_answer(
+    folder: Path, command: Command, wait_s: float, stream: TextIO, run_id: str
+) -> int:
     answer = _wait(folder / JOURNAL, command.id, wait_s)
     if answer is None:
         print(
@@ -431,8 +445,20 @@ def _report_answer(folder: Path, command: Command, wait_s: float, stream: TextIO
         return 0
     if answer.get("status") == "refused":
         raise PandaError(f"the session refused it: {answer.get('reason')}")
+    epoch = answer.get("epoch")
     if command.kind == "stop":
-        print(f"caviar: stopped at epoch {answer.get('epoch')}", file=stream)
+        print(f"caviar: stopped at epoch {epoch}", file=stream)
+    elif command.kind == "pause":
+        was = "" if answer.get("changed") else "already "
+        print(
+            f"caviar: {was}paused at epoch {epoch}; caviar panda resume {run_id} to go on",
+            file=stream,
+        )
+    elif command.kind == "resume":
+        if answer.get("changed"):
+            print(f"caviar: resumed at epoch {epoch}", file=stream)
+        else:
+            print(f"caviar: not paused (training, at epoch {epoch}); nothing to do", file=stream)
     else:
         print(
             f"caviar: applied: segment {answer.get('segment')} trains from epoch "

@@ -1,4 +1,5 @@
-"""How ``caviar panda adjust`` and ``caviar panda stop`` in another shell reach a running session.
+"""How ``caviar panda adjust``, ``pause``, ``resume`` and ``stop`` in another shell reach a
+running session.
 
 The session's folder holds ``commands.jsonl``: each command is one JSON line, appended with a
 single write (so two shells never interleave within a line) and carrying an id. The session
@@ -29,7 +30,8 @@ PANDA_DIR = "panda"  # under <storage>/<spec name>/
 
 @dataclass(frozen=True)
 class Command:
-    """``adjust`` (``changes``, optionally ``rewind_to``) or ``stop``, from a person."""
+    """``adjust`` (``changes``, optionally ``rewind_to``), ``pause``, ``resume``, ``toggle``
+    (pause or resume, from the session's own terminal) or ``stop``, from a person."""
 
     kind: str
     changes: dict[str, Any] = field(default_factory=dict)

@@ -6,7 +6,11 @@ epoch boundary through the session's command file (so it is journaled and answer
 
 - ``learning_rate=0.01 momentum=0.8`` (or ``lr=0.01``): adjust;
 - ``rewind 12 lr=0.01``: back to epoch 12's checkpoint, then adjust;
+- ``p``: pause at the next epoch boundary, or, paused, go on (``pause``/``resume`` also work);
 - ``stop``: end the session.
+
+Lines, not single keys: the terminal stays in its own line mode, so what is typed can be
+corrected before Enter, and the reading thread never holds up the training loop.
 
 A line that does not parse is answered at once with the reason and sends nothing.
 """
@@ -21,7 +25,7 @@ from typing import TextIO
 from orchestrator.panda.changes import PandaError, parse_assignments
 from orchestrator.panda.control import Command, send
 
-HELP = "type NAME=VALUE ... | rewind EPOCH [NAME=VALUE ...] | stop, then Enter"
+HELP = "type NAME=VALUE ... | rewind EPOCH [NAME=VALUE ...] | p (pause/resume) | stop, then Enter"
 
 
 def parse_line(line: str) -> Command | None:
@@ -31,6 +35,8 @@ def parse_line(line: str) -> Command | None:
         return None
     if words == ["stop"]:
         return Command("stop")
+    if words in (["p"], ["pause"], ["resume"]):
+        return Command({"p": "toggle"}.get(words[0], words[0]))
     if words[0] == "rewind":
         if len(words) < 2 or not words[1].isdigit():
             raise PandaError("rewind needs an epoch: rewind 12 [NAME=VALUE ...]")

@@ -48,6 +48,15 @@ class Segment:
         return max(self.start_epoch, self.trial.epochs)
 
 
+@dataclass
+class Pause:
+    """A pause of the session: at which epoch, who asked, for how long (None while it lasts)."""
+
+    epoch: int
+    by: str
+    seconds: float | None = None
+
+
 class Lineage:
     """Every segment of a session by index, and which one trains now (the newest)."""
 

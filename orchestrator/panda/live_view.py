@@ -2,8 +2,8 @@
 
 On a terminal the view is a block of lines redrawn in place after every epoch (cursor moved
 up over the previous block); elsewhere (a pipe, a log file, a Ray job's log) each epoch is one
-appended line. Events (a change, a rewind, a rule firing, a refused command) always get a line
-of their own that stays.
+appended line. Events (a change, a rewind, a rule firing, a refused command, a pause) always get
+a line of their own that stays, with the block drawn again under it on a terminal.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class LiveView:
     def on_event(self, session: PandaSession, event: SessionEvent) -> None:
         self._clear()
         print(f"caviar: epoch {event.epoch}: {event.text}", file=self.stream, flush=True)
+        if self.tty and session.lineage.segments:  # the block stays under it (a paused
+            self._redraw(self.block(session))  # session is looked at, not scrolled past)
 
     def close(self) -> None:
         self._drawn = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.panda.lineage import Lineage, Segment
+from orchestrator.panda.lineage import Lineage, Pause, Segment
 from orchestrator.store.journal import JOURNAL, read_journal
 
 
@@ -21,6 +21,7 @@ from orchestrator.store.journal import JOURNAL, read_journal
 class SessionRecord:
     lineage: Lineage
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # command id -> event
+    pauses: list[Pause] = field(default_factory=list)
 
 
 def read_session(folder: Path) -> SessionRecord:
@@ -28,6 +29,7 @@ def read_session(folder: Path) -> SessionRecord:
     state = read_journal(path)
     lineage = Lineage()
     answers: dict[str, dict[str, Any]] = {}
+    pauses: list[Pause] = []
     ended_by: dict[int, str] = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -53,7 +55,11 @@ def read_session(folder: Path) -> SessionRecord:
                 ended_by[int(event["i"])] = str(event.get("ended_by", ""))
             elif kind == "command":
                 answers[str(event["id"])] = event
+            elif kind == "pause":
+                pauses.append(Pause(int(event.get("epoch", 0)), str(event.get("by", "user"))))
+            elif kind == "resume" and pauses:
+                pauses[-1].seconds = float(event.get("paused_s") or 0.0)
     for index, how in ended_by.items():
         if index in lineage.segments:
             lineage.segments[index].ended_by = how
-    return SessionRecord(lineage, answers)
+    return SessionRecord(lineage, answers, pauses)

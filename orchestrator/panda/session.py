@@ -2,10 +2,15 @@
 
 The loop, at each boundary (before each epoch):
 
-1. commands from other shells (``control.Inbox``), oldest first: adjust, rewind, stop;
+1. commands from other shells (``control.Inbox``), oldest first: adjust, rewind, pause,
+   resume, stop. A paused session stays at the boundary, answering commands as they come
+   (an adjustment or a rewind made while paused is what trains on resume), until a resume or
+   a stop; ``panda.min_epoch_time`` keeps it there the same way until that much time has
+   passed since the last epoch began;
 2. the babysitting rules (``rules.decide``) on the current branch;
-3. one epoch; its result is journaled, its checkpoint saved (then the oldest pruned), its
-   metrics queued for MLflow on the session's epoch axis, and the live view redrawn.
+3. one epoch; its result is journaled, its checkpoint saved (then those outside
+   ``panda.keep``/``keep_for`` pruned), its metrics queued for MLflow on the session's epoch
+   axis, and the live view redrawn.
 
 Every change, a person's or a rule's, goes through :meth:`PandaSession.apply`: it ends the
 current segment and starts a new one (its own journal line and MLflow run), so what happened
@@ -20,6 +25,7 @@ newest journaled checkpoint, and MLflow is sent what it lacks.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.panda.changes import PandaError, check_changes
 from orchestrator.panda.checkpoints import CheckpointStore
 from orchestrator.panda.control import Command, Inbox
-from orchestrator.panda.lineage import Lineage, Segment
+from orchestrator.panda.lineage import Lineage, Pause, Segment
 from orchestrator.panda.rules import Action, decide
 from orchestrator.spec.models import SweepSpec
 from orchestrator.store.journal import Journal
@@ -42,6 +48,8 @@ if TYPE_CHECKING:  # neither torch nor MLflow to read a session back (`caviar pa
 
 # Result keys that are not metrics (the observer's rule: numbers only, the epoch is the step).
 NOT_METRICS = frozenset({"epoch", "diverged", "ended_at", "worker_pid"})
+POLL_S = 0.2  # how often a paused (or pacing) session reads its commands
+PAUSES_TAGGED = 40  # the newest pauses in the parent run's tag (MLflow bounds a tag's length)
 
 
 @dataclass
@@ -59,6 +67,7 @@ class PandaOutcome:
     status: str  # budget | stopped | rule:stop | diverged
     lineage: Lineage
     events: list[SessionEvent] = field(default_factory=list)
+    pauses: list[Pause] = field(default_factory=list)
     test_loss: float | None = None
     test_accuracy: float | None = None
 
@@ -77,6 +86,9 @@ class PandaSession:
         answered: set[str] | None = None,
         on_epoch: Callable[[PandaSession, dict[str, Any]], None] | None = None,
         on_event: Callable[[PandaSession, SessionEvent], None] | None = None,
+        pauses: list[Pause] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.spec = spec
         self.folder = folder
@@ -84,13 +96,21 @@ class PandaSession:
         self.journal = journal
         self.tracker = tracker
         self.lineage = lineage or Lineage()
-        self.store = CheckpointStore(folder / "checkpoints", spec.panda.keep)
+        self.store = CheckpointStore.for_spec(folder / "checkpoints", spec.panda)
         self.inbox = Inbox(folder, answered or ())
         self.metric = spec.objective.metric
         self.mode = spec.mode
         self.events: list[SessionEvent] = []
+        self.pauses: list[Pause] = list(pauses or [])
         self._on_epoch = on_epoch
         self._on_event = on_event
+        self._clock = clock
+        self._sleep = sleep
+        self._paused_since: float | None = None  # on the clock; None while training
+        self._paused_total = 0.0
+        self._epoch_began: float | None = None
+        # When each checkpoint was saved, in training time (the budget of panda.keep_for).
+        self._saved_at: dict[tuple[int, int], float] = {}
         from trainables import get_trainable
 
         self._config_model = get_trainable(spec.trainable).config_model
@@ -105,6 +125,9 @@ class PandaSession:
         self.trainer.start(config, checkpoint)
         segment = self._open_segment(None, start_epoch, config, reason, "caviar", {})
         self.store.save(segment.index, start_epoch, self.trainer.snapshot())
+        self._saved_at[(segment.index, start_epoch)] = self.training_time()
+        if self.spec.panda.start_paused:
+            self._pause("panda.start_paused")
 
     def resume(self) -> None:
         """Continue a killed or interrupted session: its branch from the newest checkpoint it
@@ -115,6 +138,10 @@ class PandaSession:
             raise PandaError(f"session in {self.folder} has no checkpoint left to resume from")
         segment_index, epoch = keys[-1]
         current.trial.history = [e for e in current.trial.history if int(e["epoch"]) <= epoch]
+        # Saved before the kill: their age starts now (kept a full keep_for, never less).
+        self._saved_at.update(dict.fromkeys(keys, self.training_time()))
+        if self.pauses and self.pauses[-1].seconds is None:  # killed while paused
+            self.pauses[-1].seconds = 0.0
         self.trainer.start(current.config, self.store.load(segment_index, epoch))
         if self.tracker is not None:
             self._replay_to_tracker(self.tracker)
@@ -149,18 +176,25 @@ class PandaSession:
             if status is not None:
                 break
             self._train_epoch()
+        self._resume("the end", quiet=True)  # stopped while paused: the pause ends with it
         self._end_segment(self.lineage.current, status)
-        outcome = PandaOutcome(status, self.lineage, self.events)
+        outcome = PandaOutcome(status, self.lineage, self.events, self.pauses)
         if status != "diverged":
             outcome.test_loss, outcome.test_accuracy = self.trainer.test()
         return outcome
 
     def _boundary(self) -> str | None:
-        """Commands, then rules; the session's end status if it ends here."""
-        for command in self.inbox.read():
-            stopped = self._answer(command)
-            if stopped:
-                return "stopped"
+        """Commands (while paused or pacing: as they come), then rules; the session's end
+        status if it ends here."""
+        while True:
+            for command in self.inbox.read():
+                stopped = self._answer(command)
+                if stopped:
+                    return "stopped"
+            wait = POLL_S if self.paused else 0.0 if self._at_budget() else self._pace_left()
+            if wait <= 0:
+                break
+            self._sleep(min(POLL_S, wait))
         branch = self.lineage.branch()
         current = self.lineage.current
         action = decide(
@@ -183,9 +217,12 @@ class PandaSession:
         branch = self.lineage.branch()
         if branch and branch[-1].get("diverged"):
             return "diverged"
-        if self.lineage.epoch >= int(self.lineage.current.config.get("epochs", 0)):
+        if self._at_budget():
             return "budget"
         return None
+
+    def _at_budget(self) -> bool:
+        return self.lineage.epoch >= int(self.lineage.current.config.get("epochs", 0))
 
     def _answer(self, command: Command) -> bool:
         """Apply a person's command or journal why not; True if it stops the session."""
@@ -200,6 +237,22 @@ class PandaSession:
             self.journal.append("command", id=command.id, status="applied", epoch=epoch)
             self._event("stopped by a person")
             return True
+        if command.kind in ("pause", "resume", "toggle"):
+            kind = command.kind
+            if kind == "toggle":  # the session's own terminal: p
+                kind = "resume" if self.paused else "pause"
+            changed = self._pause(command.by) if kind == "pause" else self._resume(command.by)
+            self.journal.append(
+                "command", id=command.id, status="applied", epoch=epoch, kind=kind, changed=changed
+            )
+            return False
+        if command.kind != "adjust":
+            reason = f"no command {command.kind!r} (adjust, pause, resume, stop)"
+            self.journal.append(
+                "command", id=command.id, status="refused", epoch=epoch, reason=reason
+            )
+            self._event(f"refused a command: {reason}")
+            return False
         try:
             action = Action(
                 "rewind" if command.rewind_to is not None else "adjust",
@@ -257,20 +310,82 @@ class PandaSession:
         )
         return segment
 
+    # --- pauses -----------------------------------------------------------------------------
+
+    def training_time(self) -> float:
+        """The session's clock less the time it spent paused (what ages a checkpoint)."""
+        now = self._clock()
+        paused = self._paused_total
+        if self._paused_since is not None:
+            paused += now - self._paused_since
+        return now - paused
+
+    def _pace_left(self) -> float:
+        pace = self.spec.panda.min_epoch_time
+        if pace <= 0 or self._epoch_began is None:
+            return 0.0
+        return pace - (self._clock() - self._epoch_began)
+
+    def _pause(self, by: str) -> bool:
+        """Hold the session at this boundary; False if it already was."""
+        if self.paused:
+            return False
+        self._paused_since = self._clock()
+        epoch = self.lineage.epoch
+        self.pauses.append(Pause(epoch, by))
+        self.journal.append("pause", epoch=epoch, by=by)
+        self._tag_pauses()
+        run_id = self.tracker.parent_run_id if self.tracker is not None else None
+        how = f"caviar panda resume {run_id}" if run_id else "caviar panda resume RUN_ID"
+        self._event(f"paused by {by}; {how} to go on")
+        return True
+
+    def _resume(self, by: str, quiet: bool = False) -> bool:
+        """Train on from this boundary; False if the session was not paused."""
+        if self._paused_since is None:
+            return False
+        seconds = self._clock() - self._paused_since
+        self._paused_total += seconds
+        self._paused_since = None
+        self.pauses[-1].seconds = round(seconds, 3)
+        self.journal.append(
+            "resume", epoch=self.lineage.epoch, by=by, paused_s=self.pauses[-1].seconds
+        )
+        self._tag_pauses()
+        if not quiet:
+            self._event(f"resumed by {by} after {seconds:.1f} s paused")
+        return True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_since is not None
+
+    def _tag_pauses(self) -> None:
+        """The pauses on the session's parent run (tag ``caviar.panda.pauses``, JSON)."""
+        if self.tracker is None:
+            return
+        shown = pauses_tag(self.pauses)
+        self.tracker.parent_update(tags={"caviar.panda.pauses": shown})
+
     def _rule_rewinds(self) -> int:
         return sum(1 for s in self.lineage.segments.values() if s.by == "rule:divergence")
 
     def _train_epoch(self) -> None:
         segment = self.lineage.current
+        self._epoch_began = self._clock()
         result = self.trainer.step()
         epoch = int(result["epoch"])
         result.setdefault("ended_at", time.time())
         segment.trial.history = with_epoch(segment.trial.history, result)
         path = self.store.save(segment.index, epoch, self.trainer.snapshot())
+        now = self.training_time()
+        self._saved_at[(segment.index, epoch)] = now
         self.journal.append("result", i=segment.index, r=result)
         self.journal.append("checkpoint", i=segment.index, path=str(path))
         segment.trial.checkpoint = str(path)
-        self.store.prune(self.lineage.checkpoint_keys())
+        branch_keys = self.lineage.checkpoint_keys()
+        self.store.prune(branch_keys, self._saved_at, now)
+        self._saved_at = {k: self._saved_at[k] for k in branch_keys if k in self._saved_at}
         if self.tracker is not None:
             metrics = epoch_metrics(result)
             self.tracker.trial_metrics(str(segment.index), metrics, epoch, result["ended_at"])
@@ -370,16 +485,22 @@ def rewind_origin(
         shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
         raise PandaError(
             f"cannot rewind to epoch {epoch}: its checkpoint is no longer kept "
-            f"(panda.keep = {store.keep}; kept now: {shown})"
+            f"({store.budget()}; kept now: {shown})"
         )
     return origin
+
+
+def pauses_tag(pauses: list[Pause]) -> str:
+    """The newest pauses as JSON (epoch, by, seconds; null while one lasts)."""
+    return json.dumps(
+        [{"epoch": p.epoch, "by": p.by, "seconds": p.seconds} for p in pauses[-PAUSES_TAGGED:]],
+        separators=(",", ":"),
+    )
 
 
 def segment_tags(segment: Segment, tracker: SweepTracker, lineage: Lineage) -> dict[str, str]:
     """A segment's MLflow tags: its place in the lineage (parent segment, start epoch), why it
     exists and who asked."""
-    import json
-
     tags = {
         "caviar.trial_index": str(segment.index),
         "caviar.trial_id": segment.trial.trial_id,

@@ -37,6 +37,11 @@ def format_summary(result: PandaResult) -> str:
             lines.append(f"  last {result.metric}: {float(last[result.metric]):.4f}")
     if outcome.test_accuracy is not None:
         lines.append(f"  test accuracy:   {outcome.test_accuracy:.4f} (the final model, once)")
+    if outcome.pauses:
+        paused = sum(p.seconds or 0.0 for p in outcome.pauses)
+        at = ", ".join(str(p.epoch) for p in outcome.pauses[-8:])
+        times = "once" if len(outcome.pauses) == 1 else f"{len(outcome.pauses)} times"
+        lines.append(f"  paused:          {times}, {paused:.1f} s in all (at epoch {at})")
     changes = [s for s in lineage.segments.values() if s.parent is not None]
     if changes:
         lines.append("  changes:")

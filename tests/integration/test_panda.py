@@ -1,6 +1,6 @@
-"""`caviar panda` as a user runs it: a session on its own Ray, adjusted, rewound and stopped
-from another "shell" (this test process, through `caviar`'s own main), a rule firing, and the
-MLflow tree read back; then a session killed with SIGKILL and resumed."""
+"""`caviar panda` as a user runs it: a session on its own Ray, paused, adjusted, rewound,
+resumed and stopped from another "shell" (this test process, through `caviar`'s own main), a
+rule firing, and the MLflow tree read back; then a session killed with SIGKILL and resumed."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ space:
 fixed: {batch_size: 8, hidden_units: 32, epochs: 400}
 panda:
   keep: 4
+  keep_for: 0
   rules:
     plateau: {patience: 6, factor: 0.5, min_delta: 1.0}
 """
@@ -84,6 +85,11 @@ def _journal(folder: Path) -> list[dict[str, Any]]:
 
 def _epoch(folder: Path) -> int:
     return max((int(e["r"]["epoch"]) for e in _journal(folder) if e["e"] == "result"), default=0)
+
+
+def _trained(folder: Path) -> int:
+    """Epochs trained in all (every branch)."""
+    return sum(1 for e in _journal(folder) if e["e"] == "result")
 
 
 def _run_id(log: Path) -> str | None:
@@ -142,6 +148,21 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
         assert code == 0 and f"trains from epoch {target}" in out, (code, out, err)
         rewound = int(re.search(r"segment (\d+)", out).group(1))
 
+        # paused: the Ray worker trains nothing until resumed; an adjustment made meanwhile
+        # is what trains on
+        code, out, _ = _caviar(capsys, "panda", "pause", run_id)
+        paused_at = int(re.search(r"paused at epoch (\d+);", out).group(1))
+        assert code == 0 and f"caviar panda resume {run_id} to go on" in out, out
+        trained = _trained(tmp_path)
+        time.sleep(2.0)
+        assert _trained(tmp_path) == trained
+        code, out, _ = _caviar(capsys, "panda", "adjust", run_id, "momentum=0.85")
+        assert code == 0 and f"trains from epoch {paused_at}" in out
+        time.sleep(0.5)
+        assert _trained(tmp_path) == trained
+        code, out, _ = _caviar(capsys, "panda", "resume", run_id)
+        assert code == 0 and out.strip() == f"caviar: resumed at epoch {paused_at}"
+
         _wait(
             lambda: any(e.get("by") == "rule:plateau" for e in _journal(tmp_path)),
             "the plateau rule",
@@ -153,11 +174,16 @@ def test_a_session_adjusted_rewound_ruled_and_stopped_is_a_tree_in_mlflow(
         _kill(process)
     text = log.read_text()
     assert "stopped by a person" in text and f"segment {rewound}: rewind to epoch" in text
+    assert f"caviar: epoch {paused_at}: paused by user; caviar panda resume {run_id}" in text
+    assert re.search(r"  paused: +once, [\d.]+ s in all \(at epoch \d+\)", text), text
     assert re.search(r"final model: +models:/\S+ \(mlflow.pytorch.load_model\)", text), text
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(run_id)
     assert parent.data.tags["caviar.mode"] == "panda" and parent.info.status == "FINISHED"
+    (pause,) = json.loads(parent.data.tags["caviar.panda.pauses"])
+    assert pause["epoch"] == paused_at and pause["by"] == "user" and pause["seconds"] >= 2.5
+    assert parent.data.metrics["paused_seconds"] == pytest.approx(pause["seconds"])
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
     )

@@ -172,7 +172,7 @@ def test_the_stop_rule_and_a_persons_stop(iris, tmp_path):
 
 
 def test_refused_commands_change_nothing_and_say_why(iris, tmp_path):
-    spec = _spec({"keep": 2})
+    spec = _spec({"keep": 2, "keep_for": 0})
     script = {
         4: [
             Command("adjust", {}, rewind_to=1, id="old"),
@@ -201,7 +201,7 @@ def test_a_rewind_checked_by_another_shell_keeps_its_checkpoint_until_the_sessio
 ):
     """`caviar panda adjust --rewind-to` pins the checkpoint it checked; the session may train
     several epochs (past ``keep``) before it reads the command, and still rewinds there."""
-    spec = _spec({"keep": 2}, epochs=8)
+    spec = _spec({"keep": 2, "keep_for": 0}, epochs=8)
     folder = tmp_path / "pin"
     late = Command("adjust", {}, rewind_to=2, id="late")
 
