@@ -19,6 +19,11 @@ def add_commands(commands: Any) -> None:  # argparse's _SubParsersAction
     submit.add_argument("spec", type=Path, help="the sweep spec (YAML); its folder is uploaded")
     _address(submit)
     submit.add_argument("--follow", action="store_true", help="stream the log until it ends")
+    submit.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish this spec's interrupted sweep on the cluster (caviar run SPEC --resume)",
+    )
     submit.set_defaults(handler=_submit)
 
     status = commands.add_parser("status", help="show a submitted job's state")
@@ -49,7 +54,7 @@ def _address(parser: argparse.ArgumentParser) -> None:
 def _submit(args: argparse.Namespace) -> int:
     from orchestrator.cluster import submit as cluster
 
-    return cluster.submit(args.spec, args.address, args.follow)
+    return cluster.submit(args.spec, args.address, args.follow, resume=args.resume)
 
 
 def _status(args: argparse.Namespace) -> int:

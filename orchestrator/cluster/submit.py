@@ -41,12 +41,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+from orchestrator.cluster.resume import RESUME_VARIABLE
 from orchestrator.errors import CaviarError, Problem, SpecError
 from orchestrator.spec.models import SweepSpec, load_spec
 
@@ -101,6 +102,9 @@ MISSING_CAVIAR_SIGNS = (
     "No module named 'trainables'",
     "exit code 127",
 )
+# Read by the job's supervisor (it runs with the job's runtime_env), not by caviar.
+STOP_WAIT_VARIABLE = "RAY_JOB_STOP_WAIT_TIME_S"
+STOP_GRACE_S = 60
 _SWEEP_LINE = re.compile(r"MLflow run (\w+) in experiment '([^']*)' at (\S+)")
 
 
@@ -390,10 +394,36 @@ class JobRequest:
     entrypoint: str
     runtime_env: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
+    shown_spec: str = ""  # the spec's path as the user gave it
+    resume: bool = False
 
     @property
     def folder(self) -> Path:
         return self.spec_path.parent
+
+    def to(self, address: str) -> JobRequest:
+        """This request as sent to ``address``: the job, and its metadata, carry the command
+        that resumes the sweep from the user's machine (``caviar submit SPEC --resume``), for
+        the messages that say how to finish an interrupted sweep."""
+        command = resume_submit_command(self.shown_spec or self.spec_path.name, address)
+        env_vars = {**self.runtime_env.get("env_vars", {}), RESUME_VARIABLE: command}
+        return replace(
+            self,
+            runtime_env={**self.runtime_env, "env_vars": env_vars},
+            metadata={**self.metadata, "caviar.resume": command},
+        )
+
+
+def resume_submit_command(shown_spec: str, address: str) -> str:
+    """``caviar submit SPEC --resume --address URL`` (no user or password from the URL)."""
+    parts = urlsplit(address)
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        address = urlunsplit(parts._replace(netloc=netloc))
+    return shlex.join(["caviar", "submit", shown_spec, "--resume", "--address", address])
 
 
 def submission_problems(spec: SweepSpec) -> list[Problem]:
@@ -423,8 +453,11 @@ def submission_problems(spec: SweepSpec) -> list[Problem]:
     return problems
 
 
-def build_request(spec_path: Path) -> JobRequest:
-    """Load and check the spec, then describe the job: folder, entrypoint, excludes, id."""
+def build_request(spec_path: Path, resume: bool = False) -> JobRequest:
+    """Load and check the spec, then describe the job: folder, entrypoint, excludes, id.
+
+    With ``resume`` the job finishes the spec's interrupted sweep on the cluster (``caviar
+    run SPEC --resume``: its journal and checkpoints are in the cluster's shared storage)."""
     spec = load_spec(spec_path)
     problems = submission_problems(spec)
     if problems:
@@ -433,7 +466,13 @@ def build_request(spec_path: Path) -> JobRequest:
     runtime_env = {
         "working_dir": str(path.parent),
         "excludes": upload_excludes(path.parent),
-        "env_vars": {"PYTHONUNBUFFERED": "1"},  # the log streams as the sweep runs
+        "env_vars": {
+            "PYTHONUNBUFFERED": "1",  # the log streams as the sweep runs
+            # `caviar stop` (Ray's job stop) sends SIGTERM, then SIGKILL after this many
+            # seconds (Ray's default: 3): the time for the sweep to end as interrupted (its
+            # runs marked, what finished saved, the line that says how to resume it).
+            STOP_WAIT_VARIABLE: str(STOP_GRACE_S),
+        },
         # Each node unpacks the folder when the driver connects (a node sharing the head's
         # temp folder deletes and unpacks it again then, which the driver survives:
         # leave_shared_folder), not when a trial starts there. Ray's default, stated.
@@ -443,13 +482,15 @@ def build_request(spec_path: Path) -> JobRequest:
         job_id=f"caviar-{spec.name}-{secrets.token_hex(3)}",
         spec=spec,
         spec_path=path,
-        entrypoint=shlex.join(["caviar", "run", path.name]),
+        entrypoint=shlex.join(["caviar", "run", path.name, *(["--resume"] if resume else [])]),
         runtime_env=runtime_env,
         metadata={
             "caviar.spec": path.name,
             "caviar.sweep": spec.name,
             "caviar.experiment": spec.experiment_name,
         },
+        shown_spec=str(spec_path),
+        resume=resume,
     )
 
 
@@ -467,15 +508,26 @@ def upload_excludes(folder: Path) -> list[str]:
     return excludes
 
 
-def submit(spec_path: Path, address: str | None, follow: bool, out: TextIO = sys.stdout) -> int:
-    """``caviar submit``: send the sweep, say where to watch it; with ``follow``, watch it."""
-    request = build_request(spec_path)  # a bad spec fails before any network call
+def submit(
+    spec_path: Path,
+    address: str | None,
+    follow: bool,
+    out: TextIO = sys.stdout,
+    resume: bool = False,
+) -> int:
+    """``caviar submit``: send the sweep, say where to watch it; with ``follow``, watch it.
+
+    With ``resume``: a job that finishes the spec's interrupted sweep (one a ``caviar stop``
+    or a failure ended), in the same MLflow parent run."""
+    request = build_request(spec_path, resume)  # a bad spec fails before any network call
     cluster = Cluster(resolve_address(address))
+    request = request.to(cluster.address)
     job_id = cluster.submit(request, out)
     tracking = request.spec.tracking.uri or "the cluster's MLFLOW_TRACKING_URI (set on the head)"
+    what = "resumes the interrupted sweep" if resume else "sweep:     "
     print(
         f"caviar: submitted job {job_id} to {cluster.address}\n"
-        f"  sweep:      {request.spec.name} ({request.spec.num_trials()} trials), "
+        f"  {what} {request.spec.name} ({request.spec.num_trials()} trials), "
         f"entrypoint: {request.entrypoint}\n"
         f"  uploaded:   {request.folder} (without .git, virtualenvs, mlflow.db, mlruns/, "
         "caviar_runs/, .env files)\n"
@@ -705,8 +757,11 @@ def stop(job_id: str, address: str | None, out: TextIO = sys.stdout) -> int:
     if not cluster.stop(job_id):
         print(f"job {job_id} had already ended: {cluster.info(job_id).status}", file=out)
         return 0
-    details = cluster.wait(job_id, timeout_s=30.0)
+    details = cluster.wait(job_id, timeout_s=STOP_GRACE_S + 15.0)
     print(f"job {job_id}: {details.status}", file=out)
+    command = (details.metadata or {}).get("caviar.resume")
+    if details.status == STOPPED and command:
+        print(f"  finish its sweep with:  {command}", file=out)
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cluster.resume import resume_command, submitted
 from orchestrator.errors import CaviarError
 
 MARKER = "caviar_sweep.json"
@@ -75,7 +76,7 @@ def refuse_if_unfinished(storage_root: Path, spec_path: str) -> None:
         status = "interrupted" if marker.status == "running" else marker.status
         raise ResumeError(
             f"an unfinished sweep ({marker.sweep_id}, {status}) is in {run_dir}.\n"
-            f"  - to continue it:      caviar run {spec_path} --resume\n"
+            f"  - to continue it:      {resume_command(spec_path)}\n"
             f"  - to start a new one:  give the spec another name (or storage.path), "
             f"or remove {run_dir}"
         )
@@ -87,7 +88,8 @@ def pick_for_resume(
     pending = unfinished(storage_root)
     if not pending:
         raise ResumeError(
-            f"nothing to resume: no unfinished sweep under {storage_root}; run without --resume"
+            f"nothing to resume: no unfinished sweep under {storage_root}; "
+            f"{'submit' if submitted() else 'run'} without --resume"
         )
     run_dir, marker = pending[0]
     if marker.spec_hash != spec_hash:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cluster.resume import resume_command
 from orchestrator.errors import CaviarError
 
 LOCK = ".caviar.lock"
@@ -74,5 +75,5 @@ def _running_message(name: str, holder: dict[str, Any], shown_spec: str) -> str:
         f"sweep {name} is running now{who}: one driver per sweep.\n"
         f"  - wait for it to end, or stop it (Ctrl-C in its terminal, or kill -INT "
         f"{holder.get('pid', 'PID')});\n"
-        f"  - then, if it was interrupted:  caviar run {shown_spec} --resume"
+        f"  - then, if it was interrupted:  {resume_command(shown_spec)}"
     )

@@ -137,10 +137,51 @@ def test_request_runs_caviar_on_the_spec_in_its_uploaded_folder(
     assert request.runtime_env["working_dir"] == str(folder.resolve())
     assert request.job_id.startswith("caviar-iris-submit-")
     assert request.metadata["caviar.experiment"] == "iris-submit"
-    assert request.runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
+    assert request.runtime_env["env_vars"] == {
+        "PYTHONUNBUFFERED": "1",
+        "RAY_JOB_STOP_WAIT_TIME_S": "60",  # caviar stop: time to end as interrupted
+    }
     assert request.runtime_env["config"] == {"eager_install": True}
     assert "must-not-travel" not in repr(request) and "laptop.db" not in repr(request)
     assert "/myenv" in request.runtime_env["excludes"]
+
+
+def test_a_resumed_submission_runs_caviar_run_resume_and_every_job_knows_its_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's state is on the cluster: its resume is a submission, as the user types it."""
+    folder = project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    shown = str(Path("project") / "iris.yaml")
+    resume = f"caviar submit {shown} --resume --address http://head:8265"
+    for again in (False, True):
+        request = cluster.build_request(Path(shown), resume=again).to("http://head:8265")
+        assert request.entrypoint == "caviar run iris.yaml" + (" --resume" if again else "")
+        assert request.runtime_env["working_dir"] == str(folder.resolve())
+        assert request.runtime_env["env_vars"]["CAVIAR_RESUME_COMMAND"] == resume
+        assert request.metadata["caviar.resume"] == resume
+    # No user or password of the address reaches the job's environment or its metadata.
+    secret = cluster.build_request(folder / "iris.yaml").to("http://me:pw@head:8265")
+    assert "pw" not in json.dumps(secret.runtime_env) + json.dumps(secret.metadata)
+    assert secret.metadata["caviar.resume"].endswith("--resume --address http://head:8265")
+
+
+def test_a_submitted_jobs_messages_name_submit_resume_not_run_resume(tmp_path: Path) -> None:
+    from orchestrator.cluster.resume import resume_command
+    from orchestrator.store.markers import ResumeError, pick_for_resume
+    from orchestrator.store.sweep_lock import _running_message
+
+    job = {"CAVIAR_RESUME_COMMAND": "caviar submit s.yaml --resume --address http://h:8265"}
+    assert resume_command("s.yaml", {}) == "caviar run s.yaml --resume"
+    assert resume_command("s.yaml", job) == job["CAVIAR_RESUME_COMMAND"]
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in job.items():
+            patch.setenv(name, value)
+        assert "then, if it was interrupted:  caviar submit s.yaml --resume --address" in (
+            _running_message("s", {}, "s.yaml")
+        )
+        with pytest.raises(ResumeError, match="submit without --resume"):
+            pick_for_resume(tmp_path, "0" * 64)
 
 
 def test_upload_leaves_out_vcs_venvs_local_stores_results_and_env_files(tmp_path: Path) -> None:
