@@ -38,9 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a sweep began, or a second Ctrl-C while one cleans up
         _exit_at_once_on_another_signal()
         if args.command == "run":
+            from orchestrator.cluster.resume import resume_command
+
             print(
                 "\ncaviar: stopped at once; every trial result is in the sweep's journal, and "
-                f"a resume sends MLflow what it lacks: caviar run {args.spec} --resume",
+                f"a resume sends MLflow what it lacks: {resume_command(str(args.spec))}",
                 file=sys.stderr,
             )
         else:

@@ -29,6 +29,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
+from orchestrator.cluster.resume import resume_command
 from orchestrator.engine import live, raystart
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
@@ -196,7 +197,7 @@ def _run_locked(
         finally:
             _close_sweep(sweep, result, started, draw_later)
     if halted is not None:
-        resume_hint = f"caviar: then finish it with:  caviar run {shown_spec} --resume"
+        resume_hint = f"caviar: then finish it with:  {resume_command(shown_spec)}"
         raise SweepHalted(f"{halted}\n{resume_hint}")
     if result.status == "KILLED":
         raise SweepInterrupted(_interrupted_message(spec, result, shown_spec))
@@ -416,7 +417,7 @@ def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) 
         f"sweep {result.name} ({result.sweep_id}) interrupted after "
         f"{result.wall_seconds:.1f} s: {ended} of {spec.num_trials()} trials ended, "
         f"{remaining} remain (MLflow parent run {result.parent_run_id} marked KILLED).\n"
-        f"caviar: finish it with:  caviar run {shown_spec} --resume"
+        f"caviar: finish it with:  {resume_command(shown_spec)}"
     )
 
 

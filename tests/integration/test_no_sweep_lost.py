@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -131,42 +132,57 @@ def test_sigkill_anywhere_then_resume_always_finishes(tmp_path: Path, ray_head: 
     rng = random.Random(20261207)
     env = _env(ray_head)
     log = tmp_path / "run.log"
-    phases = ["start", "training", "training", "after training"]
-    landed: list[str] = []
+    aims = ["start", "training", "training", "after training"]
+    landed: Counter[str] = Counter()
     sweep, resume = 0, False
     spec = _spec(tmp_path, f"kill-{sweep}", seed=sweep)
-    while len(landed) < kills:
+    while sum(landed.values()) < kills:
         name = f"kill-{sweep}"
+        before = _journal_size(tmp_path, name)
         process = _start(tmp_path, ["run", spec, *(["--resume"] if resume else [])], env, log)
-        phase = phases[len(landed) % len(phases)]
-        if phase == "start":
+        aim = aims[sum(landed.values()) % len(aims)]
+        if aim == "start":
             time.sleep(rng.uniform(0.2, 4.0))
-        elif phase == "training":
-            if _wait_until(process, lambda n=name: bool(_journal_events(tmp_path, n, "trial"))):
+        elif aim == "training":  # once this driver has journaled something of its own
+            if _wait_until(process, lambda n=name, b=before: _journal_size(tmp_path, n) > b):
                 time.sleep(rng.uniform(0.0, 3.0))
-        elif _wait_until(
-            process, lambda n=name: len(_journal_events(tmp_path, n, "end")) == N_TRIALS
-        ):
-            time.sleep(rng.uniform(0.0, 2.0))  # testing the best trial, logging the model
+        elif _wait_until(process, lambda n=name: _phase(tmp_path, n, log) == "after training"):
+            time.sleep(rng.uniform(0.0, 2.5))  # testing the best trial, logging the model
         if process.poll() is None:
+            phase = _phase(tmp_path, name, log)  # where the kill really landed
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            landed.append(phase)
-            if rng.random() < 0.5 and (tmp_path / "caviar_runs").exists():
-                for journal in (tmp_path / "caviar_runs" / f"kill-{sweep}").glob(f"*/{JOURNAL}"):
+            landed[phase] += 1
+            if rng.random() < 0.5:
+                for journal in (tmp_path / "caviar_runs" / name).glob(f"*/{JOURNAL}"):
                     _tear_last_line(journal, rng)
-            resume = _interrupted(tmp_path, f"kill-{sweep}")
+            resume = _interrupted(tmp_path, name)
             continue
         output = log.read_text()
         assert process.returncode == 0 and "finished in" in output, output[-4000:]
-        _check_finished_sweep(tmp_path, f"kill-{sweep}")
+        _check_finished_sweep(tmp_path, name)
         sweep, resume = sweep + 1, False
         spec = _spec(tmp_path, f"kill-{sweep}", seed=sweep)
     if resume:  # the last sweep was killed: finish it
         final = run_caviar("run", spec, "--resume", cwd=tmp_path, **_plain(env))
         assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
         _check_finished_sweep(tmp_path, f"kill-{sweep}")
-    assert len(landed) == kills and set(landed) == set(phases), landed
+    print(f"kills by phase: {dict(landed)}; sweeps: {sweep + 1}")
+    assert all(landed[phase] >= max(1, kills // 8) for phase in aims), landed
+
+
+def _journal_size(folder: Path, name: str) -> int:
+    return sum(j.stat().st_size for j in (folder / "caviar_runs" / name).glob(f"*/{JOURNAL}"))
+
+
+def _phase(folder: Path, name: str, log: Path) -> str:
+    """Where a run of sweep ``name`` is: its start (no sweep line printed yet), training (a
+    trial not ended), or after training (testing the best trial, logging the model)."""
+    if not re.search(r"^caviar: (sweep|resuming) ", log.read_text(errors="replace"), re.M):
+        return "start"
+    if len(_journal_events(folder, name, "end")) < N_TRIALS:
+        return "training"
+    return "after training"
 
 
 def _plain(env: dict[str, str]) -> dict[str, str]:
