@@ -106,7 +106,15 @@ class RoundSearcher(Searcher):
         self._queue: list[list[dict[str, Any]]] = []  # the round's Tune trials still to hand out
         # strategy tpe: the sampler that proposes each configuration when it is asked for.
         self.proposer = (
-            TpeProposer(space, plan.tpe, plan.seed, plan.metric, plan.mode, plan.milestones)
+            TpeProposer(
+                space,
+                plan.tpe,
+                plan.seed,
+                plan.metric,
+                plan.mode,
+                plan.milestones,
+                shape=packer.sampled if packer is not None else (),
+            )
             if plan.tpe is not None
             else None
         )
@@ -150,24 +158,28 @@ class RoundSearcher(Searcher):
 
     def _propose_unit(self, limit: int) -> list[dict[str, Any]]:
         """The next Tune trial's configurations, proposed now (strategy tpe): at most
-        ``limit`` members. A pack's shape is proposed once, with its first member; each other
-        member gets its own proposal of everything else, so a parameter's values stay the
-        sampler's own and only shape values repeat within a pack (as ``pack_round``)."""
-        assert self.proposer is not None
+        ``limit`` members. A pack's shape is proposed once, from one observation per pack
+        (``TpeProposer.propose_pack``); each member gets its own proposal of everything else,
+        so a parameter's values stay the sampler's own and only shape values repeat within a
+        pack (as ``pack_round``). TPE's random start is not packed: each of its trials gets a
+        shape of its own."""
+        proposer = self.proposer
+        assert proposer is not None
         first = self.next_index
-        head = self.proposer.propose(first, self._grid_point(first))
         packer = self.packer
-        if packer is None or self.proposer.alone(first):
-            return [head]
+        if packer is None or not proposer.shape or proposer.alone(first):
+            return [proposer.propose(first, self._grid_point(first))]
+        shape = proposer.propose_pack(first)
+        head = proposer.propose_member(first, first, self._grid_point(first))
         size = min(limit, max(1, packer.size_for(head, self.total - first)))
-        imposed = {name: head[name] for name in packer.sampled if name in head}
         key = packer.shape_key(head)
         unit = [head]
         for index in range(first + 1, first + size):
-            pinned = {**self._grid_point(index), **imposed}
-            if packer.shape_key({**head, **pinned}) != key:
+            if packer.shape_key({**head, **self._grid_point(index), **shape}) != key:
                 break  # its grid point gives another shape: it starts the next pack
-            unit.append(self.proposer.propose(index, pinned))
+            unit.append(proposer.propose_member(index, first, self._grid_point(index)))
+        if len(unit) == 1:
+            proposer.single(first)  # a pack of one is a lone trial, as the journal shows it
         return unit
 
     def _grid_point(self, index: int) -> dict[str, Scalar]:
@@ -284,7 +296,7 @@ class RoundSearcher(Searcher):
             for member in members:
                 known = trials[member]
                 try:
-                    self.proposer.adopt(member, known.config)
+                    self.proposer.adopt(member, known.config, known.pack)
                 except ValueError as error:
                     raise ReplayError(
                         f"trial {member} ran {known.config}, which the spec's search space "

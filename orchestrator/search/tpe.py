@@ -24,6 +24,14 @@ reimplement it. What caviar adds is what the sampler is shown:
 - **Parallel trials.** Running trials stay ``RUNNING`` in the study and the sampler is built
   with ``constant_liar=True``: it counts them as bad, so a pending configuration is not
   proposed twice.
+- **Fused packs count once for their shape.** A pack's members share the values of its shape
+  fields (``layers``, ``hidden_units``, ...). Shown as members with those values, a pack of 8
+  would be 8 observations of one shape, and TPE would settle on the first good pack's shape. So
+  a pack is two kinds of study trials: one *shape* trial (the shape fields only), proposed once
+  per pack and told the best its members reached once they have all ended, and one trial per
+  member with every other parameter. Optuna's multivariate TPE with ``group=True`` then models
+  the shape fields from one observation per pack (and per lone trial) and the rest from every
+  trial. Lone trials (the random start, a pack of one) are single trials with everything.
 
 **Reproducible and resumable.** A proposal is a function of the sweep seed, the trial's index
 and the study's contents, and the study is a function of caviar's trial records alone (each
@@ -90,6 +98,7 @@ class _Record:
     diverged: bool = False
     rungs: dict[int, float] = field(default_factory=dict)  # milestone -> value first there
     last: tuple[int, float] | None = None  # (epoch, value) of its newest finite value
+    pack: int | None = None  # a pack member: its pack's first index (its shape trial's key)
 
 
 class TpeProposer:
@@ -108,6 +117,7 @@ class TpeProposer:
         metric: str,
         mode: Literal["max", "min"],
         milestones: Sequence[int],
+        shape: Iterable[str] = (),
     ) -> None:
         import optuna
 
@@ -119,16 +129,20 @@ class TpeProposer:
         self.mode = mode
         self.milestones = tuple(sorted(int(m) for m in milestones))
         self.distributions = optuna_distributions(space)
+        sampled = {d.name for d in space.sampled}
+        # The shape fields this sweep samples: a pack proposes them once (module docstring).
+        self.shape = tuple(name for name in self.distributions if name in set(shape) & sampled)
         searched = sum(1 for d in space.sampled if not _single(d))
         self.n_min = max(settings.n_startup_trials, searched + 1)
         self.records: dict[int, _Record] = {}
+        self.packs: dict[int, dict[str, Any]] = {}  # first index -> the pack's shape values
         self._reset_study()
 
     # --- pickling: Tune pickles its searcher; the study is rebuilt from the records ------
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("_study", "_handles", "_shown", "_dirty"):
+        for key in ("_study", "_handles", "_shown", "_dirty", "_pack_handles", "_pack_shown"):
             state.pop(key, None)
         return state
 
@@ -139,43 +153,97 @@ class TpeProposer:
     # --- the searcher's calls -----------------------------------------------------------
 
     def propose(self, index: int, fixed: Mapping[str, Scalar] | None = None) -> dict[str, Any]:
-        """The configuration of trial ``index``: the sampler's, with ``fixed`` values imposed
-        (the trial's grid point, a fused pack's shape). The trial is then pending."""
-        import optuna
-
+        """The configuration of lone trial ``index``: the sampler's, with ``fixed`` values
+        imposed (the trial's grid point). The trial is then pending."""
         fixed = dict(fixed or {})
-        study = self._synced_study()
-        tpe = optuna.samplers.TPESampler(
-            seed=proposal_seed(self.seed, index),
-            n_startup_trials=self.settings.n_startup_trials,
-            n_ei_candidates=self.settings.n_ei_candidates,
-            multivariate=self.settings.multivariate,
-            constant_liar=True,
-        )
-        sampler: optuna.samplers.BaseSampler = tpe
-        if fixed:
-            pinned = {name: self._optuna_value(name, value) for name, value in fixed.items()}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                sampler = optuna.samplers.PartialFixedSampler(pinned, tpe)
-        study.sampler = sampler
-        asked = study.ask(self.distributions)
-        proposed = dict(asked.params)
-        study.tell(asked, state=optuna.trial.TrialState.FAIL)  # its canonical copy follows
+        proposed = self._ask(proposal_seed(self.seed, index), self.distributions, fixed)
         config = self._config_from(proposed)
         config.update({name: value for name, value in fixed.items() if name in config})
         self._add(index, config)
         return config
 
-    def adopt(self, index: int, config: Mapping[str, Any]) -> None:
-        """A trial the journal says was handed out: known as if proposed here.
+    def propose_pack(self, first: int) -> dict[str, Any]:
+        """The shape of the pack whose first trial is ``first``: one proposal of the shape
+        fields, from one observation per pack; its members follow (``propose_member``)."""
+        if first in self.packs:
+            raise ValueError(f"pack {first} is already known to the sampler")
+        shape_space = {name: self.distributions[name] for name in self.shape}
+        proposed = self._ask(proposal_seed(self.seed, first, 1), shape_space, {})
+        values = {name: self._caviar_value(name, proposed[name]) for name in self.shape}
+        self._add_pack(first, values)
+        return dict(values)
+
+    def propose_member(
+        self, index: int, pack: int, fixed: Mapping[str, Scalar] | None = None
+    ) -> dict[str, Any]:
+        """The configuration of trial ``index`` in pack ``pack``: the pack's shape, and the
+        sampler's proposal of everything else (``fixed`` imposed: the grid point)."""
+        fixed = dict(fixed or {})
+        rest = {n: d for n, d in self.distributions.items() if n not in self.shape}
+        proposed = self._ask(proposal_seed(self.seed, index), rest, fixed)
+        config = self._config_from({**proposed, **self._shape_params(pack)})
+        config.update(self.packs[pack])  # the shape's own values, not a round trip of them
+        config.update({name: value for name, value in fixed.items() if name in config})
+        self._add(index, config, pack)
+        return config
+
+    def single(self, first: int) -> None:
+        """Pack ``first`` turned out to be one trial (its shape allowed no more, or the next
+        grid point has another shape): it is a lone trial, as a journal will show it."""
+        if self.packs.pop(first, None) is None:
+            return
+        self.records[first].pack = None
+        self._study = None  # rebuilt as the records now say, when next used
+
+    def _ask(self, seed: int, distributions: dict[str, Any], fixed: Mapping[str, Scalar]) -> Any:
+        """One proposal from TPE over ``distributions`` (``fixed`` pinned), as Optuna params.
+
+        The proposal is told FAIL (ignored by TPE) at once: the study keeps the canonical copy
+        that the caller adds, recomputed from the caviar values (module docstring)."""
+        import optuna
+
+        study = self._synced_study()
+        multivariate = self.settings.multivariate
+        pinned = {n: self._optuna_value(n, v) for n, v in fixed.items() if n in distributions}
+        with warnings.catch_warnings():  # group and PartialFixedSampler are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            tpe = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=self.settings.n_startup_trials,
+                n_ei_candidates=self.settings.n_ei_candidates,
+                multivariate=multivariate,
+                group=multivariate,  # shape fields from one observation per pack
+                constant_liar=True,
+            )
+            sampler: optuna.samplers.BaseSampler = tpe
+            if pinned:
+                sampler = optuna.samplers.PartialFixedSampler(pinned, tpe)
+        study.sampler = sampler
+        asked = study.ask(distributions)
+        proposed = dict(asked.params)
+        study.tell(asked, state=optuna.trial.TrialState.FAIL)
+        return proposed
+
+    def adopt(self, index: int, config: Mapping[str, Any], pack: int | None = None) -> None:
+        """A trial the journal says was handed out (in pack ``pack``, if one): known as if
+        proposed here. A pack's first member brings the pack's shape.
 
         Raises ``ValueError`` naming the parameter when the configuration is not one this
         space could propose (the spec changed since the journal was written)."""
         problem = self.misfit(config)
         if problem:
             raise ValueError(problem)
-        self._add(index, dict(config))
+        if pack is not None and not self.shape:
+            pack = None  # no sampled shape field: its members are lone trials to the sampler
+        if pack is not None and pack not in self.packs:
+            if pack != index:
+                raise ValueError(f"trial {index} is in pack {pack}, whose first trial is unknown")
+            self._add_pack(pack, {name: config[name] for name in self.shape})
+        if pack is not None:
+            shape = {name: config[name] for name in self.shape}
+            if _plain(shape) != _plain(self.packs[pack]):
+                raise ValueError(f"trial {index} has a shape other than its pack's: {shape}")
+        self._add(index, dict(config), pack)
 
     def observe(self, index: int, entries: Iterable[Mapping[str, Any]]) -> None:
         """Epoch results of trial ``index``, oldest first (repeats of known epochs are fine)."""
@@ -269,12 +337,31 @@ class TpeProposer:
             return ("pruned", record.last[0], record.last[1])
         return BAD
 
+    def pack_encoding(self, first: int, milestone: int) -> Encoding:
+        """How pack ``first``'s shape trial is told: running while any member runs, then the
+        best its members reached (as ranked: a full value, then deeper, then better)."""
+        members = [r for r in self.records.values() if r.pack == first]
+        if not members or any(r.ended is None and not r.diverged for r in members):
+            return RUNNING
+        return max((self.encoding(r, milestone) for r in members), key=self._rank)
+
+    def _rank(self, encoding: Encoding) -> tuple[int, float, float]:
+        """A sort key for encodings, larger is better (Optuna's order, for our direction)."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        if encoding[0] == "complete":
+            return (2, 0.0, sign * encoding[1])
+        if encoding[0] == "pruned":
+            return (1, float(encoding[1]), sign * encoding[2])
+        return (0, 0.0, 0.0)
+
     # --- the study ------------------------------------------------------------------------
 
     def _reset_study(self) -> None:
         self._study: Any = None
         self._handles: dict[int, Any] = {}  # index -> the Optuna trial, while RUNNING there
         self._shown: dict[int, Encoding] = {}  # index -> what the study holds for it
+        self._pack_handles: dict[int, Any] = {}  # the same for each pack's shape trial
+        self._pack_shown: dict[int, Encoding] = {}
         self._dirty: set[int] = set(self.records)
         self._shown_at: int | None = None
 
@@ -284,6 +371,7 @@ class TpeProposer:
         milestone = self.milestone()
         if self._study is None or milestone != self._shown_at:
             return self._rebuild(milestone)
+        packs = {self.records[i].pack for i in self._dirty} - {None}
         for index in sorted(self._dirty):
             wanted = self.encoding(self.records[index], milestone)
             shown = self._shown[index]
@@ -291,7 +379,18 @@ class TpeProposer:
                 continue
             if shown != RUNNING:
                 return self._rebuild(milestone)  # a finished Optuna trial cannot change
-            self._tell(index, wanted)
+            self._tell(self._handles.pop(index), wanted)
+            self._shown[index] = wanted
+        for first in sorted(packs):
+            assert first is not None
+            wanted = self.pack_encoding(first, milestone)
+            shown = self._pack_shown[first]
+            if wanted == shown:
+                continue
+            if shown != RUNNING:
+                return self._rebuild(milestone)
+            self._tell(self._pack_handles.pop(first), wanted)
+            self._pack_shown[first] = wanted
         self._dirty.clear()
         return self._study
 
@@ -303,60 +402,93 @@ class TpeProposer:
             direction=direction, sampler=optuna.samplers.RandomSampler(seed=0)
         )
         self._handles, self._shown, self._dirty = {}, {}, set()
+        self._pack_handles, self._pack_shown = {}, {}
         self._shown_at = milestone
         for index in sorted(self.records):
-            self._enter(index, self.encoding(self.records[index], milestone))
+            record = self.records[index]
+            if record.pack == index:  # a pack's shape trial comes before its first member
+                wanted = self.pack_encoding(index, milestone)
+                self._pack_shown[index] = wanted
+                handle = self._enter(self._shape_params(index), wanted)
+                if handle is not None:
+                    self._pack_handles[index] = handle
+            wanted = self.encoding(record, milestone)
+            self._shown[index] = wanted
+            handle = self._enter(self._trial_params(index), wanted)
+            if handle is not None:
+                self._handles[index] = handle
         return self._study
 
-    def _add(self, index: int, config: dict[str, Any]) -> None:
+    def _add_pack(self, first: int, shape: dict[str, Any]) -> None:
+        self.packs[first] = shape
+        if self.records and first < max(self.records):
+            self._study = None
+        if self._study is not None:
+            self._pack_shown[first] = RUNNING
+            self._pack_handles[first] = self._enter(self._shape_params(first), RUNNING)
+
+    def _add(self, index: int, config: dict[str, Any], pack: int | None = None) -> None:
         if index in self.records:
             raise ValueError(f"trial {index} is already known to the sampler")
         if self.records and index < max(self.records):
             self._study = None  # the study lists trials in index order: rebuilt when next used
-        self.records[index] = _Record(config)
+        self.records[index] = _Record(config, pack=pack)
         if self._study is not None:
-            self._enter(index, RUNNING)
+            self._shown[index] = RUNNING
+            self._handles[index] = self._enter(self._trial_params(index), RUNNING)
 
-    def _enter(self, index: int, encoding: Encoding) -> None:
-        """Add trial ``index`` to the study (after every lower index), shown as ``encoding``."""
+    def _shape_params(self, first: int) -> dict[str, Any]:
+        return self._optuna_params(self.packs[first])
+
+    def _trial_params(self, index: int) -> dict[str, Any]:
+        """A trial's study parameters: a pack member's lack the shape (its pack has them)."""
+        record = self.records[index]
+        params = self._optuna_params(record.config)
+        if record.pack is not None:
+            params = {n: v for n, v in params.items() if n not in self.shape}
+        return params
+
+    def _enter(self, params: dict[str, Any], encoding: Encoding) -> Any:
+        """Add a trial with ``params`` to the study (after all before it), shown as
+        ``encoding``; returns the Optuna trial to tell later when it is running."""
         import optuna
 
-        params = self._optuna_params(self.records[index].config)
+        distributions = {name: self.distributions[name] for name in params}
         if encoding == RUNNING:
             study = self._study
             study.sampler = optuna.samplers.RandomSampler(seed=0)  # every value is fixed
             study.enqueue_trial(params)
-            self._handles[index] = study.ask(self.distributions)
-            self._shown[index] = RUNNING
-            return
+            return study.ask(distributions)
         state, value, intermediate = _frozen_fields(encoding)
         self._study.add_trial(
             optuna.trial.create_trial(
                 state=state,
                 value=value,
                 params=params,
-                distributions=self.distributions,
+                distributions=distributions,
                 intermediate_values=intermediate,
             )
         )
-        self._shown[index] = encoding
+        return None
 
-    def _tell(self, index: int, encoding: Encoding) -> None:
+    def _tell(self, handle: Any, encoding: Encoding) -> None:
         import optuna
 
-        handle = self._handles.pop(index)
         if encoding[0] == "complete":
             self._study.tell(handle, encoding[1])
         else:
             if encoding[0] == "pruned":
                 handle.report(encoding[2], encoding[1])
             self._study.tell(handle, state=optuna.trial.TrialState.PRUNED)
-        self._shown[index] = encoding
 
     # --- caviar values <-> Optuna parameters -------------------------------------------
 
     def _optuna_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return {d.name: self._optuna_value(d.name, config[d.name]) for d in self.space.domains}
+        return {
+            d.name: self._optuna_value(d.name, config[d.name])
+            for d in self.space.domains
+            if d.name in config
+        }
 
     def _optuna_value(self, name: str, value: Any) -> Any:
         domain = self._domain(name)
@@ -373,14 +505,18 @@ class TpeProposer:
     def _config_from(self, params: Mapping[str, Any]) -> dict[str, Any]:
         config: dict[str, Any] = dict(self.space.fixed)
         for domain in self.space.domains:
-            value = params[domain.name]
-            if isinstance(domain, RangeDomain) and not domain.integer:
-                x = float(from_transformed(domain.scale, float(value)))
-                value = min(domain.high, max(domain.low, x))  # round-off at the ends
-            elif isinstance(domain, RangeDomain):
-                value = int(value)
-            config[domain.name] = value
+            config[domain.name] = self._caviar_value(domain.name, params[domain.name])
         return config
+
+    def _caviar_value(self, name: str, param: Any) -> Any:
+        """An Optuna parameter back in caviar's terms (x from log10 x, an int, a choice)."""
+        domain = self._domain(name)
+        if isinstance(domain, RangeDomain) and not domain.integer:
+            x = float(from_transformed(domain.scale, float(param)))
+            return min(domain.high, max(domain.low, x))  # round-off at the ends
+        if isinstance(domain, RangeDomain):
+            return int(param)
+        return param
 
     def _domain(self, name: str) -> RangeDomain | ChoiceDomain | GridDomain:
         for domain in self.space.domains:
@@ -407,9 +543,11 @@ def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def proposal_seed(seed: int, index: int) -> int:
-    """The sampler seed of trial ``index``'s proposal: fixed by the sweep seed and index."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def proposal_seed(seed: int, index: int, kind: int = 0) -> int:
+    """The sampler seed of trial ``index``'s proposal (``kind`` 1: its pack's shape): fixed by
+    the sweep seed and the index."""
+    entropy = [seed, index] if kind == 0 else [seed, index, kind]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, float] | None]:
@@ -420,6 +558,10 @@ def _frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, flo
     if encoding[0] == "pruned":
         return OptunaState.PRUNED, None, {int(encoding[1]): float(encoding[2])}
     return OptunaState.PRUNED, None, None
+
+
+def _plain(values: Mapping[str, Any]) -> str:
+    return repr(sorted((k, repr(v)) for k, v in values.items()))
 
 
 def _is_bad(record: _Record) -> bool:

@@ -28,7 +28,8 @@ from scipy.stats import kstest
 
 from orchestrator.engine import live
 from orchestrator.engine.packs import packer_for
-from orchestrator.engine.searcher import ReplayError, RoundSearcher, round_plan
+from orchestrator.engine.searcher import ReplayError, RoundPlan, RoundSearcher, round_plan
+from orchestrator.search.packing import Packer
 from orchestrator.search.space import (
     ChoiceDomain,
     GridDomain,
@@ -381,9 +382,14 @@ def test_a_pack_shares_one_proposed_shape_and_each_member_gets_its_own_other_val
             searcher, f"p{number}", {i: [1, 2, 3] for i, _ in suggested[PACK_MEMBERS]}
         )
         searcher.on_trial_complete(f"p{number}", step)
-    assert searcher.proposer is not None  # every member told (stopped at epoch 3 of 9)
+    # Every trial told (stopped at epoch 3 of 9), and each pack's shape once: a shape trial
+    # with the shape fields only, its members without them (one observation per pack).
+    assert searcher.proposer is not None
     told = searcher.proposer.study().get_trials(states=(OptunaState.COMPLETE, OptunaState.PRUNED))
-    assert len(told) == 26
+    sampled_shape = {"hidden_units", "layers", "batch_size"}
+    assert len([t for t in told if set(t.params) == sampled_shape]) == 6
+    assert len([t for t in told if not set(t.params) & sampled_shape]) == 24
+    assert len(told) == 2 + 6 + 24
 
 
 def test_a_resumed_packed_tpe_sweep_proposes_what_the_killed_one_would_have() -> None:
@@ -571,3 +577,56 @@ def test_a_packed_tpe_sweep_interrupted_and_resumed_keeps_its_trials(tmp_path: P
     for child in children:
         index = int(child.data.tags["caviar.trial_index"])
         assert float(child.data.params["learning_rate"]) == after[index].config["learning_rate"]
+
+
+def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> None:
+    """A shape whose pack holds one trial (large networks under pack_size auto) makes a lone
+    trial, as the journal records it; a sweep of packs and lone trials, rebuilt from its
+    journal, proposes what it would have."""
+    space = SearchSpace(
+        (
+            RangeDomain("learning_rate", "log", 1e-4, 1.0),
+            RangeDomain("hidden_units", "log", 8, 128, integer=True),
+        ),
+        {"epochs": 9},
+    )
+    packer = Packer(
+        shape_fields=("hidden_units",),
+        sampled=frozenset({"hidden_units"}),
+        shape_key=lambda config: config["hidden_units"],
+        size_for=lambda config, waiting: 1 if config["hidden_units"] > 32 else 3,
+    )
+    plan = RoundPlan(1, 40, 2, 0.25, 0.1, "val_accuracy", "max", MILESTONES, 9, TpeSettings(3))
+
+    def quality(config: dict[str, Any]) -> float:
+        return 1 / (1 + abs(math.log10(config["learning_rate"]) + 2)) - config["hidden_units"] / 1e3
+
+    killed = RoundSearcher(space, plan, packer=packer)
+    sizes = []
+    for number in range(12):
+        suggested = killed.suggest(f"k{number}")
+        assert isinstance(suggested, dict)
+        members = suggested.get(PACK_MEMBERS) or [[killed.index_of[f"k{number}"], suggested]]
+        sizes.append(len(members))
+        if number < 9:  # the last three stay running
+            last = [[i, {"epoch": 9, "val_accuracy": quality(c)}] for i, c in members]
+            result = {"epoch": 9, "val_accuracy": quality(members[0][1])}
+            packed = PACK_MEMBERS in suggested
+            killed.on_trial_complete(f"k{number}", {MEMBER_LAST: last} if packed else result)
+    assert 1 in sizes[3:] and 3 in sizes[3:]  # after the random start: packs and lone trials
+    assert killed.proposer is not None
+    for index, trial in killed.trials.items():  # a pack of one is not a pack anywhere
+        assert (trial.pack is None) == (killed.proposer.records[index].pack is None)
+    journal = {}
+    for index, trial in killed.trials.items():
+        copy_ = Trial(index, dict(trial.config), 1, trial.trial_id, pack=trial.pack)
+        copy_.state = trial.state
+        copy_.history = list(trial.history)
+        journal[index] = copy_
+    resumed = RoundSearcher(space, plan, packer=packer)
+    resumed.replay(journal)
+    for unit in resumed.continuations[:]:
+        resumed.suggest(f"r{unit[0].index}")
+    assert [resumed.suggest(f"n{i}") for i in range(3)] == [
+        killed.suggest(f"m{i}") for i in range(3)
+    ]
