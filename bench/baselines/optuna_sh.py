@@ -107,13 +107,27 @@ def worker(args: argparse.Namespace) -> int:
     import optuna
     import torch
 
-    from trainables import TensorSplits, TrainingSession, load_bundled, split_and_scale
+    from trainables import (
+        TensorSplits,
+        TrainingSession,
+        load_bundled,
+        make_synthetic,
+        split_and_scale,
+    )
 
     spec = yaml.safe_load(args.spec.read_text(encoding="utf-8"))
     settings = _settings(spec)
     torch.set_num_threads(1)  # one core per worker, like one CPU per trial elsewhere
     data = settings["data"]
-    x, y, class_names, feature_names = load_bundled(data["source"])
+    if data["source"] == "synthetic":  # caviar's generator, with the spec's sizes and seed
+        x, y, class_names, feature_names = make_synthetic(
+            int(data.get("n_samples", 1000)),
+            int(data.get("n_features", 20)),
+            int(data.get("n_classes", 3)),
+            int(data["seed"]),
+        )
+    else:
+        x, y, class_names, feature_names = load_bundled(data["source"])
     splits = split_and_scale(
         x,
         y,

@@ -128,3 +128,28 @@ def test_overhead_benchmark_runs_noop_trials_through_caviar(tmp_path: Path) -> N
     assert math.isfinite(run["overhead_per_report_ms"])
     assert result["medians"]["sweep_wall_s"] == pytest.approx(run["sweep_wall_s"])
     assert "theoretical minimum" in stdout and "overhead per report" in stdout
+
+
+def test_search_benchmark_runs_every_arm_and_reports_the_budget_and_target(
+    tmp_path: Path,
+) -> None:
+    """bench/search_bench.py --smoke: one problem, one seed of each arm, 6 trials of 3 epochs."""
+    result, stdout = run_harness("search_bench", "--smoke", tmp_path=tmp_path)
+    arms = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random")
+    assert result["settings"]["arms"] == list(arms) and not result["partial"]
+    (problem,) = result["summary"]
+    summary = result["summary"][problem]
+    runs = result["runs"][problem]
+    assert sorted(r["arm"] for r in runs) == sorted(arms)
+    for run in runs:
+        assert len(run["trials"]) == 6, run["arm"]  # zoom: 2 rounds of 3
+        for trial in run["trials"]:
+            assert 1 <= trial["epochs"] <= 3 and trial["start_s"] <= trial["end_s"]
+            assert trial["value"] is None or 0.0 <= trial["value"] <= 1.0
+    spent = [sum(t["epochs"] for t in r["trials"]) for r in runs]
+    assert summary["budget_epochs"] == min(spent) > 0
+    assert summary["target"] == summary["arms"]["random"]["final_median"]
+    assert summary["arms"]["random"]["reached_target"] == 1  # random reaches its own best
+    assert set(summary["arms"]) == set(arms)
+    assert (tmp_path / "search_bench.png").stat().st_size > 10_000
+    assert "| arm | median best at B |" in stdout

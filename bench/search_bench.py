@@ -1,0 +1,516 @@
+"""The search benchmark: how good a model each search finds, for the same epochs spent.
+
+The sweep benchmark (bench/sweep_bench.py) times orchestration on one fixed random search. This
+one measures the search itself: on problems where the best model found varies from seed to seed
+(bench/specs/search/*.yaml: a wide space over digits, a hard generated 10-class problem, breast
+cancer by validation loss), each arm runs the same spec (trials, ASHA rungs, epoch budget) once
+per seed:
+
+- ``random``, ``zoom``, ``tpe``: ``caviar run`` with that ``search.strategy`` (zoom as 4 rounds
+  of a quarter of the trials), packs as caviar chooses them;
+- ``optuna_tpe``, ``optuna_random``: Optuna's ``TPESampler`` / ``RandomSampler`` with its
+  ``SuccessiveHalvingPruner`` on the same rungs, driving caviar's own training step on caviar's
+  splits (bench/baselines/optuna_sh.py), one worker per core, so only the search differs.
+
+Every trial is read back with when it ended, how many epochs it trained and its objective at
+its last epoch. A run's *best so far* after some epochs is the best objective among the trials
+that trained the full budget and had ended by the time that many epochs were spent (a trial's
+epochs count when it ends): early-stopped trials never count as best, as in caviar's ranking.
+The comparison is at equal epochs spent: ``B``, the fewest epochs any run of the problem spent.
+Reported per problem and arm: the median and range over seeds of the best at ``B``; the epochs
+(and seconds, from the first trial's start) each run needed to reach the *target*, the median
+over seeds of random's best at ``B``; and a PNG of the median best against epochs spent.
+
+    .venv/bin/python -m bench.search_bench                # 3 problems x 5 arms x 5 seeds
+    .venv/bin/python -m bench.search_bench --smoke        # one problem, 6 trials, ~1-2 min
+
+docs/performance.md has the table and the command; the raw runs go to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file (python bench/search_bench.py): find `bench`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    SPECS_DIR,
+    BenchError,
+    caviar_command,
+    clean_env,
+    effective_spec,
+    fresh_workdir,
+    load_yaml,
+    machine_info,
+    max_epochs_of,
+    run_timed,
+    slots,
+    write_json,
+    write_yaml,
+)
+
+PROBLEMS = ("digits_wide", "synthetic_hard", "cancer_loss")
+ARMS = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random")
+# Opt-in ablations (--arms ...,tpe_bohb): a caviar arm with one setting changed, as
+# (strategy, search settings, spec sections).
+ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "tpe_bohb": ("tpe", {"tpe": {"ranking": "bohb"}}, {}),
+    "tpe_unpacked": ("tpe", {}, {"resources": {"pack_size": 1}}),
+    "random_unpacked": ("random", {}, {"resources": {"pack_size": 1}}),
+}
+REFERENCE = "random"  # the target is the median of its best at the budget
+SPEC_FILE = "spec.yaml"
+ZOOM_ROUNDS = 4
+SMOKE = {"problems": ("digits_wide",), "seeds": 1, "trials": 6, "max_epochs": 3}
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    """One trial as the benchmark needs it: when it ended and what it reached."""
+
+    start_s: float
+    end_s: float
+    epochs: int
+    value: float | None  # the objective at its last epoch; None if diverged, failed or absent
+
+
+@dataclass
+class Run:
+    problem: str
+    arm: str
+    seed: int
+    command_s: float
+    trials: list[TrialEnd]
+
+
+# --- running the arms ----------------------------------------------------------------------
+
+
+def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> Run:
+    """One arm on one spec (its seed set) in a fresh folder; the trials read back."""
+    workdir.mkdir(parents=True)
+    spec = json.loads(json.dumps(spec))
+    metric = spec["objective"]["metric"]
+    if arm in ("random", "zoom", "tpe", *ABLATIONS):
+        trials = int(spec["search"]["num_trials"])
+        strategy, settings, sections = ABLATIONS.get(arm, (arm, {}, {}))
+        search: dict[str, Any] = {"strategy": strategy, "seed": spec["search"]["seed"]}
+        search.update(settings)
+        for section, values in sections.items():
+            spec[section] = {**(spec.get(section) or {}), **values}
+        if arm == "zoom":  # 4 rounds of a quarter each (fewer, of 3 or more, when small)
+            rounds = max(1, min(ZOOM_ROUNDS, trials // 3))
+            search.update(rounds=rounds, trials_per_round=trials // rounds)
+        else:
+            search["num_trials"] = trials
+        spec["search"] = search
+        write_yaml(spec, workdir / SPEC_FILE)
+        timed = run_timed(
+            [*caviar_command(), "run", SPEC_FILE],
+            cwd=workdir,
+            env=clean_env(),
+            log_name="caviar.log",
+            timeout_s=timeout_s,
+        )
+        found = read_caviar_trials(workdir / "caviar_runs", metric)
+    else:
+        write_yaml(spec, workdir / SPEC_FILE)
+        storage = f"sqlite:///{workdir / 'optuna.db'}"
+        timed = run_timed(
+            [
+                sys.executable,
+                str(BENCH_DIR / "baselines" / "optuna_sh.py"),
+                "run",
+                "--spec",
+                SPEC_FILE,
+                "--storage",
+                storage,
+                "--study",
+                "search",
+                "--sampler",
+                arm.removeprefix("optuna_"),
+                "--workers",
+                str(slots()),
+                "--out-dir",
+                ".",
+            ],
+            cwd=workdir,
+            env=clean_env(),
+            log_name="optuna.log",
+            timeout_s=timeout_s,
+        )
+        found = read_optuna_trials(storage, "search")
+    return Run("", arm, int(spec["search"]["seed"]), timed.seconds, found)
+
+
+def read_caviar_trials(storage_dir: Path, metric: str) -> list[TrialEnd]:
+    """A caviar sweep's trials from its journal (every epoch, and when each trial ended)."""
+    from orchestrator.store.journal import read_journal
+
+    journals = sorted(storage_dir.glob("*/*/journal.jsonl"))
+    if len(journals) != 1:
+        raise BenchError(f"expected one caviar journal under {storage_dir}, found {len(journals)}")
+    found = []
+    for trial in read_journal(journals[0]).trials.values():
+        if trial.ended_at is None:
+            raise BenchError(f"journal trial {trial.index} never ended")
+        last = trial.history[-1] if trial.history else {}
+        value = None if last.get("diverged") else _finite(last.get(metric))
+        start = trial.started_at if trial.started_at is not None else trial.ended_at
+        found.append(TrialEnd(start, trial.ended_at, int(last.get("epoch", 0)), value))
+    return found
+
+
+def read_optuna_trials(storage: str, study_name: str) -> list[TrialEnd]:
+    """The Optuna baseline's trials from its storage (a value per epoch: its intermediates)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    found = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.datetime_start is None or trial.datetime_complete is None:
+            raise BenchError(f"Optuna trial {trial.number} never finished ({trial.state.name})")
+        steps = trial.intermediate_values
+        value = _finite(steps[max(steps)]) if steps else None
+        if trial.state.name == "FAIL":
+            value = None
+        found.append(
+            TrialEnd(
+                trial.datetime_start.timestamp(),
+                trial.datetime_complete.timestamp(),
+                max(steps) if steps else 0,
+                value,
+            )
+        )
+    return found
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+# --- what a run reached ----------------------------------------------------------------------
+
+
+def curve(run: Run, budget_epochs: int, mode: str) -> list[tuple[int, float, float | None]]:
+    """(epochs spent, seconds since the first start, best so far) at each trial's end, in the
+    order trials ended; the best counts only trials that trained ``budget_epochs``."""
+    if not run.trials:
+        return []
+    first = min(t.start_s for t in run.trials)
+    spent, best = 0, None
+    points = []
+    for trial in sorted(run.trials, key=lambda t: t.end_s):
+        spent += trial.epochs
+        if trial.epochs >= budget_epochs and trial.value is not None:
+            if best is None or (trial.value > best if mode == "max" else trial.value < best):
+                best = trial.value
+        points.append((spent, trial.end_s - first, best))
+    return points
+
+
+def best_at(
+    points: Sequence[tuple[int, float, float | None]], epochs: float, axis: int = 0
+) -> float | None:
+    """The best so far once ``epochs`` had been spent (the last point at or under it); with
+    ``axis=1``, once that many seconds had passed."""
+    best = None
+    for point in points:
+        if point[axis] > epochs:
+            break
+        best = point[2]
+    return best
+
+
+def reached(
+    points: Sequence[tuple[int, float, float | None]], target: float, mode: str, epochs: float
+) -> tuple[int, float] | None:
+    """(epochs, seconds) when the best so far first reached ``target`` within ``epochs``."""
+    for spent, seconds, value in points:
+        if spent > epochs:
+            return None
+        if value is not None and (value >= target if mode == "max" else value <= target):
+            return spent, seconds
+    return None
+
+
+def summarize(runs: list[Run], spec: dict[str, Any], arms: Sequence[str]) -> dict[str, Any]:
+    """One problem's table: the budget B, the target, and per arm the medians over seeds."""
+    mode = spec["objective"].get("mode", "max")
+    full = max_epochs_of(spec)
+    curves = {id(r): curve(r, full, mode) for r in runs}
+    totals = [points[-1][0] for points in curves.values() if points]
+    budget = min(totals) if totals else 0
+    finals = {id(r): best_at(curves[id(r)], budget) for r in runs}
+    reference = [finals[id(r)] for r in runs if r.arm == REFERENCE and finals[id(r)] is not None]
+    target = statistics.median(reference) if reference else None
+    table: dict[str, Any] = {}
+    for arm in arms:
+        mine = [r for r in runs if r.arm == arm]
+        values = [finals[id(r)] for r in mine if finals[id(r)] is not None]
+        hits = [
+            reached(curves[id(r)], target, mode, budget) if target is not None else None
+            for r in mine
+        ]
+        epochs_to = [h[0] if h else math.inf for h in hits]
+        seconds_to = [h[1] if h else math.inf for h in hits]
+        table[arm] = {
+            "seeds": len(mine),
+            "final_median": statistics.median(values) if values else None,
+            "final_min": min(values) if values else None,
+            "final_max": max(values) if values else None,
+            "final_range": (max(values) - min(values)) if values else None,
+            "no_full_trial_by_budget": len(mine) - len(values),
+            "epochs_to_target_median": statistics.median(epochs_to) if mine else None,
+            "seconds_to_target_median": statistics.median(seconds_to) if mine else None,
+            "reached_target": sum(1 for h in hits if h),
+            "epochs_spent_median": statistics.median(curves[id(r)][-1][0] for r in mine)
+            if mine
+            else None,
+            "command_s_median": statistics.median(r.command_s for r in mine) if mine else None,
+        }
+    return {"mode": mode, "budget_epochs": budget, "target": target, "arms": table}
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def markdown(summary: dict[str, Any], arms: Sequence[str]) -> str:
+    lines = []
+    for problem, result in summary.items():
+        budget, target = result["budget_epochs"], result["target"]
+        lines.append(
+            f"**{problem}** ({result['mode']} {result['metric']}; compared at B = {budget} "
+            f"epochs; target = random's median = {_fmt(target)})"
+        )
+        lines.append("")
+        lines.append(
+            "| arm | median best at B | min - max (range) | epochs to target (reached) "
+            "| seconds to target | epochs spent |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for arm in arms:
+            row = result["arms"][arm]
+            lines.append(
+                f"| {arm} | {_fmt(row['final_median'])} | {_fmt(row['final_min'])} - "
+                f"{_fmt(row['final_max'])} ({_fmt(row['final_range'])}) | "
+                f"{_count(row['epochs_to_target_median'])} ({row['reached_target']}/"
+                f"{row['seeds']}) | {_count(row['seconds_to_target_median'], 1)} | "
+                f"{_count(row['epochs_spent_median'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _count(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "not reached"
+    return f"{value:.{digits}f}"
+
+
+def plot(runs_by_problem: dict[str, list[Run]], specs: dict[str, dict[str, Any]], out: Path,
+         arms: Sequence[str]) -> None:  # fmt: skip
+    """Median best so far against epochs spent (top) and seconds since the first trial started
+    (bottom), one column per problem, a band from the seeds' min to max, the target dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(runs_by_problem)
+    figure, axes = plt.subplots(2, len(problems), figsize=(5.5 * len(problems), 8), squeeze=False)
+    for column, problem in enumerate(problems):
+        spec = specs[problem]
+        mode = spec["objective"].get("mode", "max")
+        full = max_epochs_of(spec)
+        runs = runs_by_problem[problem]
+        curves = [curve(r, full, mode) for r in runs]
+        budget = min((c[-1][0] for c in curves if c), default=0)
+        seconds = max((c[-1][1] for c in curves if c), default=0.0)
+        target = summarize(runs, spec, [a for a in arms if any(r.arm == a for r in runs)])
+        for row, (limit, label) in enumerate(
+            ((budget, "epochs spent"), (seconds, "seconds since the first trial started"))
+        ):
+            _panel(axes[row][column], runs, curves, arms, limit, row)
+            axes[row][column].set_xlabel(label)
+            axes[row][column].set_ylabel(f"best {spec['objective']['metric']} (full budget)")
+            axes[row][column].set_title(problem)
+            if target["target"] is not None:
+                axes[row][column].axhline(target["target"], color="grey", linestyle="--", lw=0.8)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def _panel(
+    axis: Any, runs: list[Run], curves: list[Any], arms: Sequence[str], limit: float, along: int
+) -> None:
+    """One arm's median best so far, with its seeds' range, up to ``limit`` on ``along``."""
+    grid = [limit * i / 100 for i in range(101)]
+    for arm in arms:
+        mine = [c for r, c in zip(runs, curves, strict=True) if r.arm == arm]
+        xs, mid, low, high = [], [], [], []
+        for x in grid:
+            values = [best_at(c, x, along) for c in mine]
+            present = [v for v in values if v is not None]
+            if present and len(present) * 2 > len(values):  # most seeds have a full trial
+                xs.append(x)
+                mid.append(statistics.median(present))
+                low.append(min(present))
+                high.append(max(present))
+        if xs:
+            (line,) = axis.plot(xs, mid, label=arm)
+            axis.fill_between(xs, low, high, alpha=0.12, color=line.get_color())
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="one problem, 1 seed, tiny sizes")
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (1, 2, ...)")
+    parser.add_argument("--trials", type=int, help="override num_trials of every problem")
+    parser.add_argument("--max-epochs", type=int, help="override the epoch budget")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    parser.add_argument("--workdir", type=Path, help="an empty folder for the runs (kept)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary run folders")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "search_bench.json")
+    parser.add_argument("--png", type=Path, help="the curves (default: --out with .png)")
+    args = parser.parse_args(argv)
+    problems = [p for p in args.problems.split(",") if p]
+    arms = [a for a in args.arms.split(",") if a]
+    seeds, trials, max_epochs = args.seeds, args.trials, args.max_epochs
+    if args.smoke:
+        problems = list(SMOKE["problems"])
+        seeds, trials, max_epochs = SMOKE["seeds"], SMOKE["trials"], SMOKE["max_epochs"]
+    unknown = set(arms) - set(ARMS) - set(ABLATIONS)
+    if unknown:
+        known = ", ".join((*ARMS, *ABLATIONS))
+        raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {known}")
+    if REFERENCE not in arms:
+        raise SystemExit(f"the arms must include {REFERENCE!r}: the target is its median")
+    specs = {}
+    for problem in problems:
+        path = SPECS_DIR / "search" / f"{problem}.yaml"
+        if not path.exists():
+            raise SystemExit(f"no problem {problem!r}: {path} does not exist")
+        specs[problem] = effective_spec(load_yaml(path), trials=trials, max_epochs=max_epochs)
+    workdir = fresh_workdir(args.workdir, "caviar-search-bench-")
+    info = machine_info()
+    started = time.perf_counter()
+    runs: dict[str, list[Run]] = {p: [] for p in problems}
+    try:
+        summary = _run_all(args, specs, problems, arms, seeds, workdir, info, started, runs)
+    except BaseException:
+        print(f"run folders kept in {workdir}", file=sys.stderr)
+        raise
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    png = args.png or args.out.with_suffix(".png")
+    plot(runs, specs, png, arms)
+    print()
+    print(markdown(summary, arms))
+    print(f"runs: {sum(len(r) for r in runs.values())}, {time.perf_counter() - started:.0f} s; "
+          f"load average {info['load_average']} -> {machine_info()['load_average']}; "
+          f"{args.out}, {png}")  # fmt: skip
+    return 0
+
+
+def _run_all(
+    args: argparse.Namespace,
+    specs: dict[str, dict[str, Any]],
+    problems: Sequence[str],
+    arms: Sequence[str],
+    seeds: int,
+    workdir: Path,
+    info: dict[str, Any],
+    started: float,
+    runs: dict[str, list[Run]],
+) -> dict[str, Any]:
+    """Every run, saving the JSON after each (a long run that fails keeps what it measured)."""
+    # Interleaved (every arm of a seed before the next seed, the arms' order rotating), so a
+    # drift in the machine's speed or load hits every arm alike.
+    for seed in range(seeds):
+        for problem in problems:
+            order = arms[seed % len(arms) :] + arms[: seed % len(arms)]
+            for arm in order:
+                spec = effective_spec(specs[problem], seed=seed)
+                folder = workdir / problem / f"{arm}-{seed}"
+                began = time.perf_counter()
+                run = run_arm(spec, arm, folder, args.timeout)
+                run.problem = problem
+                runs[problem].append(run)
+                print(
+                    f"{problem} {arm} seed {seed}: {len(run.trials)} trials, "
+                    f"{sum(t.epochs for t in run.trials)} epochs, "
+                    f"{time.perf_counter() - began:.0f} s",
+                    flush=True,
+                )
+                _save(args.out, info, runs, specs, problems, arms, seeds, started, partial=True)
+    return _save(args.out, info, runs, specs, problems, arms, seeds, started, partial=False)
+
+
+def _save(
+    out: Path,
+    info: dict[str, Any],
+    runs: dict[str, list[Run]],
+    specs: dict[str, dict[str, Any]],
+    problems: Sequence[str],
+    arms: Sequence[str],
+    seeds: int,
+    started: float,
+    partial: bool,
+) -> dict[str, Any]:
+    summary = {}
+    for problem in problems:
+        if runs[problem]:
+            done = [a for a in arms if any(r.arm == a for r in runs[problem])]
+            result = summarize(runs[problem], specs[problem], done)
+            result["metric"] = specs[problem]["objective"]["metric"]
+            summary[problem] = result
+    write_json(
+        {
+            "machine": info,
+            "settings": {"problems": list(problems), "arms": list(arms), "seeds": seeds},
+            "specs": specs,
+            "partial": partial,
+            "seconds": time.perf_counter() - started,
+            "summary": summary,
+            "runs": {p: [asdict(r) for r in rs] for p, rs in runs.items()},
+        },
+        out,
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
