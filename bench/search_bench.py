@@ -75,6 +75,7 @@ REFERENCE = "random"  # the target is the median of its best at the budget
 SPEC_FILE = "spec.yaml"
 ZOOM_ROUNDS = 4
 SMOKE = {"problems": ("digits_wide",), "seeds": 1, "trials": 6, "max_epochs": 3}
+RETRIES = 2  # a run killed by a signal from outside is run again, at most this often
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> 
         spec["search"] = search
         write_yaml(spec, workdir / SPEC_FILE)
         timed = run_timed(
-            [*caviar_command(), "run", SPEC_FILE],
+            [*caviar_command(), "run", SPEC_FILE, "--no-service"],
             cwd=workdir,
             env=clean_env(),
             log_name="caviar.log",
@@ -466,7 +467,7 @@ def _run_all(
                 spec = effective_spec(specs[problem], seed=seed)
                 folder = workdir / problem / f"{arm}-{seed}"
                 began = time.perf_counter()
-                run = run_arm(spec, arm, folder, args.timeout)
+                run = _with_retries(spec, arm, folder, args.timeout)
                 run.problem = problem
                 runs[problem].append(run)
                 print(
@@ -477,6 +478,23 @@ def _run_all(
                 )
                 _save(args.out, info, runs, specs, problems, arms, seeds, started, partial=True)
     return _save(args.out, info, runs, specs, problems, arms, seeds, started, partial=False)
+
+
+def _with_retries(spec: dict[str, Any], arm: str, folder: Path, timeout_s: float) -> Run:
+    """``run_arm``, again (in a new folder) when a signal killed the run from outside: on a
+    shared machine another job's clean-up can take a sweep with it. Anything else is raised."""
+    for attempt in range(RETRIES + 1):
+        where = folder if attempt == 0 else folder.with_name(f"{folder.name}-retry{attempt}")
+        try:
+            return run_arm(spec, arm, where, timeout_s)
+        except BenchError as error:
+            killed = "exited -" in str(error).split("\n", 1)[0]
+            if not killed or attempt == RETRIES:
+                raise
+            print(
+                f"{folder.name}: killed from outside ({error.args[0][:80]}...); again", flush=True
+            )
+    raise AssertionError("unreachable")
 
 
 def _save(
