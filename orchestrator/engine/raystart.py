@@ -24,6 +24,7 @@ from typing import Any
 import ray
 
 from orchestrator import speedups
+from orchestrator.engine import ray_orphans
 from orchestrator.environment import apply_environment_defaults
 
 START_ATTEMPTS = 3  # an embedded start that timed out is tried again, this many times in all
@@ -68,6 +69,12 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, logging_level="WARNING")
         return
+    ray_orphans.end_orphans()  # of earlier caviar drivers that were killed
+    with ray_orphans.marked_as_owner():  # what Ray starts now inherits the mark
+        _start_embedded()
+
+
+def _start_embedded() -> None:
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
         try:
