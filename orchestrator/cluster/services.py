@@ -7,11 +7,12 @@ the environment they pass (container hostnames and fixed ports there, loopback a
 here), so the commands they run cannot drift apart.
 
 Secure unless told otherwise: every address defaults to 127.0.0.1 (a container says
-``CAVIAR_NODE_IP=auto`` / ``0.0.0.0`` and publishes its ports on the host's loopback only),
-Ray refuses to start without ``RAY_AUTH_MODE=token`` and a token unless ``RAY_AUTH_MODE=disabled``
-is set on purpose, and secrets travel in the environment, never in an argv (which ``ps`` and
-the logs show). The MLflow backend store URI, which holds the database password, is handed to
-``mlflow server`` as ``MLFLOW_BACKEND_STORE_URI``.
+``CAVIAR_NODE_IP=auto`` / ``0.0.0.0`` and publishes its ports on the host's loopback only), a
+Ray node on 127.0.0.1 listens on loopback alone (``LOCAL_ONLY_ENV`` below), Ray refuses to start
+without ``RAY_AUTH_MODE=token`` and a token unless ``RAY_AUTH_MODE=disabled`` is set on purpose,
+and secrets travel in the environment, never in an argv (which ``ps`` and the logs show). The
+MLflow backend store URI, which holds the database password, is handed to ``mlflow server`` as
+``MLFLOW_BACKEND_STORE_URI``.
 
 Usage::
 
@@ -45,6 +46,27 @@ DEFAULT_DASHBOARD_AGENT_PORT = 52365  # Ray's default dashboard-agent listen por
 DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_MLFLOW_WORKERS = 2
 SECRET_ENV = ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "MLFLOW_BACKEND_STORE_URI")
+# Ray's switch for a Ray that lives on one machine (named for Windows and macOS, where it is off
+# by default). Off ("0"), Ray takes 127.0.0.1 as the node's address, and every server of a node
+# whose address is 127.0.0.1 listens on loopback alone: GCS, raylet, worker and driver gRPC
+# ports, dashboard agent, runtime-env agent, metrics, Ray client server. On (Linux's default),
+# `ray start` replaces --node-ip-address 127.0.0.1 by the machine's address, and the GCS, raylet
+# and worker ports, the agents and the client server listen on the machine's interfaces.
+# A process that connects to such a node by 127.0.0.1 needs it off too (else Ray dials the
+# machine's address, where nothing listens): caviar up's driver and the jobs the head starts
+# have it; a Ray client of your own says RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_LOOPBACK_NAMES = (LOOPBACK, "localhost")
+# `ray start ARGS` for a worker node on 127.0.0.1 alone (`python -c JOIN_ON_LOOPBACK ARGS`).
+# With LOCAL_ONLY_ENV=0, Ray 2.60's `ray start --address` refuses to join any cluster ("Multi-node
+# Ray clusters are not supported on Windows and OSX"); with it on, it replaces 127.0.0.1, the
+# node's address and the head's, by the machine's. Both come from one constant: this lifts the
+# refusal and keeps 127.0.0.1 as the switch off does; the node's processes inherit the switch off.
+JOIN_ON_LOOPBACK = (
+    "import sys; import ray._private.ray_constants as c, ray._private.services as s; "
+    "c.ENABLE_RAY_CLUSTER = True; s.get_node_ip_address = lambda address=None: '127.0.0.1'; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
 
 # Optional Ray ports: setting them lets two nodes share one machine (the default dashboard
 # agent port is fixed, so a second node on the same host collides with the first).
@@ -70,11 +92,13 @@ class ServiceCommand:
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    loopback: bool = False  # a Ray node on 127.0.0.1 alone: LOCAL_ONLY_ENV=0 when it runs
 
     def describe(self) -> str:
         """The command as a log line, secrets redacted."""
         shown = [f"{k}={redact(k, v)}" for k, v in sorted(self.env.items())]
-        return " ".join([*shown, shlex.join(self.argv)])
+        line = " ".join([*shown, shlex.join(self.argv)])
+        return f"{line}  (loopback only: {LOCAL_ONLY_ENV}=0)" if self.loopback else line
 
 
 # --- settings ----------------------------------------------------------------------------
@@ -136,7 +160,7 @@ def ray_head(environ: Mapping[str, str]) -> ServiceCommand:
     if preload:  # every worker process of the cluster imports these before its first task
         modules = [m.strip() for m in preload.split(",") if m.strip()]
         argv += ["--system-config", json.dumps({"preload_python_modules": modules})]
-    return ServiceCommand(argv + _ray_node_options(settings))
+    return ServiceCommand(argv + _ray_node_options(settings), loopback=_on_loopback(settings))
 
 
 def ray_worker(environ: Mapping[str, str]) -> ServiceCommand:
@@ -147,7 +171,11 @@ def ray_worker(environ: Mapping[str, str]) -> ServiceCommand:
         "CAVIAR_RAY_HEAD", "set it to the head's GCS address, HOST:PORT (e.g. ray-head:6379)"
     )
     argv = ["ray", "start", "--address", head, "--block", "--disable-usage-stats"]
-    return ServiceCommand(argv + _ray_node_options(settings))
+    return ServiceCommand(argv + _ray_node_options(settings), loopback=_on_loopback(settings))
+
+
+def _on_loopback(settings: Settings) -> bool:
+    return settings.text("CAVIAR_NODE_IP", LOOPBACK) in _LOOPBACK_NAMES
 
 
 def _ray_node_options(settings: Settings) -> list[str]:
@@ -336,7 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceConfigError as error:
         print(f"caviar-service: error: {error}", file=sys.stderr)
         return error.exit_code
-    os.execve(executable, command.argv, {**os.environ, **command.env})
+    environ = {**os.environ, **command.env}
+    if command.loopback:
+        environ[LOCAL_ONLY_ENV] = "0"  # every process of the node inherits it
+        if args.service == "ray-worker":  # `ray start --address`, through JOIN_ON_LOOPBACK
+            python = sys.executable
+            os.execve(python, [python, "-c", JOIN_ON_LOOPBACK, *command.argv[1:]], environ)
+    os.execve(executable, command.argv, environ)
     return 0  # not reached
 
 

@@ -13,7 +13,8 @@ of each command) and differing only in its environment:
 Every process gets its own session (process group) and its pid, start time, ports and log
 are recorded in the state folder (``state.py``) before anything waits on it, so ``caviar
 down`` stops exactly what was started, even after ``caviar up`` itself was interrupted.
-The token reaches Ray and the driver in their environment only.
+The token reaches Ray and the driver in their environment only. Every process listens on
+127.0.0.1 alone, Ray's included (``services.LOCAL_ONLY_ENV``).
 
 The service owns each such group, not only its leader: a leader that died alone (MLflow's
 server, whose uvicorn child serves the UI and holds the port) leaves the group running.
@@ -129,6 +130,9 @@ def _base_env(token: str) -> dict[str, str]:
         CAVIAR_NODE_IP=services.LOOPBACK,
         PYTHONUNBUFFERED="1",
     )
+    # Ray on 127.0.0.1 alone: every node's servers listen on loopback only, and the driver
+    # reaches the head at 127.0.0.1 (with the switch on, Ray would dial the machine's address).
+    env[services.LOCAL_ONLY_ENV] = "0"
     return env
 
 
