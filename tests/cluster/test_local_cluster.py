@@ -197,7 +197,7 @@ def test_trials_ran_on_both_ray_nodes(sweep: dict[str, Any], local_cluster: Any)
 def test_results_land_on_the_clusters_shared_storage(
     sweep: dict[str, Any], local_cluster: Any
 ) -> None:
-    sweep_dirs = list((local_cluster.storage / "cluster-sweep").iterdir())
+    sweep_dirs = [p for p in (local_cluster.storage / "cluster-sweep").iterdir() if p.is_dir()]
     assert len(sweep_dirs) == 1 and sweep_dirs[0].is_dir()
     # The sweep's journal and Tune's results (the trials' checkpoints) are in it.
     assert (sweep_dirs[0] / "journal.jsonl").is_file()

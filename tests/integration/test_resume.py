@@ -142,7 +142,7 @@ def test_sigkill_three_times_then_resume_leaves_one_clean_sweep(tmp_path: Path) 
 
     # One ASHA across four processes: replaying every call the schedulers received, in one
     # scheduler, decides every result exactly as the live (rebuilt) schedulers did.
-    (run_dir,) = [p for p in (tmp_path / "caviar_runs" / "digits-resume").iterdir()]
+    (run_dir,) = [p for p in (tmp_path / "caviar_runs" / "digits-resume").iterdir() if p.is_dir()]
     journal = read_journal(run_dir / "journal.jsonl")
     assert sorted(journal.trials) == list(range(N_TRIALS))
     scheduler = HalvingScheduler(
