@@ -128,7 +128,7 @@ def _tear_last_line(journal: Path, rng: random.Random) -> None:
 
 
 def test_sigkill_anywhere_then_resume_always_finishes(tmp_path: Path, ray_head: PlainHead) -> None:
-    kills = int(os.environ.get("CAVIAR_TEST_KILLS", "8"))
+    kills = int(os.environ.get("CAVIAR_TEST_KILLS", "6"))
     rng = random.Random(20261207)
     env = _env(ray_head)
     log = tmp_path / "run.log"
@@ -412,7 +412,7 @@ def test_a_sweep_of_many_small_trials_always_ends_with_its_summary(tmp_path: Pat
     ended the process (exit 1, `The core worker has already been shutdown`, no summary) in 2
     of 5 sweeps of 1024 one-epoch trials. ``CAVIAR_TEST_MANY`` sets trials x repetitions (CI:
     1024x3)."""
-    trials, repetitions = (int(n) for n in os.environ.get("CAVIAR_TEST_MANY", "256x2").split("x"))
+    trials, repetitions = (int(n) for n in os.environ.get("CAVIAR_TEST_MANY", "128x1").split("x"))
     for repetition in range(repetitions):
         name = f"many-{repetition}"
         spec = _spec(tmp_path, name, seed=repetition, trials=trials)
