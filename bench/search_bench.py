@@ -67,7 +67,8 @@ ARMS = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random")
 # Opt-in ablations (--arms ...,tpe_bohb): a caviar arm with one setting changed, as
 # (strategy, search settings, spec sections).
 ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "tpe_bohb": ("tpe", {"tpe": {"ranking": "bohb"}}, {}),
+    "tpe_bohb": ("tpe", {"tpe": {"ranking": "bohb"}}, {}),  # the default since 2026-12-07
+    "tpe_asha": ("tpe", {"tpe": {"ranking": "asha"}}, {}),
     "tpe_unpacked": ("tpe", {}, {"resources": {"pack_size": 1}}),
     "random_unpacked": ("random", {}, {"resources": {"pack_size": 1}}),
 }

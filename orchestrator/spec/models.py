@@ -443,14 +443,14 @@ class TpeSpec(StrictModel):
         Literal["asha", "bohb"],
         Field(
             description=(
-                "How trials ASHA stopped at different rungs are ranked for TPE. asha: as "
-                "caviar ranks them, deepest rung first, then the objective there (Optuna's "
-                "rule for pruned trials). bohb: BOHB's rule, by the objective at the deepest "
-                "rung where n_startup_trials trials have a value; trials stopped below it "
-                "rank after them. Diverged and failed trials always rank last."
+                "How trials ASHA stopped at different rungs are ranked for TPE. bohb: BOHB's "
+                "rule, by the objective at the deepest rung where n_startup_trials trials "
+                "have a value; trials stopped below it rank after them, deeper first. asha: "
+                "as caviar ranks them, deepest rung first, then the objective there (Optuna's "
+                "rule for pruned trials). Diverged and failed trials always rank last."
             )
         ),
-    ] = "asha"
+    ] = "bohb"
 
     def settings(self) -> TpeSettings:
         return TpeSettings(
@@ -538,7 +538,7 @@ class SearchSpec(StrictModel):
         Field(
             description=(
                 "tpe: the sampler's settings (n_startup_trials, n_ei_candidates, "
-                "multivariate); the seed is search.seed."
+                "multivariate, ranking); the seed is search.seed."
             ),
             json_schema_extra={"default": TpeSpec().model_dump()},
         ),

@@ -630,3 +630,21 @@ def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> Non
     assert [resumed.suggest(f"n{i}") for i in range(3)] == [
         killed.suggest(f"m{i}") for i in range(3)
     ]
+
+
+def test_a_packs_shape_is_told_its_median_member_once_every_member_has_ended() -> None:
+    proposer = TpeProposer(
+        SPACE, TpeSettings(1), 0, "val_accuracy", "max", MILESTONES, shape=("hidden_units",)
+    )
+    shape = proposer.propose_pack(0)
+    members = [proposer.propose_member(i, 0) for i in range(3)]
+    assert {m["hidden_units"] for m in members} == {shape["hidden_units"]}
+    for index, value in enumerate((0.2, 0.9, 0.5)):
+        proposer.observe(index, [{"epoch": e, "val_accuracy": value} for e in (1, 3, 9)])
+        if index < 2:
+            proposer.end(index, TrialState.COMPLETED)
+    assert proposer.pack_encoding(0, 9) == ("running",)  # member 2 still trains
+    proposer.end(2, TrialState.COMPLETED)
+    assert proposer.pack_encoding(0, 9) == ("complete", 0.5)  # not the best member's 0.9
+    (told,) = [t for t in _shown(proposer).values() if set(t.params) == {"hidden_units"}]
+    assert told.state == OptunaState.COMPLETE and told.value == 0.5
