@@ -362,9 +362,11 @@ def plot(runs_by_problem: dict[str, list[Run]], specs: dict[str, dict[str, Any]]
             axes[row][column].set_title(problem)
             if target["target"] is not None:
                 axes[row][column].axhline(target["target"], color="grey", linestyle="--", lw=0.8)
+            if mode == "min":  # a loss: the first trials' losses dwarf the rest on a linear axis
+                axes[row][column].set_yscale("log")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
+    figure.savefig(out, dpi=90)
     plt.close(figure)
 
 
