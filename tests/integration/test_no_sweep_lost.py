@@ -193,7 +193,7 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path: Path, ray_head:
     env = _env(ray_head)
     spec = _spec(tmp_path, "twice", trials=32)
     # Slow while the second drivers try: its epochs wait while the file `slow` exists.
-    (tmp_path / "models.py").write_text(SLOW_MODEL)
+    (tmp_path / "models.py").write_text(MODELS)
     (tmp_path / "slow").touch()
     (tmp_path / spec).write_text((tmp_path / spec).read_text() + "trainable: models:SLOW\n")
     log = tmp_path / "first.log"
@@ -233,8 +233,10 @@ def test_a_second_driver_on_a_running_sweep_is_refused(tmp_path: Path, ray_head:
     assert len(started) == 32  # every trial started once: no second driver ran any
 
 
-SLOW_MODEL = '''
-"""The built-in network, its epochs slowed while the file `slow` is beside this one."""
+MODELS = '''
+"""The built-in network, its epochs slowed while the file `slow` is beside this file
+(SLOW), or with the trial of seed 7 hanging in its third epoch (HANGS)."""
+import threading
 import time
 from pathlib import Path
 
@@ -243,69 +245,50 @@ from trainables.registry import BN_SOFTMAX_MLP, TrainableDefinition
 FLAG = Path(__file__).with_name("slow")
 
 
-class Slow:
-    def __init__(self, session):
+class Wrapped:
+    """The built-in session, with ``before_step(session)`` run before each epoch."""
+
+    def __init__(self, session, before_step):
         self.session = session
+        self.before_step = before_step
 
     def __getattr__(self, name):
         return getattr(self.session, name)
 
     def step(self):
-        if FLAG.exists():
-            time.sleep(0.5)
+        self.before_step(self.session)
         return self.session.step()
 
 
-def make_session(config, tensors, device):
-    return Slow(BN_SOFTMAX_MLP.make_session(config, tensors, device))
+def _slow(session):
+    if FLAG.exists():
+        time.sleep(0.5)
 
 
-SLOW = TrainableDefinition(
-    name="slow",
-    description="slow while told",
-    config_model=BN_SOFTMAX_MLP.config_model,
-    metrics=BN_SOFTMAX_MLP.metrics,
-    make_session=make_session,
-)
-'''
+def _hang(session):
+    if session.config.seed == 7 and session.epoch == 2:
+        threading.Event().wait()  # a dead-locked data loader
 
 
-HANGING_MODEL = '''
-"""The built-in network, except that one trial hangs in its third epoch."""
-import threading
-
-from trainables.registry import BN_SOFTMAX_MLP, TrainableDefinition
-
-
-class Hanging:
-    def __init__(self, session):
-        self.session = session
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def step(self):
-        if self.session.config.seed == 7 and self.session.epoch == 2:
-            threading.Event().wait()  # a dead-locked data loader
-        return self.session.step()
+def _wrapping(name, before_step):
+    return TrainableDefinition(
+        name=name,
+        description=name,
+        config_model=BN_SOFTMAX_MLP.config_model,
+        metrics=BN_SOFTMAX_MLP.metrics,
+        make_session=lambda config, tensors, device: Wrapped(
+            BN_SOFTMAX_MLP.make_session(config, tensors, device), before_step
+        ),
+    )
 
 
-def make_session(config, tensors, device):
-    return Hanging(BN_SOFTMAX_MLP.make_session(config, tensors, device))
-
-
-HANGS = TrainableDefinition(
-    name="hangs",
-    description="hangs once",
-    config_model=BN_SOFTMAX_MLP.config_model,
-    metrics=BN_SOFTMAX_MLP.metrics,
-    make_session=make_session,
-)
+SLOW = _wrapping("slow", _slow)
+HANGS = _wrapping("hangs", _hang)
 '''
 
 
 def test_a_hung_trial_times_out_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    (tmp_path / "models.py").write_text(HANGING_MODEL)
+    (tmp_path / "models.py").write_text(MODELS)
     (tmp_path / "spec.yaml").write_text(
         """
 name: hung
@@ -366,7 +349,7 @@ def test_a_full_disk_stops_with_one_line_and_resume_finishes(
     """The sweep's storage is on a small disk that fills while it trains: one clear line
     within seconds, the runs marked interrupted, and after space is freed --resume finishes."""
     spec = _spec(tmp_path, "full", trials=64, storage=f"path: {small_disk}, ")
-    (tmp_path / "models.py").write_text(SLOW_MODEL)  # slow: it still trains when the disk fills
+    (tmp_path / "models.py").write_text(MODELS)  # slow: it still trains when the disk fills
     (tmp_path / "slow").touch()
     (tmp_path / spec).write_text((tmp_path / spec).read_text() + "trainable: models:SLOW\n")
     filler = small_disk / "filler"
