@@ -10,18 +10,21 @@ per seed:
   of a quarter of the trials), packs as caviar chooses them;
 - ``optuna_tpe``, ``optuna_random``: Optuna's ``TPESampler`` / ``RandomSampler`` with its
   ``SuccessiveHalvingPruner`` on the same rungs, driving caviar's own training step on caviar's
-  splits (bench/baselines/optuna_sh.py), one worker per core, so only the search differs.
+  splits (bench/baselines/optuna_sh.py), one worker per core, so only the search differs;
+- ``ray_optuna``: Ray Tune's ``OptunaSearch`` under ``ASHAScheduler``, the Ray docs' way to TPE,
+  with the same training step and splits (bench/baselines/ray_optuna.py), one trial per core.
 
 Every trial is read back with when it ended, how many epochs it trained and its objective at
 its last epoch. A run's *best so far* after some epochs is the best objective among the trials
 that trained the full budget and had ended by the time that many epochs were spent (a trial's
 epochs count when it ends): early-stopped trials never count as best, as in caviar's ranking.
-The comparison is at equal epochs spent: ``B``, the fewest epochs any run of the problem spent.
-Reported per problem and arm: the median and range over seeds of the best at ``B``; the epochs
-(and seconds, from the first trial's start) each run needed to reach the *target*, the median
-over seeds of random's best at ``B``; and a PNG of the median best against epochs spent.
+The comparison is at equal epochs spent: ``B``, 15 full trials' worth of epochs (405 for
+27-epoch trials), the same for every arm and every run of a problem. Reported per problem and
+arm: the median and range over seeds of the best at ``B``; the epochs (and seconds, from the
+first trial's start) each run needed to reach the *target*, the median over seeds of random's
+best at ``B``; and a PNG of the median best against epochs spent.
 
-    .venv/bin/python -m bench.search_bench                # 3 problems x 5 arms x 5 seeds
+    .venv/bin/python -m bench.search_bench                # 3 problems x 6 arms x 5 seeds
     .venv/bin/python -m bench.search_bench --smoke        # one problem, 6 trials, ~1-2 min
 
 docs/performance.md has the table and the command; the raw runs go to ``--out`` as JSON.
@@ -56,6 +59,7 @@ from bench.common import (
     load_yaml,
     machine_info,
     max_epochs_of,
+    ray_token_env,
     run_timed,
     slots,
     write_json,
@@ -63,7 +67,7 @@ from bench.common import (
 )
 
 PROBLEMS = ("digits_wide", "synthetic_hard", "cancer_loss")
-ARMS = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random")
+ARMS = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random", "ray_optuna")
 # Opt-in ablations (--arms ...,tpe_bohb): a caviar arm with one setting changed, as
 # (strategy, search settings, spec sections).
 ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -71,8 +75,19 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "tpe_asha": ("tpe", {"tpe": {"ranking": "asha"}}, {}),
     "tpe_unpacked": ("tpe", {}, {"resources": {"pack_size": 1}}),
     "random_unpacked": ("random", {}, {"resources": {"pack_size": 1}}),
+    "tpe_univariate": ("tpe", {"tpe": {"multivariate": False}}, {}),
+    "tpe_pack4": ("tpe", {}, {"resources": {"pack_size": 4}}),
+    "tpe_lookahead2": ("tpe", {"max_concurrent": 2}, {}),
+    # zoom as it was before 2026-12-07: the last round's best, no exploration share
+    "zoom_round": ("zoom", {"keep_from": "round", "explore": 0.0}, {}),
+    "zoom_noexplore": ("zoom", {"explore": 0.0}, {}),  # kept from the sweep, no exploration
+    "zoom_roundexplore": ("zoom", {"keep_from": "round"}, {}),  # exploration, the round's best
 }
 REFERENCE = "random"  # the target is the median of its best at the budget
+# The epoch budget B every arm is compared at: this many full trials' worth of epochs. Fixed
+# per problem (not the fewest any run spent), so runs of separate invocations compare alike
+# (--include); every arm of the benchmark spends more than B on its 64 trials.
+BUDGET_FULL_TRIALS = 15
 SPEC_FILE = "spec.yaml"
 ZOOM_ROUNDS = 4
 SMOKE = {"problems": ("digits_wide",), "seeds": 1, "trials": 6, "max_epochs": 3}
@@ -113,7 +128,7 @@ def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> 
         search.update(settings)
         for section, values in sections.items():
             spec[section] = {**(spec.get(section) or {}), **values}
-        if arm == "zoom":  # 4 rounds of a quarter each (fewer, of 3 or more, when small)
+        if strategy == "zoom":  # 4 rounds of a quarter each (fewer, of 3 or more, when small)
             rounds = max(1, min(ZOOM_ROUNDS, trials // 3))
             search.update(rounds=rounds, trials_per_round=trials // rounds)
         else:
@@ -128,6 +143,25 @@ def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> 
             timeout_s=timeout_s,
         )
         found = read_caviar_trials(workdir / "caviar_runs", metric)
+    elif arm == "ray_optuna":
+        write_yaml(spec, workdir / SPEC_FILE)
+        timed = run_timed(
+            [
+                sys.executable,
+                str(BENCH_DIR / "baselines" / "ray_optuna.py"),
+                "--spec",
+                SPEC_FILE,
+                "--workers",
+                str(slots()),
+                "--out",
+                "trials.json",
+            ],
+            cwd=workdir,
+            env=clean_env(**ray_token_env()),
+            log_name="ray_optuna.log",
+            timeout_s=timeout_s,
+        )
+        found = read_ray_optuna_trials(workdir / "trials.json")
     else:
         write_yaml(spec, workdir / SPEC_FILE)
         storage = f"sqlite:///{workdir / 'optuna.db'}"
@@ -201,6 +235,16 @@ def read_optuna_trials(storage: str, study_name: str) -> list[TrialEnd]:
     return found
 
 
+def read_ray_optuna_trials(path: Path) -> list[TrialEnd]:
+    """The Ray Tune + OptunaSearch baseline's trials, as it wrote them (``ray_optuna.py``)."""
+    if not path.exists():
+        raise BenchError(f"the Ray Tune OptunaSearch baseline wrote no {path.name}")
+    trials = json.loads(path.read_text(encoding="utf-8"))["trials"]
+    return [
+        TrialEnd(t["start_s"], t["end_s"], int(t["epochs"]), _finite(t["value"])) for t in trials
+    ]
+
+
 def _finite(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
@@ -253,13 +297,17 @@ def reached(
     return None
 
 
+def budget_epochs(spec: dict[str, Any]) -> int:
+    """B: the epochs every arm of a problem is compared at (``BUDGET_FULL_TRIALS``)."""
+    return BUDGET_FULL_TRIALS * max_epochs_of(spec)
+
+
 def summarize(runs: list[Run], spec: dict[str, Any], arms: Sequence[str]) -> dict[str, Any]:
     """One problem's table: the budget B, the target, and per arm the medians over seeds."""
     mode = spec["objective"].get("mode", "max")
     full = max_epochs_of(spec)
     curves = {id(r): curve(r, full, mode) for r in runs}
-    totals = [points[-1][0] for points in curves.values() if points]
-    budget = min(totals) if totals else 0
+    budget = budget_epochs(spec)
     finals = {id(r): best_at(curves[id(r)], budget) for r in runs}
     reference = [finals[id(r)] for r in runs if r.arm == REFERENCE and finals[id(r)] is not None]
     target = statistics.median(reference) if reference else None
@@ -350,7 +398,7 @@ def plot(runs_by_problem: dict[str, list[Run]], specs: dict[str, dict[str, Any]]
         full = max_epochs_of(spec)
         runs = runs_by_problem[problem]
         curves = [curve(r, full, mode) for r in runs]
-        budget = min((c[-1][0] for c in curves if c), default=0)
+        budget = budget_epochs(spec)
         seconds = max((c[-1][1] for c in curves if c), default=0.0)
         target = summarize(runs, spec, [a for a in arms if any(r.arm == a for r in runs)])
         for row, (limit, label) in enumerate(
@@ -409,9 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary run folders")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "search_bench.json")
     parser.add_argument("--png", type=Path, help="the curves (default: --out with .png)")
+    parser.add_argument(
+        "--include",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier --out of the same problems and specs: its arms join the tables "
+        "without running again (repeatable)",
+    )
     args = parser.parse_args(argv)
     problems = [p for p in args.problems.split(",") if p]
     arms = [a for a in args.arms.split(",") if a]
+    included = [json.loads(path.read_text(encoding="utf-8")) for path in args.include]
+    earlier_arms = [a for doc in included for a in doc["settings"]["arms"] if a not in arms]
     seeds, trials, max_epochs = args.seeds, args.trials, args.max_epochs
     if args.smoke:
         problems = list(SMOKE["problems"])
@@ -420,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         known = ", ".join((*ARMS, *ABLATIONS))
         raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {known}")
-    if REFERENCE not in arms:
-        raise SystemExit(f"the arms must include {REFERENCE!r}: the target is its median")
+    if REFERENCE not in arms + earlier_arms:
+        print(f"no {REFERENCE!r} arm: the tables have no target (its median)", file=sys.stderr)
     specs = {}
     for problem in problems:
         path = SPECS_DIR / "search" / f"{problem}.yaml"
@@ -432,8 +490,21 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     started = time.perf_counter()
     runs: dict[str, list[Run]] = {p: [] for p in problems}
+    for path, doc in zip(args.include, included, strict=True):
+        for problem in problems:
+            if problem not in doc["runs"]:
+                raise SystemExit(f"{path} has no runs of {problem!r}")
+            if doc["specs"][problem] != specs[problem]:
+                raise SystemExit(f"{path} ran another spec of {problem!r}: not comparable")
+            for run in doc["runs"][problem]:
+                if run["arm"] not in arms:  # an arm run now replaces the earlier one
+                    trials = [TrialEnd(**t) for t in run.pop("trials")]
+                    runs[problem].append(Run(**run, trials=trials))
+    running, arms = arms, arms + earlier_arms
     try:
-        summary = _run_all(args, specs, problems, arms, seeds, workdir, info, started, runs)
+        summary = _run_all(
+            args, specs, problems, running, arms, seeds, workdir, info, started, runs
+        )
     except BaseException:
         print(f"run folders kept in {workdir}", file=sys.stderr)
         raise
@@ -453,6 +524,7 @@ def _run_all(
     args: argparse.Namespace,
     specs: dict[str, dict[str, Any]],
     problems: Sequence[str],
+    running: Sequence[str],
     arms: Sequence[str],
     seeds: int,
     workdir: Path,
@@ -460,12 +532,14 @@ def _run_all(
     started: float,
     runs: dict[str, list[Run]],
 ) -> dict[str, Any]:
-    """Every run, saving the JSON after each (a long run that fails keeps what it measured)."""
+    """Every run of the ``running`` arms, saving the JSON after each (a long run that fails
+    keeps what it measured); ``arms`` are all the tables show (some included from earlier)."""
     # Interleaved (every arm of a seed before the next seed, the arms' order rotating), so a
     # drift in the machine's speed or load hits every arm alike.
     for seed in range(seeds):
         for problem in problems:
-            order = arms[seed % len(arms) :] + arms[: seed % len(arms)]
+            shift = seed % max(1, len(running))
+            order = [*running[shift:], *running[:shift]]
             for arm in order:
                 spec = effective_spec(specs[problem], seed=seed)
                 folder = workdir / problem / f"{arm}-{seed}"

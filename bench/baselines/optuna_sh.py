@@ -102,23 +102,11 @@ def suggest(trial: Any, space: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def worker(args: argparse.Namespace) -> int:
-    """One worker process: data once, then trials until its share is done."""
-    import optuna
-    import torch
+def load_tensors(data: dict[str, Any]) -> Any:
+    """The spec's data as caviar splits it (same generator, fractions, seed and scaling), as
+    CPU tensors (``trainables.TensorSplits``)."""
+    from trainables import TensorSplits, load_bundled, make_synthetic, split_and_scale
 
-    from trainables import (
-        TensorSplits,
-        TrainingSession,
-        load_bundled,
-        make_synthetic,
-        split_and_scale,
-    )
-
-    spec = yaml.safe_load(args.spec.read_text(encoding="utf-8"))
-    settings = _settings(spec)
-    torch.set_num_threads(1)  # one core per worker, like one CPU per trial elsewhere
-    data = settings["data"]
     if data["source"] == "synthetic":  # caviar's generator, with the spec's sizes and seed
         x, y, class_names, feature_names = make_synthetic(
             int(data.get("n_samples", 1000)),
@@ -138,7 +126,20 @@ def worker(args: argparse.Namespace) -> int:
         class_names=class_names,
         feature_names=feature_names,
     )
-    tensors = TensorSplits.from_splits(splits, "cpu")
+    return TensorSplits.from_splits(splits, "cpu")
+
+
+def worker(args: argparse.Namespace) -> int:
+    """One worker process: data once, then trials until its share is done."""
+    import optuna
+    import torch
+
+    from trainables import TrainingSession
+
+    spec = yaml.safe_load(args.spec.read_text(encoding="utf-8"))
+    settings = _settings(spec)
+    torch.set_num_threads(1)  # one core per worker, like one CPU per trial elsewhere
+    tensors = load_tensors(settings["data"])
     metric = settings["metric"]
     step_seconds: dict[int, float] = {}
 

@@ -135,7 +135,7 @@ def test_search_benchmark_runs_every_arm_and_reports_the_budget_and_target(
 ) -> None:
     """bench/search_bench.py --smoke: one problem, one seed of each arm, 6 trials of 3 epochs."""
     result, stdout = run_harness("search_bench", "--smoke", tmp_path=tmp_path)
-    arms = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random")
+    arms = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random", "ray_optuna")
     assert result["settings"]["arms"] == list(arms) and not result["partial"]
     (problem,) = result["summary"]
     summary = result["summary"][problem]
@@ -147,9 +147,23 @@ def test_search_benchmark_runs_every_arm_and_reports_the_budget_and_target(
             assert 1 <= trial["epochs"] <= 3 and trial["start_s"] <= trial["end_s"]
             assert trial["value"] is None or 0.0 <= trial["value"] <= 1.0
     spent = [sum(t["epochs"] for t in r["trials"]) for r in runs]
-    assert summary["budget_epochs"] == min(spent) > 0
+    assert summary["budget_epochs"] == 15 * 3 > max(spent) > 0  # B: 15 full trials of 3 epochs
     assert summary["target"] == summary["arms"]["random"]["final_median"]
     assert summary["arms"]["random"]["reached_target"] == 1  # random reaches its own best
     assert set(summary["arms"]) == set(arms)
     assert (tmp_path / "search_bench.png").stat().st_size > 10_000
     assert "| arm | median best at B |" in stdout
+
+    # --include: an earlier run's arms join the tables; the arm run now replaces its own.
+    earlier = tmp_path / "earlier.json"
+    (tmp_path / "search_bench.json").rename(earlier)
+    again, stdout = run_harness(
+        "search_bench", "--smoke", "--arms", "random", "--include", str(earlier),
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert again["settings"]["arms"] == ["random", *(a for a in arms if a != "random")]
+    merged = again["runs"][problem]
+    assert sorted(r["arm"] for r in merged) == sorted(arms)
+    kept = {r["arm"]: r["trials"] for r in runs if r["arm"] != "random"}
+    assert {r["arm"]: r["trials"] for r in merged if r["arm"] != "random"} == kept
+    assert "| ray_optuna |" in stdout
