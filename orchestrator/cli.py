@@ -222,7 +222,7 @@ def _panda(args: argparse.Namespace) -> int:
 
         changes = parse_assignments(form.changes)
         return adjust_command(form.run_id, changes, form.rewind_to, form.wait, form.tracking_uri)
-    from orchestrator.spec.models import load_spec
+    from orchestrator.spec import load_spec
 
     spec_path = Path(args.target)
     spec = load_spec(spec_path)
@@ -290,7 +290,7 @@ def _revisit(args: argparse.Namespace) -> int:
     try:
         from orchestrator.panda.command import ray_trainer
         from orchestrator.panda.revisit import format_revisit, revisit
-        from orchestrator.spec.models import DEFAULT_TRACKING_URI
+        from orchestrator.spec import DEFAULT_TRACKING_URI
 
         uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
         result = revisit(args.sweep, args.top, uri, ray_trainer, Path.cwd())
@@ -301,7 +301,7 @@ def _revisit(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator.spec.models import load_spec
+    from orchestrator.spec import load_spec
 
     spec = load_spec(args.spec)
     from orchestrator.spec.data import check_data_files
@@ -315,7 +315,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from orchestrator.spec.models import schema_for
+    from orchestrator.spec import schema_for
 
     schema = schema_for(args.trainable, args.spec)
     print(json.dumps(schema, indent=2))
@@ -331,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
     if service.socket is not None:
         print(client.describe(), flush=True)
         return client.run(service.socket, args.spec, args.resume)
-    from orchestrator.spec.models import load_spec
+    from orchestrator.spec import load_spec
 
     spec = load_spec(args.spec)  # before the heavy imports: a bad spec answers at once
     from orchestrator.spec.data import check_data_files

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.cluster.resume import RESUME_VARIABLE
 from orchestrator.errors import CaviarError, Problem, SpecError
-from orchestrator.spec.models import SweepSpec, load_spec
+from orchestrator.spec import SweepSpec, load_spec
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails

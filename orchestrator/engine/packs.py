@@ -25,7 +25,7 @@ import ray
 
 from orchestrator import speedups
 from orchestrator.search.packing import Packer
-from orchestrator.spec.models import SweepSpec
+from orchestrator.spec import SweepSpec
 from trainables import get_trainable
 
 # A pack waits this long for the scheduler's post before training on as if nothing had been

@@ -44,8 +44,8 @@ from orchestrator.errors import SweepHalted, SweepInterrupted
 from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.zoom import region_as_dict
+from orchestrator.spec import AshaScheduler, SweepSpec
 from orchestrator.spec.data import class_names_param, load_data
-from orchestrator.spec.models import AshaScheduler, SweepSpec
 from orchestrator.store.journal import JOURNAL, Journal, read_journal
 from orchestrator.store.markers import (
     SweepMarker,

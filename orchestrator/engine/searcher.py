@@ -29,7 +29,7 @@ from orchestrator.search.ranking import ranked
 from orchestrator.search.space import Scalar, SearchSpace, sample_configs
 from orchestrator.search.tpe import TpeProposer, TpeSettings
 from orchestrator.search.zoom import keep_count, next_region
-from orchestrator.spec.models import SweepSpec
+from orchestrator.spec import SweepSpec
 from orchestrator.store.journal import RESUME_FROM
 from orchestrator.trials import (
     EPOCH_RESULTS,

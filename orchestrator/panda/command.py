@@ -26,7 +26,7 @@ from orchestrator.panda.control import PANDA_DIR, Command, find_session, send, s
 from orchestrator.panda.control import wait_for_answer as _wait
 from orchestrator.panda.record import read_session
 from orchestrator.panda.start import initial_config
-from orchestrator.spec.models import SweepSpec
+from orchestrator.spec import SweepSpec
 from orchestrator.store.journal import JOURNAL, Journal
 from orchestrator.store.markers import SweepMarker, read_marker, unfinished, write_marker
 
@@ -358,7 +358,7 @@ def adjust_command(
 ) -> int:
     """Check the changes against the session as it stands, send them, wait for the answer."""
     from orchestrator.panda.session import rewind_origin
-    from orchestrator.spec.models import parse_spec_text
+    from orchestrator.spec import parse_spec_text
     from trainables import get_trainable
 
     if not changes and rewind_to is None:

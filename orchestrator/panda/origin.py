@@ -17,7 +17,7 @@ import torch
 from orchestrator.panda.changes import PandaError
 from orchestrator.panda.command import storage_root
 from orchestrator.panda.trainer import encode
-from orchestrator.spec.models import SweepSpec, parse_spec_text
+from orchestrator.spec import SweepSpec, parse_spec_text
 from orchestrator.store.journal import JOURNAL, read_journal
 from orchestrator.store.panda_runs import read_trial_run
 

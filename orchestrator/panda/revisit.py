@@ -30,7 +30,7 @@ from orchestrator.panda.changes import PandaError
 from orchestrator.panda.session import epoch_metrics
 from orchestrator.panda.trainer import Trainer
 from orchestrator.search.ranking import ranked
-from orchestrator.spec.models import SweepSpec, parse_spec_text
+from orchestrator.spec import SweepSpec, parse_spec_text
 from orchestrator.store.panda_runs import read_spec_artifact
 from orchestrator.store.reader import REVISIT, SWEEP
 from orchestrator.store.tracking import SweepTracker, read_sweep

@@ -38,7 +38,7 @@ from orchestrator.panda.checkpoints import CheckpointStore
 from orchestrator.panda.control import Command, Inbox
 from orchestrator.panda.lineage import Lineage, Pause, Segment
 from orchestrator.panda.rules import Action, decide
-from orchestrator.spec.models import SweepSpec
+from orchestrator.spec import SweepSpec
 from orchestrator.store.journal import Journal
 from orchestrator.trials import Trial, TrialState, with_epoch
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from orchestrator.panda.changes import PandaError, check_known, validated
 from orchestrator.search.space import from_transformed, to_transformed
-from orchestrator.spec.models import ChoiceParameter, GridParameter, RangeParameter, SweepSpec
+from orchestrator.spec import ChoiceParameter, GridParameter, RangeParameter, SweepSpec
 
 
 def middle(parameter: RangeParameter | ChoiceParameter | GridParameter) -> Any:

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from orchestrator.report.page import ui_links, write_report
 from orchestrator.report.ui_links import labelled_line, text_lines, ui_base
-from orchestrator.spec.models import DEFAULT_TRACKING_URI
+from orchestrator.spec import DEFAULT_TRACKING_URI
 from orchestrator.store.panda_runs import is_panda_run
 from orchestrator.store.reader import RUN_ID_PATTERN
 from orchestrator.store.tracking import read_sweep, ui_command

@@ -258,8 +258,8 @@ def _run_sweep(
     from orchestrator.errors import CaviarError, SweepInterrupted
     from orchestrator.report.summary import format_summary
     from orchestrator.service.fixed_nodes import refuse_what_never_fits
+    from orchestrator.spec import load_spec
     from orchestrator.spec.data import check_data_files
-    from orchestrator.spec.models import load_spec
 
     spec_path = Path(str(run["spec"]))
     try:

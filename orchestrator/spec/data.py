@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from orchestrator.errors import CaviarError
-from orchestrator.spec.models import (
+from orchestrator.spec.data_sources import (
     BundledData,
     CsvData,
     FileData,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
+
+from orchestrator.spec.base import StrictModel
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h)?\s*$")
 _UNIT_S = {None: 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -54,13 +56,7 @@ Seconds = Annotated[
 ]
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors and parsed sections are immutable (as every spec section)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PlateauRule(_Strict):
+class PlateauRule(StrictModel):
     """The objective stopped improving: multiply the learning rate by ``factor``."""
 
     patience: Annotated[
@@ -81,7 +77,7 @@ class PlateauRule(_Strict):
     ] = 0.0
 
 
-class DivergenceRule(_Strict):
+class DivergenceRule(StrictModel):
     """The loss went NaN or infinite: rewind to the last good epoch, learning rate x ``factor``."""
 
     factor: Annotated[
@@ -97,7 +93,7 @@ class DivergenceRule(_Strict):
     ] = 3
 
 
-class StopRule(_Strict):
+class StopRule(StrictModel):
     """Stop the session when the objective has not improved for ``patience`` epochs."""
 
     patience: Annotated[
@@ -110,7 +106,7 @@ class StopRule(_Strict):
     ] = 0.0
 
 
-class PandaRules(_Strict):
+class PandaRules(StrictModel):
     """The babysitting rules; each is off unless named."""
 
     plateau: Annotated[
@@ -127,7 +123,7 @@ class PandaRules(_Strict):
     ] = None
 
 
-class PandaSpec(_Strict):
+class PandaSpec(StrictModel):
     """``caviar panda``: the babysitting rules, which epoch checkpoints are kept, and the pace
     a person can follow."""
 

@@ -33,7 +33,7 @@ def row(start: float, end: float, epochs: int, acc: float | None, secs: float) -
 
 
 def test_the_benchmark_spec_is_the_issue_sweep_and_caviar_accepts_it() -> None:
-    from orchestrator.spec.models import parse_spec
+    from orchestrator.spec import parse_spec
 
     spec = parse_spec(SPEC)
     assert spec.num_trials() == 64
@@ -224,7 +224,7 @@ def test_noop_trainable_steps_take_their_time_and_resume() -> None:
 
 def test_overhead_minimum_and_numbers() -> None:
     from bench.overhead_bench import minimum_seconds, noop_spec, overhead_numbers
-    from orchestrator.spec.models import parse_spec
+    from orchestrator.spec import parse_spec
 
     assert minimum_seconds(64, 30, 0.01, 2) == pytest.approx(9.6)
     assert minimum_seconds(5, 30, 0.01, 2) == pytest.approx(0.9)  # 3 rounds on 2 slots

@@ -23,7 +23,7 @@ from ray.job_submission import JobDetails, JobStatus
 from orchestrator.cluster import submit as cluster
 from orchestrator.cluster.submit import ClusterAuthError, ClusterError
 from orchestrator.errors import SpecError
-from orchestrator.spec.models import parse_spec_text
+from orchestrator.spec import parse_spec_text
 
 SPEC = """
 name: iris-submit

@@ -178,8 +178,8 @@ def test_parent_summary_matches_the_children(sweep: dict[str, Any]) -> None:
 def test_logged_model_loads_and_reproduces_the_test_accuracy(sweep: dict[str, Any]) -> None:
     import mlflow.pytorch
 
+    from orchestrator.spec import load_spec
     from orchestrator.spec.data import load_data
-    from orchestrator.spec.models import load_spec
 
     parent = sweep["parents"][0]
     mlflow.set_tracking_uri(f"sqlite:///{sweep['folder'] / 'mlflow.db'}")

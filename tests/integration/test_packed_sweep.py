@@ -18,8 +18,8 @@ from conftest import run_caviar
 from mlflow import MlflowClient
 
 from orchestrator.engine.trial_actor import load_trial_state
+from orchestrator.spec import load_spec
 from orchestrator.spec.data import load_data
-from orchestrator.spec.models import load_spec
 from trainables import TensorSplits
 from trainables.train import TrainingSession
 

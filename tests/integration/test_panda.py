@@ -234,8 +234,8 @@ def _logged_model_accuracy(uri: str, store: str, folder: Path) -> float:
     import numpy as np
     import torch
 
+    from orchestrator.spec import load_spec
     from orchestrator.spec.data import load_data
-    from orchestrator.spec.models import load_spec
 
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)

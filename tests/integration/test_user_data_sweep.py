@@ -72,8 +72,8 @@ def test_the_logged_model_reads_back_with_the_mapping(sweep: dict[str, Any]) -> 
     import mlflow.pytorch
     import torch
 
+    from orchestrator.spec import load_spec
     from orchestrator.spec.data import load_data
-    from orchestrator.spec.models import load_spec
 
     parent = sweep["parent"]
     mlflow.set_tracking_uri(f"sqlite:///{sweep['cwd'] / 'mlflow.db'}")

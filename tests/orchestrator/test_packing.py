@@ -15,7 +15,7 @@ from orchestrator.engine.packs import PACKS_PER_SLOT, packer_for
 from orchestrator.engine.searcher import RoundSearcher, round_plan
 from orchestrator.search.packing import Packer, pack_round
 from orchestrator.search.space import sample_configs
-from orchestrator.spec.models import SweepSpec, parse_spec
+from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.store.journal import RESUME_FROM
 from orchestrator.trials import PACK_MEMBERS, TrialState
 from trainables import get_trainable
@@ -220,7 +220,7 @@ def test_an_integer_pack_size_for_a_trainable_without_fused_training_is_refused(
         "objective": {"metric": "val_accuracy"},
         "resources": {"pack_size": 4},
     }
-    from orchestrator.spec.models import SpecError
+    from orchestrator.spec import SpecError
 
     with pytest.raises(SpecError, match=r"resources.pack_size.*cannot be packed"):
         parse_spec(data, spec_dir=tmp_path)
@@ -231,7 +231,7 @@ def test_an_integer_pack_size_for_a_trainable_without_fused_training_is_refused(
 
 
 def test_pack_size_must_be_auto_or_a_positive_whole_number() -> None:
-    from orchestrator.spec.models import SpecError
+    from orchestrator.spec import SpecError
 
     for bad in (0, -2, "big", 2.5):
         with pytest.raises(SpecError, match="pack_size"):

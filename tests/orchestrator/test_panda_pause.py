@@ -27,8 +27,8 @@ from orchestrator.panda.record import read_session
 from orchestrator.panda.session import PandaOutcome, PandaSession, rewind_origin
 from orchestrator.panda.start import initial_config
 from orchestrator.panda.trainer import LocalTrainer
+from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.spec.data import load_data
-from orchestrator.spec.models import SweepSpec, parse_spec
 from orchestrator.spec.panda import PandaSpec
 from orchestrator.store.journal import JOURNAL, Journal
 from orchestrator.store.markers import SweepMarker, write_marker

@@ -17,8 +17,8 @@ from orchestrator.panda.record import read_session
 from orchestrator.panda.session import PandaOutcome, PandaSession
 from orchestrator.panda.start import initial_config
 from orchestrator.panda.trainer import LocalTrainer
+from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.spec.data import load_data
-from orchestrator.spec.models import SweepSpec, parse_spec
 from orchestrator.store.journal import JOURNAL, Journal
 
 

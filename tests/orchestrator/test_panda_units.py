@@ -10,7 +10,7 @@ from orchestrator.panda.changes import PandaError, check_changes, parse_assignme
 from orchestrator.panda.lineage import Lineage, Segment
 from orchestrator.panda.rules import decide, epochs_since_best
 from orchestrator.panda.start import initial_config, middle
-from orchestrator.spec.models import ChoiceParameter, RangeParameter, parse_spec
+from orchestrator.spec import ChoiceParameter, RangeParameter, parse_spec
 from orchestrator.spec.panda import PandaRules
 from orchestrator.trials import Trial
 from trainables.config import MlpConfig

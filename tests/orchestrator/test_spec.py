@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.models import json_schema, load_spec, parse_spec, parse_spec_text
+from orchestrator.spec import json_schema, load_spec, parse_spec, parse_spec_text
 from trainables import get_trainable
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
@@ -81,6 +81,24 @@ def test_unknown_keys_are_errors_with_a_suggestion() -> None:
     problems = _paths(_minimal(search={"num_trails": 3}, colour="red"))
     assert "did you mean 'num_trials'" in problems["search.num_trails"]
     assert "unknown key" in problems["colour"]
+
+
+def test_unknown_keys_list_the_valid_keys_read_from_the_models_at_every_depth() -> None:
+    """The valid keys come from the models, not a second list: a union lists every member's
+    fields (scheduler: asha's and fifo's), and a nested section its own (search.tpe)."""
+    problems = _paths(
+        _minimal(
+            scheduler={"grace_perod": 2},
+            search={"strategy": "tpe", "tpe": {"n_startup": 3}},
+            panda={"rules": {"platau": {}}},
+        )
+    )
+    assert problems["scheduler.grace_perod"] == (
+        "unknown key; did you mean 'grace_period'? "
+        "(valid keys: kind, grace_period, reduction_factor, max_epochs, brackets)"
+    )
+    assert "did you mean 'n_startup_trials'?" in problems["search.tpe.n_startup"]
+    assert "(valid keys: plateau, divergence, stop)" in problems["panda.rules.platau"]
 
 
 def test_an_unknown_key_that_looks_like_a_union_tag_keeps_its_path() -> None:

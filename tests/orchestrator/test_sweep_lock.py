@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec.models import parse_spec
+from orchestrator.spec import parse_spec
 from orchestrator.store.markers import ResumeError, SweepMarker, pick_for_resume, write_marker
 from orchestrator.store.sweep_lock import LOCK, SweepRunning, sweep_lock
 

@@ -39,7 +39,7 @@ from orchestrator.search.space import (
     to_transformed,
 )
 from orchestrator.search.tpe import TpeProposer, TpeSettings, optuna_distributions
-from orchestrator.spec.models import SweepSpec, parse_spec
+from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.store.journal import read_journal
 from orchestrator.trials import MEMBER_LAST, MEMBER_RESULTS, PACK_MEMBERS, Trial, TrialState
 

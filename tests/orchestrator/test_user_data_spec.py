@@ -18,20 +18,20 @@ import pytest
 from user_data_files import fake_cifar10, fake_mnist, fruit_table, write_csv, write_npz
 
 from orchestrator.errors import SpecError
-from orchestrator.spec.data import (
-    DataLoadError,
-    check_data_files,
-    class_names_param,
-    load_data,
-    resolve,
-)
-from orchestrator.spec.models import (
+from orchestrator.spec import (
     CsvData,
     NpzData,
     ParquetData,
     TorchvisionData,
     load_spec,
     parse_spec,
+)
+from orchestrator.spec.data import (
+    DataLoadError,
+    check_data_files,
+    class_names_param,
+    load_data,
+    resolve,
 )
 from trainables import TensorSplits, get_trainable
 

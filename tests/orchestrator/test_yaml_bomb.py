@@ -16,8 +16,7 @@ import pytest
 
 from orchestrator.errors import SpecError
 from orchestrator.panda.changes import PandaError, parse_assignments
-from orchestrator.spec import yaml_text
-from orchestrator.spec.models import parse_spec_text
+from orchestrator.spec import parse_spec_text, yaml_text
 from orchestrator.spec.yaml_text import YamlShapeError, load_yaml
 
 HEAD = """name: bomb

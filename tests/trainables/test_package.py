@@ -78,7 +78,7 @@ def test_checking_a_spec_does_not_import_torch() -> None:
     spec = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
     code = (
         "import sys\n"
-        "from orchestrator.spec.models import load_spec\n"
+        "from orchestrator.spec import load_spec\n"
         "from orchestrator.spec.data import check_data_files\n"
         f"spec = load_spec({str(spec)!r})\n"
         "check_data_files(spec.data, None)\n"

@@ -1,0 +1,196 @@
+"""The sweep spec: its sections together, and the values that depend on more than one of them.
+
+Every section is its own model (``parameters``, ``data_sources``, ``search``, ``scheduler``,
+``objective``, ``resources``, ``tracking``, ``storage``, ``panda``); the checks that span
+sections are ``checks``; turning a file or a mapping into a ``SweepSpec`` is ``parse``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from orchestrator.errors import SpecError
+from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, SearchSpace
+from orchestrator.spec.base import StrictModel
+from orchestrator.spec.checks import cross_section_problems
+from orchestrator.spec.data_sources import BundledData, DataSpec
+from orchestrator.spec.objective import ObjectiveSpec
+from orchestrator.spec.panda import PandaSpec
+from orchestrator.spec.parameters import Parameter
+from orchestrator.spec.resources import ResourcesSpec
+from orchestrator.spec.scheduler import AshaScheduler, SchedulerSpec
+from orchestrator.spec.search import SearchSpec
+from orchestrator.spec.storage import StorageSpec
+from orchestrator.spec.tracking import DEFAULT_TRACKING_URI, TrackingSpec
+
+# Fields a resumed sweep may change: they decide how the sweep is run and recorded (its note,
+# its timeouts, how often it reports and checkpoints), never what it trains.
+RESULT_NEUTRAL = (
+    "description",
+    "resources.epoch_timeout_s",
+    "storage.report_every_s",
+    "storage.checkpoint_every_s",
+    "storage.max_failures",
+)
+
+
+class SweepSpec(StrictModel):
+    """A caviar sweep: what to train, which parameters to vary, how to search and stop."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=100,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+            description="Sweep name: letters, digits, '.', '_' and '-'; the default experiment.",
+        ),
+    ]
+    description: Annotated[str, Field(description="Free text, logged on the parent run.")] = ""
+    data: Annotated[DataSpec, Field(description="The dataset and its splits.")] = Field(
+        default_factory=BundledData
+    )
+    trainable: Annotated[
+        str,
+        Field(
+            description=(
+                "The trainable to tune: a registered name (default bn_softmax_mlp), an import "
+                "path package.module:NAME (the spec's folder first, then sys.path), or a "
+                "caviar.trainables entry point."
+            )
+        ),
+    ] = "bn_softmax_mlp"
+    space: Annotated[
+        dict[str, Parameter],
+        Field(min_length=1, description="The parameters to vary, by name."),
+    ]
+    fixed: Annotated[
+        dict[str, Any], Field(description="Constant parameters every trial receives.")
+    ] = Field(default_factory=dict)
+    search: Annotated[SearchSpec, Field(description="How configurations are chosen.")] = Field(
+        default_factory=SearchSpec
+    )
+    scheduler: Annotated[
+        SchedulerSpec, Field(description="Early stopping: asha (default) or fifo.")
+    ] = Field(default_factory=AshaScheduler)
+    objective: Annotated[ObjectiveSpec, Field(description="What 'best' means.")] = Field(
+        default_factory=ObjectiveSpec
+    )
+    resources: Annotated[ResourcesSpec, Field(description="What each trial gets.")] = Field(
+        default_factory=ResourcesSpec
+    )
+    tracking: Annotated[TrackingSpec, Field(description="Where results are logged.")] = Field(
+        default_factory=TrackingSpec
+    )
+    storage: Annotated[StorageSpec, Field(description="Where Ray keeps results.")] = Field(
+        default_factory=StorageSpec
+    )
+    panda: Annotated[
+        PandaSpec, Field(description="caviar panda: babysitting rules and kept checkpoints.")
+    ] = Field(default_factory=PandaSpec)
+
+    @model_validator(mode="after")
+    def _sections_agree(self, info: ValidationInfo) -> SweepSpec:
+        # Not a ValueError on purpose: SpecError passes through pydantic with its paths intact.
+        spec_dir = (info.context or {}).get("spec_dir")
+        problems = list(cross_section_problems(self, spec_dir))
+        if problems:
+            raise SpecError(problems)
+        return self
+
+    # Resolved values: the defaults that depend on other sections, in one place.
+
+    @property
+    def max_epochs(self) -> int:
+        if self.scheduler.max_epochs is not None:
+            return self.scheduler.max_epochs
+        epochs = self.fixed.get("epochs")
+        return int(epochs) if epochs is not None else 30
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        if self.objective.mode is not None:
+            return self.objective.mode
+        return _natural_mode(self.trainable, self.objective.metric)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def tracking_uri(self, environ: Mapping[str, str] = os.environ) -> str:
+        return self.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+    def search_space(self) -> SearchSpace:
+        """The domains to sample; under ``strategy: grid`` categorical values are enumerated."""
+        domains: list[Domain] = []
+        for name, parameter in self.space.items():
+            domain = parameter.to_domain(name)
+            if self.search.strategy == "grid" and isinstance(domain, ChoiceDomain):
+                domain = GridDomain(name, domain.values)
+            domains.append(domain)
+        return SearchSpace(tuple(domains), {**self.fixed, "epochs": self.max_epochs})
+
+    def num_trials(self) -> int:
+        per_round = self.search_space().grid_size() * self.search.samples_per_point()
+        return per_round * self.search.rounds_count()
+
+    def results_fields(self) -> dict[str, Any]:
+        """The spec in canonical form, less the fields that cannot change its results
+        (``RESULT_NEUTRAL``): what a resumed sweep must share with the one it finishes.
+
+        Fields at their defaults are left out, so a caviar that adds a field (with a default
+        that keeps today's behaviour) still resumes the sweeps an older one started."""
+        fields = self.model_dump(mode="json", exclude_defaults=True)
+        for path in RESULT_NEUTRAL:
+            section, _, key = path.rpartition(".")
+            holder = fields.get(section) if section else fields
+            if isinstance(holder, dict):
+                holder.pop(key, None)
+                if section and not holder:  # a section that only set neutral fields
+                    fields.pop(section)
+        return fields
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.results_fields(), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        space = self.search_space()
+        params = ", ".join(f"{d.name} {d.describe()}" for d in space.domains)
+        grid = space.grid_size()
+        per_point = self.search.samples_per_point()
+        rounds = self.search.rounds_count()
+        factors = ([f"{rounds} rounds"] if self.search.strategy == "zoom" else []) + (
+            [f"{grid} grid points"] if grid > 1 else []
+        )
+        trials = (
+            f"{' x '.join([*factors, str(per_point)])} = {self.num_trials()} trials"
+            if factors
+            else f"{self.num_trials()} trials"
+        )
+        sched = self.scheduler
+        if isinstance(sched, AshaScheduler):
+            stopping = (
+                f"asha (grace {sched.grace_period}, reduction {sched.reduction_factor:g}, "
+                f"max {self.max_epochs} epochs)"
+            )
+        else:
+            stopping = f"fifo ({self.max_epochs} epochs)"
+        return (
+            f"{self.name}: {len(space.domains)} parameters ({params}); "
+            f"{self.search.strategy} search, {trials}; {stopping}; "
+            f"objective {self.mode} {self.objective.metric}"
+        )
+
+
+def _natural_mode(trainable: str, metric: str) -> Literal["max", "min"]:
+    from trainables import get_trainable
+
+    mode = get_trainable(trainable).metrics.get(metric, "max")
+    return "min" if mode == "min" else "max"
