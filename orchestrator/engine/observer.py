@@ -25,6 +25,8 @@ from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.engine.trial_actor import TIMEOUT_NOTE
 from orchestrator.errors import CaviarError, SweepHalted
+from orchestrator.search.best_so_far import BestSoFar
+from orchestrator.store.history import BEST_SO_FAR, ROUND_STARTED
 from orchestrator.store.journal import RESUME_FROM, Journal, JournalWriteError
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import (
@@ -128,6 +130,11 @@ class SweepObserver(Callback):
         self._heard: dict[int, float] = {}
         self._gaps: dict[int, deque[float]] = {}
         self._noticed: set[int] = set()
+        # The search converging, for the parent run (best_so_far.py); not logged while a
+        # resumed sweep replays its journal (the killed sweep logged those points).
+        self.best_so_far = BestSoFar(searcher.plan.mode, budget)
+        self._rounds_logged = 0
+        self._replaying = False
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the Tuner; the journal's open file stays here."""
@@ -163,6 +170,17 @@ class SweepObserver(Callback):
         MLflow skips epochs it already has and reopens runs that have not ended, so writes
         the killed process still had queued are delivered now, and nothing is written twice.
         """
+        self._replaying = True
+        try:
+            self._replay(trials)
+        finally:
+            self._replaying = False
+        self._rounds_logged = max((t.round for t in trials.values()), default=0)
+        if self.best_so_far.points:  # where the killed sweep's curve stands now
+            step, best = self.best_so_far.points[-1]
+            self.tracker.parent_metric(BEST_SO_FAR, best, step=self.best_so_far.spent)
+
+    def _replay(self, trials: dict[int, Trial]) -> None:
         for trial in sorted(trials.values(), key=lambda t: t.index):
             record = self._start_record(
                 trial.index,
@@ -446,6 +464,7 @@ class SweepObserver(Callback):
         )
         self.records[index] = record
         self._heard[index] = time.monotonic()
+        self._note_round(round_number)
         tags = {
             "caviar.trial_id": trial_key(self.sweep_id, index),
             "caviar.ray_trial_id": trial_id,  # a pack member's: its pack's
@@ -476,7 +495,9 @@ class SweepObserver(Callback):
     def _record_result(self, record: Trial, entry: dict[str, Any]) -> None:
         self._hear(record.index)
         epoch = int(entry.get("epoch", 0))
+        known = len(record.history)
         record.history = with_epoch(record.history, entry)
+        self.best_so_far.trained(len(record.history) - known)
         record.node_id = entry.get("node_id", record.node_id)
         metrics = {
             k: float(v)
@@ -502,6 +523,21 @@ class SweepObserver(Callback):
             tags["caviar.error"] = record.error
         self.tracker.trial_ended(str(record.index), tags=tags, status=status, ended_at=ended_at)
         self.progress.update(self.records.values())
+        best = self.best_so_far.ended(
+            record.epochs,
+            record.metric(self.searcher.plan.metric),
+            diverged=bool(record.last.get("diverged")) or record.state is TrialState.FAILED,
+        )
+        if best is not None and not self._replaying:
+            self.tracker.parent_metric(
+                BEST_SO_FAR, best, step=self.best_so_far.spent, timestamp=ended_at
+            )
+
+    def _note_round(self, round_number: int) -> None:
+        """The first trial of a new round started: mark where on the epochs-spent axis."""
+        if round_number > self._rounds_logged and not self._replaying:
+            self._rounds_logged = round_number
+            self.tracker.parent_metric(ROUND_STARTED, round_number, step=self.best_so_far.spent)
 
     def _journal(self, event: str, **fields: Any) -> None:
         if self.halted() is not None:

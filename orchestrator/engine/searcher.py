@@ -59,6 +59,8 @@ class RoundPlan:
     milestones: tuple[int, ...]
     budget: int
     tpe: TpeSettings | None = None  # strategy tpe: proposed one by one, not planned
+    explore: float = 0.0  # zoom: the share of a later round sampled from the whole region
+    keep_from: Literal["sweep", "round"] = "round"  # zoom: where the kept trials are ranked
 
 
 class ReplayError(CaviarError):
@@ -144,7 +146,10 @@ class RoundSearcher(Searcher):
                 return Searcher.FINISHED
             if not self._round_has_ended():
                 return None  # Tune asks again after the next trial event
-            step = next_region(self.space, self.original, self._kept_configs(), self.plan.margin)
+            # Kept from the whole sweep, the box is drawn in the whole region around them (it
+            # may move to an explored optimum); kept from the round, it narrows the round's.
+            current = self.original if self.plan.keep_from == "sweep" else self.space
+            step = next_region(current, self.original, self._kept_configs(), self.plan.margin)
             self.space = step.space
             self._start_round(step.notes)
         unit = self._queue.pop(0)
@@ -447,21 +452,38 @@ class RoundSearcher(Searcher):
         return self.original.grid_size() * self.plan.samples_per_point
 
     def _round_configs(self, space: SearchSpace) -> list[dict[str, Any]]:
-        # Round 1 uses the sweep seed itself, so a one-round sweep is plain seeded random search.
+        """The round's configurations: round 1 uses the sweep seed itself (a one-round sweep
+        is plain seeded random search); a later round draws ``explore`` of its trials from
+        the whole region, the rest from the zoomed one (the same share at each grid point)."""
         seed = self.plan.seed + (self.round - 1) * 7919
-        return sample_configs(space, self.plan.samples_per_point, seed)
+        count = self.plan.samples_per_point
+        explored = 0 if self.round == 1 else round(self.plan.explore * count)
+        configs = sample_configs(space, count - explored, seed)
+        if not explored:
+            return configs
+        wide = sample_configs(self.original, explored, seed + 104729)
+        per_point, wide_per_point = count - explored, explored
+        merged: list[dict[str, Any]] = []
+        for point in range(max(1, self.original.grid_size())):
+            merged += configs[point * per_point : (point + 1) * per_point]
+            merged += wide[point * wide_per_point : (point + 1) * wide_per_point]
+        return merged
 
     def _round_has_ended(self) -> bool:
         return all(t.state.ended for t in self.trials.values() if t.round == self.round)
 
     def _kept_configs(self) -> list[dict[str, Any]]:
-        best = ranked(
-            self.round_trials(self.round),
-            self.plan.metric,
-            self.plan.mode,
-            list(self.plan.milestones),
+        """The best trials the next region is drawn around: ``keep_top`` of a round's worth,
+        ranked among the last round's trials or all the sweep's so far (``keep_from``)."""
+        this_round = self.round_trials(self.round)
+        pool = (
+            [t for t in self.trials.values() if t.state.ended]
+            if self.plan.keep_from == "sweep"
+            else this_round
         )
-        return [r.config for r in best[: keep_count(self.plan.keep_top, len(best))]]
+        best = ranked(pool, self.plan.metric, self.plan.mode, list(self.plan.milestones))
+        eligible = sum(1 for t in best if t.index in {r.index for r in this_round})
+        return [r.config for r in best[: keep_count(self.plan.keep_top, max(1, eligible))]]
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing: a resumed sweep rebuilds the searcher from caviar's journal (``replay``),
@@ -498,6 +520,8 @@ def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
         milestones=tuple(milestones),
         budget=spec.max_epochs,
         tpe=search.tpe_settings(),
+        explore=search.explore_value(),
+        keep_from=search.keep_from_value(),
     )
 
 

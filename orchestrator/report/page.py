@@ -117,6 +117,7 @@ def write_report(
     pictures = [
         _plot_objective_vs_parameters(history, out_dir / "objective_vs_parameters.png"),
         _plot_learning_curves(history, out_dir / "learning_curves.png"),
+        _plot_search_progress(history, out_dir / "best_so_far.png"),
         _plot_importance(report, out_dir / "importance.png"),
     ]
     report.files = [p for p in pictures if p is not None]
@@ -289,6 +290,46 @@ def _plot_learning_curves(history: SweepHistory, path: Path) -> Path | None:
     )
     ax.grid(True, alpha=0.25)
     ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_search_progress(history: SweepHistory, path: Path) -> Path | None:
+    """The search converging: best so far (full-budget trials) against epochs spent, a step
+    per improvement, with the epoch each round began at (the parent's ``best_so_far``)."""
+    import matplotlib.pyplot as plt
+
+    if not history.best_so_far:
+        return None
+    spent = max(
+        [history.best_so_far[-1][0], *(step for step, _ in history.round_starts)]
+        + [sum(t.epochs for t in history.trials)]
+    )
+    steps = [step for step, _ in history.best_so_far] + [spent]
+    values = [value for _, value in history.best_so_far]
+    values.append(values[-1])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.step(steps, values, where="post", color=ROUND_COLOURS[0], lw=2, label="best so far")
+    ax.plot(steps[:-1], values[:-1], "o", color=ROUND_COLOURS[0], ms=4)
+    for step, round_number in history.round_starts:
+        if round_number > 1:
+            ax.axvline(step, color=_colour(round_number), ls="--", lw=1)
+            ax.text(
+                step,
+                1.0,
+                f" round {round_number}",
+                transform=ax.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color=_colour(round_number),
+            )
+    ax.set_xlim(0, max(spent, 1))
+    ax.set_xlabel("epochs spent (every trial's, so far)")
+    ax.set_ylabel(f"best {history.metric} (trials trained in full)")
+    ax.set_title(f"{history.name}: the search converging")
+    ax.grid(True, alpha=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

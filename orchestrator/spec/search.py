@@ -15,6 +15,8 @@ DEFAULT_SAMPLES_PER_POINT = 16  # random: trials per grid point; zoom: per round
 DEFAULT_ZOOM_ROUNDS = 3
 DEFAULT_KEEP_TOP = 0.25
 DEFAULT_MARGIN = 0.1
+DEFAULT_EXPLORE = 0.25  # measured: bench/search_bench.py (docs/performance.md)
+DEFAULT_KEEP_FROM = "sweep"
 
 
 class TpeSpec(StrictModel):
@@ -147,6 +149,29 @@ class SearchSpec(StrictModel):
             json_schema_extra={"default": DEFAULT_MARGIN},
         ),
     ] = None
+    explore: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            lt=1,
+            description=(
+                "zoom: the share of each round after the first that is sampled from the whole "
+                "region instead of the zoomed one, so an optimum the box missed can still be "
+                "found (and moves the box when it ranks among the best). Default 0.25."
+            ),
+            json_schema_extra={"default": DEFAULT_EXPLORE},
+        ),
+    ] = None
+    keep_from: Annotated[
+        Literal["sweep", "round"] | None,
+        Field(
+            description=(
+                "zoom: rank the best trials among every round so far (sweep) or the last "
+                "round only (round), before taking the keep_top of them. Default sweep."
+            ),
+            json_schema_extra={"default": DEFAULT_KEEP_FROM},
+        ),
+    ] = None
     tpe: Annotated[
         TpeSpec | None,
         Field(
@@ -160,7 +185,14 @@ class SearchSpec(StrictModel):
 
     @model_validator(mode="after")
     def _zoom_fields_only_for_zoom(self) -> SearchSpec:
-        zoom_fields = {"rounds", "trials_per_round", "keep_top", "margin"} & self.model_fields_set
+        zoom_fields = {
+            "rounds",
+            "trials_per_round",
+            "keep_top",
+            "margin",
+            "explore",
+            "keep_from",
+        } & self.model_fields_set
         if self.strategy != "zoom" and zoom_fields:
             raise ValueError(
                 f"{', '.join(sorted(zoom_fields))} only apply to strategy: zoom "
@@ -194,6 +226,12 @@ class SearchSpec(StrictModel):
 
     def margin_value(self) -> float:
         return self.margin if self.margin is not None else DEFAULT_MARGIN
+
+    def explore_value(self) -> float:
+        return self.explore if self.explore is not None else DEFAULT_EXPLORE
+
+    def keep_from_value(self) -> Literal["sweep", "round"]:
+        return self.keep_from if self.keep_from is not None else DEFAULT_KEEP_FROM
 
     def tpe_settings(self) -> TpeSettings | None:
         """The TPE sampler's settings under strategy tpe (defaults where unset), else None."""

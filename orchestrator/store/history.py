@@ -11,6 +11,11 @@ from typing import Any
 
 from orchestrator.trials import Trial
 
+# The parent run's metrics of the search's progress (search/best_so_far.py): the best
+# full-budget objective so far, and the round number, each at the epochs spent (its step).
+BEST_SO_FAR = "best_so_far"
+ROUND_STARTED = "round"
+
 
 @dataclass
 class SweepHistory:
@@ -25,3 +30,7 @@ class SweepHistory:
     trials: list[Trial] = field(default_factory=list)  # by index; run_id set, one metric
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # The parent's best_so_far, (epochs spent, value), and the epochs spent when each round
+    # began, (epochs, round): empty for a sweep logged before caviar recorded them.
+    best_so_far: list[tuple[int, float]] = field(default_factory=list)
+    round_starts: list[tuple[int, int]] = field(default_factory=list)

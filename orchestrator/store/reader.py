@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
-from orchestrator.store.history import SweepHistory
+from orchestrator.store.history import BEST_SO_FAR, ROUND_STARTED, SweepHistory
 from orchestrator.store.uri import absolute_uri, check_reachable
 from orchestrator.trials import Trial, TrialState
 
@@ -92,6 +92,14 @@ def read_sweep(
                     pack=int(tags["caviar.pack"]) if "caviar.pack" in tags else None,
                 )
             )
+        best_so_far = sorted(
+            (int(m.step), float(m.value))
+            for m in client.get_metric_history(parent.info.run_id, BEST_SO_FAR)
+        )
+        round_starts = sorted(
+            (int(m.step), int(m.value))
+            for m in client.get_metric_history(parent.info.run_id, ROUND_STARTED)
+        )
     except MlflowException as error:
         raise TrackingError(f"cannot read the sweep from {uri}: {error.message}") from None
     trials.sort(key=lambda t: t.index)
@@ -108,6 +116,8 @@ def read_sweep(
         trials=trials,
         params=params,
         metrics=dict(parent.data.metrics),
+        best_so_far=best_so_far,
+        round_starts=round_starts,
     )
 
 

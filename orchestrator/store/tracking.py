@@ -249,6 +249,14 @@ class SweepTracker:
             ParentUpdate(dict(params or {}), dict(tags or {}), points, dict(json_artifacts or {}))
         )
 
+    def parent_metric(
+        self, key: str, value: float, step: int, timestamp: float | None = None
+    ) -> None:
+        """Queue one point of a metric of the parent run at ``step`` (``best_so_far`` at the
+        epochs spent); ``timestamp`` in seconds since the epoch, default now."""
+        point = MetricPoint(key, float(value), epoch_ms(timestamp), int(step))
+        self._writer.submit(ParentUpdate({}, {}, (point,), {}))
+
     def log_parent_file(self, local_path: Path, artifact_dir: str) -> None:
         """Upload a file (a report plot) to the parent run, synchronously."""
         assert self.parent_run_id is not None

@@ -73,10 +73,14 @@ def test_parent_records_each_region_and_round_two_lies_inside_round_one(
     assert narrowed
     assert parent.data.params["round1.learning_rate"] == "log[0.0001, 1]"
     assert "round2.learning_rate" in parent.data.params
+    # search.explore (default 0.25): 2 of round 2's 8 trials come from the whole region, the
+    # other 6 from its zoomed box
+    inside = 0
     for child in zoom_sweep["children"]:
         if child.data.tags["caviar.round"] == "2":
             lr = float(child.data.params["learning_rate"])
-            assert second["learning_rate"]["low"] <= lr <= second["learning_rate"]["high"]
+            inside += second["learning_rate"]["low"] <= lr <= second["learning_rate"]["high"]
+    assert 6 <= inside <= 8
 
 
 def test_parent_holds_importance_round_bests_and_report_plots(zoom_sweep: dict[str, Any]) -> None:
@@ -92,8 +96,37 @@ def test_parent_holds_importance_round_bests_and_report_plots(zoom_sweep: dict[s
         "report/report.html",
         "report/objective_vs_parameters.png",
         "report/learning_curves.png",
+        "report/best_so_far.png",
         "report/importance.png",
     } <= artifacts
+
+
+def test_parent_charts_the_search_converging_against_epochs_spent(
+    zoom_sweep: dict[str, Any],
+) -> None:
+    """best_so_far on the parent: one point per improvement, at the epochs spent by then
+    (rising steps, improving values, the last equal to the best full-budget trial); and the
+    epochs spent when each round began."""
+    client, parent = zoom_sweep["client"], zoom_sweep["parent"]
+    points = [
+        (m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "best_so_far")
+    ]
+    assert points, "no best_so_far on the parent"
+    steps, values = zip(*sorted(points), strict=True)
+    assert list(steps) == sorted(set(steps)) and steps[0] > 0
+    assert list(values) == sorted(values)  # val_accuracy: only ever better
+    rounds = sorted(
+        (m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "round")
+    )
+    assert [r for _, r in rounds] == [1.0, 2.0] and rounds[0][0] == 0 < rounds[1][0]
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    full = [
+        c.data.metrics["val_accuracy"] for c in children if c.data.tags["caviar.last_epoch"] == "4"
+    ]
+    assert values[-1] == pytest.approx(max(full))  # the best trial trained in full
 
 
 def test_caviar_report_writes_plots_and_a_self_contained_page(zoom_sweep: dict[str, Any]) -> None:
@@ -103,13 +136,14 @@ def test_caviar_report_writes_plots_and_a_self_contained_page(zoom_sweep: dict[s
         result = run_caviar("report", key, "--out", str(out), cwd=folder)
         assert result.returncode == 0, result.stderr
         page = (out / "report.html").read_text()
-        assert page.count("data:image/png;base64,") == 3
+        assert page.count("data:image/png;base64,") == 4
         # Self-contained: every image inline, no stylesheet, script or frame fetched.
-        assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * 3
+        assert re.findall(r'src="([^"]{0,22})', page) == ["data:image/png;base64,"] * 4
         assert not re.search(r"<(link|script|iframe|object|embed)\b|url\(", page)
         assert zoom_sweep["parent"].info.run_id in page
         assert "learning_rate" in page and "round" in page
-        for png in ("objective_vs_parameters.png", "learning_curves.png", "importance.png"):
+        pngs = ("objective_vs_parameters.png", "learning_curves.png", "best_so_far.png")
+        for png in (*pngs, "importance.png"):
             assert (out / png).stat().st_size > 10_000
 
 

@@ -78,8 +78,10 @@ PLANS = {  # rounds, samples per point
 def _plan(strategy: str) -> RoundPlan:
     rounds, per_point = PLANS[strategy]
     tpe = TpeSettings(n_startup_trials=6) if strategy == "tpe" else None
+    # zoom as a spec sets it by default: a share explored, the best kept from the whole sweep
+    zoom = {"explore": 0.34, "keep_from": "sweep"} if strategy == "zoom" else {}
     return RoundPlan(
-        rounds, per_point, 5, 0.34, 0.1, "val_accuracy", "max", MILESTONES, BUDGET, tpe
+        rounds, per_point, 5, 0.34, 0.1, "val_accuracy", "max", MILESTONES, BUDGET, tpe, **zoom
     )
 
 

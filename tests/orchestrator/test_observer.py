@@ -155,3 +155,31 @@ def test_a_journal_that_cannot_be_written_halts_the_sweep_and_records_nothing_mo
     assert isinstance(observer.halted(), JournalWriteError)
     assert "is full" in str(observer.halted())
     assert observer.records == {}  # what could not be journaled reached nothing else
+
+
+def test_the_parent_logs_the_best_so_far_against_epochs_spent(tmp_path: Path) -> None:
+    """best_so_far on the parent: a point whenever a full-budget trial beats the best, at the
+    epochs every trial has trained by then; stopped-early and worse trials add none."""
+    observer, searcher, tracker = _observer(tmp_path)
+    try:
+        trials = [_trial(t, searcher.suggest(t)) for t in ("a", "b", "c")]
+        for trial in trials:
+            observer.on_trial_start(0, [], trial)
+        curves = {"a": [0.5, 0.6, 0.7, 0.8], "b": [0.9, 0.95], "c": [0.4, 0.5, 0.6, 0.85]}
+        for trial in trials:
+            for epoch, value in enumerate(curves[trial.trial_id], start=1):
+                observer.on_trial_result(0, [], trial, {"epoch": epoch, "val_accuracy": value})
+            observer.on_trial_complete(0, [], trial)
+        tracker.flush()
+        parent = tracker.parent_run_id
+    finally:
+        tracker.close()
+        live.unregister("obs")
+    client = MlflowClient(tracker.uri)
+    points = [(m.step, m.value) for m in client.get_metric_history(parent, "best_so_far")]
+    # a: full, 0.8 once 4 epochs were spent; b: stopped at 2 with 0.95 (never the best);
+    # c: full and better, once all 10 were spent
+    assert points == [(4, 0.8), (10, 0.85)]
+    rounds = [(m.step, m.value) for m in client.get_metric_history(parent, "round")]
+    assert rounds == [(0, 1.0)]
+    assert observer.best_so_far.spent == 10

@@ -61,3 +61,65 @@ def test_searcher_state_survives_pickling_without_its_listener() -> None:
     searcher.suggest("t0")
     clone = pickle.loads(pickle.dumps(searcher))
     assert clone.on_round is None and clone.index_of == {"t0": 0}
+
+
+def _zoom_plan(rounds: int, per_round: int, explore: float, keep_from: str) -> RoundPlan:
+    return RoundPlan(
+        rounds, per_round, 7, 0.25, 0.1, "val_accuracy", "max", (1, 2, 4), 4,
+        explore=explore, keep_from=keep_from,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _run_round(searcher: RoundSearcher, start: int, count: int, score: object) -> list[dict]:
+    """Suggest ``count`` trials and complete each at the full budget with ``score(config)``."""
+    configs = {f"t{start + i}": searcher.suggest(f"t{start + i}") for i in range(count)}
+    for trial_id, config in configs.items():
+        searcher.on_trial_complete(trial_id, {"epoch": 4, "val_accuracy": score(config)})  # type: ignore[operator]
+    return list(configs.values())
+
+
+def test_zoom_explores_a_share_of_each_later_round_in_the_whole_region() -> None:
+    """explore 0.25 of 16: 4 trials of round 2 come from the whole region (seeded), 12 from
+    the zoomed box; without explore all 16 are in the box."""
+    rounds: list[SearchSpace] = []
+    for explore, expected_outside in ((0.25, 4), (0.0, 0)):
+        rounds.clear()
+        searcher = RoundSearcher(
+            SPACE, _zoom_plan(2, 16, explore, "round"), on_round=lambda r, s, n: rounds.append(s)
+        )
+        _run_round(searcher, 0, 16, lambda c: -abs(c["learning_rate"] - 0.01))
+        second = _run_round(searcher, 16, 16, lambda c: 0.5)
+        box = rounds[1].domains[0]
+        outside = [c for c in second if not box.low <= c["learning_rate"] <= box.high]
+        inside = [c for c in second if box.low <= c["learning_rate"] <= box.high]
+        # An explored draw may land inside the box by chance; the box's own draws never leave it.
+        assert len(outside) <= expected_outside and len(inside) >= 16 - expected_outside
+        assert len(outside) >= (1 if expected_outside else 0)
+        assert (box.low, box.high) != (1e-4, 1.0)
+
+
+def _into(rounds: list[SearchSpace]):  # noqa: ANN202
+    return lambda number, space, notes: rounds.append(space)
+
+
+def _better_above(high: float):  # noqa: ANN202
+    return lambda config: 0.99 if config["learning_rate"] > high else 0.1
+
+
+def test_zoom_kept_from_the_sweep_can_move_the_box_to_an_explored_optimum() -> None:
+    """Round 1 finds its best near 1e-4; explored trials of round 2 above its box are better.
+    Kept from the whole sweep, round 3's box moves to hold it (outside round 2's box); kept from
+    the round, it narrows round 2's box, which cannot hold it."""
+    for keep_from, moves in (("sweep", True), ("round", False)):
+        rounds: list[SearchSpace] = []
+        searcher = RoundSearcher(SPACE, _zoom_plan(3, 16, 0.25, keep_from), on_round=_into(rounds))
+        _run_round(searcher, 0, 16, lambda c: 0.5 - c["learning_rate"])  # best: the smallest
+        second = {f"t{16 + i}": searcher.suggest(f"t{16 + i}") for i in range(16)}
+        far = _better_above(rounds[1].domains[0].high)
+        assert any(far(c) > 0.5 for c in second.values())  # an explored draw above the box
+        for trial_id, config in second.items():
+            searcher.on_trial_complete(trial_id, {"epoch": 4, "val_accuracy": far(config)})
+        searcher.suggest("t32")
+        box3 = rounds[2].domains[0]
+        best = max(second.values(), key=far)
+        assert (box3.low <= best["learning_rate"] <= box3.high) is moves, keep_from
