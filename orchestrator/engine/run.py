@@ -36,7 +36,7 @@ from orchestrator.engine.observer import SweepObserver
 from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.scheduler import HalvingScheduler
-from orchestrator.engine.searcher import build_searcher, concurrent_slots
+from orchestrator.engine.search_setup import build_searcher, concurrent_slots
 from orchestrator.engine.trial_actor import MEMBER_FILE, CaviarTrainable, load_trial_state
 from orchestrator.engine.trial_choice import NewestFirstFIFO
 from orchestrator.environment import apply_environment_defaults

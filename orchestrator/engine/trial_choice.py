@@ -12,7 +12,8 @@ actor processes instead of 2, one trial running at a time, the sweep twice as lo
 
 Choosing the newest waiting trial gives the warm actor to a trial whose own actor is only
 queued for resources (nothing started, nothing lost), and the starting actor keeps its trial.
-It needs a second waiting trial, which :func:`orchestrator.engine.searcher.live_trials` provides.
+It needs a second waiting trial, which
+:func:`orchestrator.engine.search_setup.live_trials` provides.
 
 The cost is order, not work: a trial that waits while newer ones take the warm actors would
 wait until no newer trial waits, the end of its round. So a trial waiting longer than

@@ -3,12 +3,9 @@
 The Tree-structured Parzen Estimator is the sampler every peer offers; caviar does not
 reimplement it. What caviar adds is what the sampler is shown:
 
-- **caviar's coordinates.** Each range is searched where its scale is uniform (``space.py``):
-  a ``log`` range as log10 x, a ``log1m`` range as log10(1 - x) (Optuna has no such scale),
-  a ``linear`` range as x. Integers are Optuna's integers, whose bins are caviar's (each
-  integer owns the interval from half a unit below to half above, on the log scale for a
-  ``log`` integer). Categoricals are categoricals; a grid parameter is a categorical fixed to
-  the trial's grid point.
+- **caviar's coordinates** (``tpe_space.py``): each range where its scale is uniform (log10 x,
+  log10(1 - x), x), integers as integers, choices as categoricals; a grid parameter is a
+  categorical fixed to the trial's grid point.
 - **Early-stopped trials.** With ASHA most trials stop early, and a value after 2 epochs is
   not a value after 27. The sampler ranks at one budget, chosen by BOHB's rule: the deepest
   milestone (rung epoch, or the full budget) at which at least ``n_min`` trials have a value,
@@ -58,14 +55,10 @@ from typing import Any, Literal
 import numpy as np
 
 from orchestrator.search.space import (
-    ChoiceDomain,
-    GridDomain,
-    RangeDomain,
     Scalar,
     SearchSpace,
-    from_transformed,
-    to_transformed,
 )
+from orchestrator.search.tpe_space import TpeCoordinates, single_valued
 from orchestrator.trials import TrialState
 
 # How a trial is shown to the sampler at the chosen milestone (see the module docstring).
@@ -128,11 +121,12 @@ class TpeProposer:
         self.metric = metric
         self.mode = mode
         self.milestones = tuple(sorted(int(m) for m in milestones))
-        self.distributions = optuna_distributions(space)
+        self.coords = TpeCoordinates(space)
+        self.distributions = self.coords.distributions
         sampled = {d.name for d in space.sampled}
         # The shape fields this sweep samples: a pack proposes them once (module docstring).
         self.shape = tuple(name for name in self.distributions if name in set(shape) & sampled)
-        searched = sum(1 for d in space.sampled if not _single(d))
+        searched = sum(1 for d in space.sampled if not single_valued(d))
         self.n_min = max(settings.n_startup_trials, searched + 1)
         self.records: dict[int, _Record] = {}
         self.packs: dict[int, dict[str, Any]] = {}  # first index -> the pack's shape values
@@ -157,7 +151,7 @@ class TpeProposer:
         imposed (the trial's grid point). The trial is then pending."""
         fixed = dict(fixed or {})
         proposed = self._ask(proposal_seed(self.seed, index), self.distributions, fixed)
-        config = self._config_from(proposed)
+        config = self.coords.config(proposed)
         config.update({name: value for name, value in fixed.items() if name in config})
         self._add(index, config)
         return config
@@ -169,7 +163,7 @@ class TpeProposer:
             raise ValueError(f"pack {first} is already known to the sampler")
         shape_space = {name: self.distributions[name] for name in self.shape}
         proposed = self._ask(proposal_seed(self.seed, first, 1), shape_space, {})
-        values = {name: self._caviar_value(name, proposed[name]) for name in self.shape}
+        values = {name: self.coords.value(name, proposed[name]) for name in self.shape}
         self._add_pack(first, values)
         return dict(values)
 
@@ -181,7 +175,7 @@ class TpeProposer:
         fixed = dict(fixed or {})
         rest = {n: d for n, d in self.distributions.items() if n not in self.shape}
         proposed = self._ask(proposal_seed(self.seed, index), rest, fixed)
-        config = self._config_from({**proposed, **self._shape_params(pack)})
+        config = self.coords.config({**proposed, **self._shape_params(pack)})
         config.update(self.packs[pack])  # the shape's own values, not a round trip of them
         config.update({name: value for name, value in fixed.items() if name in config})
         self._add(index, config, pack)
@@ -204,7 +198,7 @@ class TpeProposer:
 
         study = self._synced_study()
         multivariate = self.settings.multivariate
-        pinned = {n: self._optuna_value(n, v) for n, v in fixed.items() if n in distributions}
+        pinned = {n: self.coords.param(n, v) for n, v in fixed.items() if n in distributions}
         with warnings.catch_warnings():  # group and PartialFixedSampler are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             tpe = optuna.samplers.TPESampler(
@@ -230,7 +224,7 @@ class TpeProposer:
 
         Raises ``ValueError`` naming the parameter when the configuration is not one this
         space could propose (the spec changed since the journal was written)."""
-        problem = self.misfit(config)
+        problem = self.coords.misfit(config)
         if problem:
             raise ValueError(problem)
         if pack is not None and not self.shape:
@@ -283,23 +277,7 @@ class TpeProposer:
 
     def misfit(self, config: Mapping[str, Any]) -> str | None:
         """Why ``config`` is not a configuration of this space (None when it is)."""
-        for domain in self.space.domains:
-            if domain.name not in config:
-                return f"it has no value for {domain.name!r}"
-            value = config[domain.name]
-            if isinstance(domain, RangeDomain):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    return f"{domain.name}={value!r} is not a number"
-                if not domain.low <= float(value) <= domain.high:
-                    return f"{domain.name}={value!r} is outside {domain.describe()}"
-                if domain.integer and float(value) != int(value):
-                    return f"{domain.name}={value!r} is not a whole number"
-            elif _choice_index(domain.values, value) is None:
-                return f"{domain.name}={value!r} is not one of {list(domain.values)}"
-        for name, value in self.space.fixed.items():
-            if name in config and repr(config[name]) != repr(value):
-                return f"{name}={config[name]!r}, but the spec fixes it to {value!r}"
-        return None
+        return self.coords.misfit(config)
 
     def study(self) -> Any:
         """The Optuna study the next proposal is made from, up to date with the records
@@ -441,12 +419,12 @@ class TpeProposer:
             self._handles[index] = self._enter(self._trial_params(index), RUNNING)
 
     def _shape_params(self, first: int) -> dict[str, Any]:
-        return self._optuna_params(self.packs[first])
+        return self.coords.params(self.packs[first])
 
     def _trial_params(self, index: int) -> dict[str, Any]:
         """A trial's study parameters: a pack member's lack the shape (its pack has them)."""
         record = self.records[index]
-        params = self._optuna_params(record.config)
+        params = self.coords.params(record.config)
         if record.pack is not None:
             params = {n: v for n, v in params.items() if n not in self.shape}
         return params
@@ -484,67 +462,6 @@ class TpeProposer:
                 handle.report(encoding[2], encoding[1])
             self._study.tell(handle, state=optuna.trial.TrialState.PRUNED)
 
-    # --- caviar values <-> Optuna parameters -------------------------------------------
-
-    def _optuna_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            d.name: self._optuna_value(d.name, config[d.name])
-            for d in self.space.domains
-            if d.name in config
-        }
-
-    def _optuna_value(self, name: str, value: Any) -> Any:
-        domain = self._domain(name)
-        if isinstance(domain, RangeDomain):
-            if domain.integer:
-                return int(value)
-            low, high = domain.bounds_transformed()
-            return min(high, max(low, float(to_transformed(domain.scale, float(value)))))
-        index = _choice_index(domain.values, value)
-        if index is None:
-            raise ValueError(f"{name}={value!r} is not one of {list(domain.values)}")
-        return domain.values[index]
-
-    def _config_from(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        config: dict[str, Any] = dict(self.space.fixed)
-        for domain in self.space.domains:
-            config[domain.name] = self._caviar_value(domain.name, params[domain.name])
-        return config
-
-    def _caviar_value(self, name: str, param: Any) -> Any:
-        """An Optuna parameter back in caviar's terms (x from log10 x, an int, a choice)."""
-        domain = self._domain(name)
-        if isinstance(domain, RangeDomain) and not domain.integer:
-            x = float(from_transformed(domain.scale, float(param)))
-            return min(domain.high, max(domain.low, x))  # round-off at the ends
-        if isinstance(domain, RangeDomain):
-            return int(param)
-        return param
-
-    def _domain(self, name: str) -> RangeDomain | ChoiceDomain | GridDomain:
-        for domain in self.space.domains:
-            if domain.name == name:
-                return domain
-        raise KeyError(f"{name!r} is not a parameter of the search space")
-
-
-def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
-    """Each parameter as an Optuna distribution in caviar's coordinate (module docstring)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out: dict[str, Any] = {}
-    for domain in space.domains:
-        if isinstance(domain, RangeDomain) and domain.integer:
-            out[domain.name] = IntDistribution(
-                int(domain.low), int(domain.high), log=domain.scale == "log"
-            )
-        elif isinstance(domain, RangeDomain):
-            low, high = domain.bounds_transformed()
-            out[domain.name] = FloatDistribution(low, high)
-        else:
-            out[domain.name] = CategoricalDistribution(list(domain.values))
-    return out
-
 
 def proposal_seed(seed: int, index: int, kind: int = 0) -> int:
     """The sampler seed of trial ``index``'s proposal (``kind`` 1: its pack's shape): fixed by
@@ -569,20 +486,6 @@ def _plain(values: Mapping[str, Any]) -> str:
 
 def _is_bad(record: _Record) -> bool:
     return record.diverged or record.ended in (TrialState.DIVERGED, TrialState.FAILED)
-
-
-def _single(domain: RangeDomain | ChoiceDomain) -> bool:
-    if isinstance(domain, RangeDomain):
-        return domain.low == domain.high
-    return len(domain.values) <= 1
-
-
-def _choice_index(values: Sequence[Scalar], value: Any) -> int | None:
-    """The position of ``value`` among ``values``, by its printed form (1 is not True)."""
-    for index, candidate in enumerate(values):
-        if repr(candidate) == repr(value):
-            return index
-    return None
 
 
 def _finite(value: Any) -> float | None:

@@ -23,7 +23,8 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.engine.scheduler import HalvingScheduler
-from orchestrator.engine.searcher import RoundPlan, RoundSearcher
+from orchestrator.engine.searcher import RoundSearcher
+from orchestrator.search.plan import RoundPlan
 from orchestrator.search.space import ChoiceDomain, GridDomain, RangeDomain, SearchSpace
 from orchestrator.search.tpe import TpeSettings
 from orchestrator.store.journal import RESUME_FROM, Journal, read_journal

@@ -14,7 +14,8 @@ import pytest
 from ray.tune.search import Searcher
 
 from orchestrator.engine.scheduler import HalvingScheduler
-from orchestrator.engine.searcher import ReplayError, RoundPlan, RoundSearcher
+from orchestrator.engine.searcher import ReplayError, RoundSearcher
+from orchestrator.search.plan import RoundPlan
 from orchestrator.search.space import RangeDomain, SearchSpace
 from orchestrator.store.journal import (
     RESUME_FROM,

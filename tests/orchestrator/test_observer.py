@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 from orchestrator.engine import live
 from orchestrator.engine.observer import SweepObserver
 from orchestrator.engine.progress import ProgressLine
-from orchestrator.engine.searcher import RoundPlan, RoundSearcher
+from orchestrator.engine.searcher import RoundSearcher
+from orchestrator.search.plan import RoundPlan
 from orchestrator.search.space import RangeDomain, SearchSpace
 from orchestrator.store.tracking import SweepTracker
 

@@ -12,7 +12,8 @@ import pytest
 from scipy.stats import ks_2samp
 
 from orchestrator.engine.packs import PACKS_PER_SLOT, packer_for
-from orchestrator.engine.searcher import RoundSearcher, round_plan
+from orchestrator.engine.search_setup import round_plan
+from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.search.packing import Packer, pack_round
 from orchestrator.search.space import sample_configs
 from orchestrator.spec import SweepSpec, parse_spec

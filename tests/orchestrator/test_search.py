@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ray.tune.search import Searcher
 
-from orchestrator.engine.searcher import RoundPlan, RoundSearcher
+from orchestrator.engine.searcher import RoundSearcher
+from orchestrator.search.plan import RoundPlan
 from orchestrator.search.space import RangeDomain, SearchSpace, sample_configs
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})

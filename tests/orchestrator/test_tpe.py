@@ -28,8 +28,10 @@ from scipy.stats import kstest
 
 from orchestrator.engine import live
 from orchestrator.engine.packs import packer_for
-from orchestrator.engine.searcher import ReplayError, RoundPlan, RoundSearcher, round_plan
+from orchestrator.engine.search_setup import round_plan
+from orchestrator.engine.searcher import ReplayError, RoundSearcher
 from orchestrator.search.packing import Packer
+from orchestrator.search.plan import RoundPlan
 from orchestrator.search.space import (
     ChoiceDomain,
     GridDomain,
@@ -38,7 +40,8 @@ from orchestrator.search.space import (
     sample_configs,
     to_transformed,
 )
-from orchestrator.search.tpe import TpeProposer, TpeSettings, optuna_distributions
+from orchestrator.search.tpe import TpeProposer, TpeSettings
+from orchestrator.search.tpe_space import optuna_distributions
 from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.store.journal import read_journal
 from orchestrator.trials import MEMBER_LAST, MEMBER_RESULTS, PACK_MEMBERS, Trial, TrialState

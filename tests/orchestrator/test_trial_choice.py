@@ -9,7 +9,7 @@ from ray.tune.experiment import Trial
 
 from orchestrator.engine import trial_choice
 from orchestrator.engine.scheduler import HalvingScheduler
-from orchestrator.engine.searcher import live_trials
+from orchestrator.engine.search_setup import live_trials
 from orchestrator.engine.trial_choice import PASSED_OVER_LIMIT_S, NewestFirstFIFO
 
 
