@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a sweep began, or a second Ctrl-C while one cleans up
         _exit_at_once_on_another_signal()
         if args.command == "run":
-            from orchestrator.cluster.resume import resume_command
+            from orchestrator.resume import resume_command
 
             print(
                 "\ncaviar: stopped at once; every trial result is in the sweep's journal, and "

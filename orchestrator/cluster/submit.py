@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from orchestrator.cluster.resume import RESUME_VARIABLE
 from orchestrator.errors import CaviarError, Problem, SpecError
+from orchestrator.resume import RESUME_VARIABLE
 from orchestrator.spec import SweepSpec, load_spec
 
 if TYPE_CHECKING:

@@ -5,30 +5,40 @@ for one epoch at a time, holds the trainable's session (on the GPU Ray gives it,
 asks for one) and the data, converted to tensors once. :class:`RayTrainer` is the driver's
 side: the same calls as ``orchestrator.panda.trainer.Trainer``, each a round trip. Ray is
 joined in ``RAY_ADDRESS`` or started on loopback as for a sweep (``raystart``).
+
+The engine sits below panda, so the trainer the worker holds is handed in (``make_local``,
+panda's ``LocalTrainer``, pickled by reference and imported on the worker), never imported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ray
 import torch
 
 from orchestrator.engine import raystart
-from orchestrator.panda.trainer import LocalTrainer
 from trainables import DataSplits
+
+# (data, trainable, search path, device) -> the trainer in the worker: panda's LocalTrainer.
+LocalTrainerFactory = Callable[[DataSplits, str, tuple[str, ...], torch.device], Any]
 
 
 @ray.remote
 class PandaWorker:
-    """Holds the session's model; every method is a ``LocalTrainer`` call."""
+    """Holds the session's model; every method is a call of the trainer ``make_local`` built."""
 
     def __init__(
-        self, data: DataSplits, trainable: str, search_path: tuple[str, ...], cpus: float
+        self,
+        make_local: LocalTrainerFactory,
+        data: DataSplits,
+        trainable: str,
+        search_path: tuple[str, ...],
+        cpus: float,
     ) -> None:
         torch.set_num_threads(max(1, int(cpus)))
-        self._trainer = LocalTrainer(data, trainable, search_path, _device())
+        self._trainer = make_local(data, trainable, search_path, _device())
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self._trainer, method)(*args)
@@ -39,6 +49,7 @@ class RayTrainer:
 
     def __init__(
         self,
+        make_local: LocalTrainerFactory,
         data: DataSplits,
         trainable: str,
         search_path: tuple[str, ...] = (),
@@ -47,7 +58,7 @@ class RayTrainer:
     ) -> None:
         self._owns_ray = raystart.ensure_ray()
         self._actor = PandaWorker.options(num_cpus=cpus, num_gpus=gpus).remote(
-            data, trainable, search_path, cpus
+            make_local, data, trainable, search_path, cpus
         )
 
     def _call(self, method: str, *args: Any) -> Any:

@@ -15,11 +15,10 @@ import secrets
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +28,6 @@ import ray
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.cluster.resume import resume_command
 from orchestrator.engine import live, raystart
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
@@ -41,6 +39,7 @@ from orchestrator.engine.trial_actor import MEMBER_FILE, CaviarTrainable, load_t
 from orchestrator.engine.trial_choice import NewestFirstFIFO
 from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import SweepHalted, SweepInterrupted
+from orchestrator.resume import resume_command
 from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.zoom import region_as_dict
@@ -54,7 +53,8 @@ from orchestrator.store.markers import (
     write_marker,
 )
 from orchestrator.store.sweep_lock import sweep_lock
-from orchestrator.store.tracking import SweepTracker, model_code_paths, ui_command
+from orchestrator.store.tracking import SweepTracker, model_code_paths
+from orchestrator.sweep_result import SweepResult
 from orchestrator.trials import FINAL_STATES, Trial, trial_key
 from trainables import DataSplits, TensorSplits, get_trainable
 
@@ -75,51 +75,6 @@ logging.getLogger("ray.train._internal.syncer").setLevel(logging.CRITICAL)
 TOP_TRIALS_COMPARED = 5  # the summary's compare link shows this many of the best trials
 MEMBERS_DIR = "members"  # a stopped pack member's state, saved as it leaves its pack
 TIMEOUTS_DIR = "timeouts"  # notes of the trials whose epoch ran past epoch_timeout_s
-
-
-@dataclass
-class SweepResult:
-    """What a finished sweep produced; everything the summary prints comes from here."""
-
-    name: str
-    sweep_id: str
-    experiment: str
-    tracking_uri: str
-    parent_run_id: str
-    storage_dir: Path
-    experiment_id: str
-    metric: str
-    mode: str
-    records: list[Trial]
-    wall_seconds: float
-    best: Trial | None = None
-    best_run_id: str | None = None
-    test_accuracy: float | None = None
-    test_loss: float | None = None
-    model_uri: str | None = None
-    undelivered: list[str] = field(default_factory=list)
-    importance: dict[str, float] = field(default_factory=dict)
-    best_by_round: dict[int, tuple[int, float | None]] = field(default_factory=dict)
-    median_by_round: dict[int, float] = field(default_factory=dict)
-    # MLflow run ids of the best-ranked trials, best first (the UI's compare view).
-    ranked_run_ids: list[str] = field(default_factory=list)
-    status: str = "FAILED"  # the parent run's end: FINISHED, KILLED (interrupted) or FAILED
-    # run_sweep(draw_later=True): draws the report's plots and page onto the parent run
-    # (its optional argument: where a failure is told, instead of the sweep's stream).
-    draw_report: Callable[..., None] | None = None
-
-    @property
-    def counts(self) -> dict[str, int]:
-        counted = Counter(r.state for r in self.records)
-        return {outcome: counted.get(outcome, 0) for outcome in FINAL_STATES}
-
-    @property
-    def epochs_trained(self) -> int:
-        return sum(r.epochs for r in self.records)
-
-    @property
-    def ui_command(self) -> str:
-        return ui_command(self.tracking_uri)
 
 
 def run_sweep(
@@ -236,7 +191,7 @@ class SweepPlace:
 
 def _storage_root(spec: SweepSpec) -> Path:
     """The folder of every sweep of this spec's name (and of their lock)."""
-    return (Path(storage_path(spec)) / spec.name).resolve()
+    return (Path(spec.storage_path()) / spec.name).resolve()
 
 
 def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
@@ -479,17 +434,6 @@ def _report(
                 print(note, file=stream)
 
     return draw
-
-
-def storage_path(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> str:
-    """The spec's ``storage.path`` if it sets one, else ``$CAVIAR_STORAGE_PATH``, else the default.
-
-    On a multi-node cluster every node writes checkpoints the driver reads back, so they must
-    land on a volume all nodes share; the cluster names it in ``CAVIAR_STORAGE_PATH``.
-    """
-    if "path" in spec.storage.model_fields_set:
-        return spec.storage.path
-    return environ.get("CAVIAR_STORAGE_PATH") or spec.storage.path
 
 
 def _fit(sweep: Sweep) -> None:

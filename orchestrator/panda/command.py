@@ -8,7 +8,6 @@ parent run, status), the journal, the command file and the checkpoints. The MLfl
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 import time
@@ -22,7 +21,13 @@ from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import SweepInterrupted
 from orchestrator.panda.changes import PandaError, check_changes
 from orchestrator.panda.checkpoints import CheckpointStore
-from orchestrator.panda.control import PANDA_DIR, Command, find_session, send, session_roots
+from orchestrator.panda.control import (
+    Command,
+    find_session,
+    send,
+    session_roots,
+    storage_root,
+)
 from orchestrator.panda.control import wait_for_answer as _wait
 from orchestrator.panda.record import read_session
 from orchestrator.panda.start import initial_config
@@ -56,21 +61,18 @@ class PandaResult:
     model_uri: str | None = None  # the final model, logged on the session's parent run
 
 
-def storage_root(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the spec's panda sessions live (``storage.path``'s rule, as for sweeps)."""
-    if "path" in spec.storage.model_fields_set:
-        base = spec.storage.path
-    else:
-        base = environ.get("CAVIAR_STORAGE_PATH") or spec.storage.path
-    return (Path(base) / spec.name / PANDA_DIR).resolve()
-
-
 def ray_trainer(spec: SweepSpec, data: Any, spec_dir: Path | None) -> Trainer:
     from orchestrator.engine.panda_actor import RayTrainer
+    from orchestrator.panda.trainer import LocalTrainer
 
     path = (str(spec_dir.resolve()),) if spec_dir is not None else ()
     return RayTrainer(
-        data, spec.trainable, path, spec.resources.cpus_per_trial, spec.resources.gpus_per_trial
+        LocalTrainer,
+        data,
+        spec.trainable,
+        path,
+        spec.resources.cpus_per_trial,
+        spec.resources.gpus_per_trial,
     )
 
 

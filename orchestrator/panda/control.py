@@ -20,9 +20,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.markers import SweepMarker, read_marker
+
+if TYPE_CHECKING:
+    from orchestrator.spec import SweepSpec
 
 COMMANDS = "commands.jsonl"
 PANDA_DIR = "panda"  # under <storage>/<spec name>/
@@ -119,6 +122,11 @@ def wait_for_answer(journal: Path, command_id: str, timeout_s: float) -> dict[st
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.1)
+
+
+def storage_root(spec: SweepSpec) -> Path:
+    """Where the spec's panda sessions live (beside its sweeps, ``storage.path``'s rule)."""
+    return (Path(spec.storage_path()) / spec.name / PANDA_DIR).resolve()
 
 
 def session_roots(extra: Iterable[Path] = ()) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from orchestrator.panda.changes import PandaError
-from orchestrator.panda.command import storage_root
+from orchestrator.panda.control import storage_root
 from orchestrator.panda.trainer import encode
 from orchestrator.spec import SweepSpec, parse_spec_text
 from orchestrator.store.journal import JOURNAL, read_journal

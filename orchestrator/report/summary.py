@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from orchestrator.engine.run import SweepResult
 from orchestrator.report.page import format_value
 from orchestrator.report.ui_links import sweep_links, text_lines, ui_base
+from orchestrator.store.uri import ui_command
+from orchestrator.sweep_result import SweepResult
 from orchestrator.trials import Trial, trial_key
 
 
@@ -72,7 +73,7 @@ def format_summary(result: SweepResult) -> str:
     lines += [
         f"  MLflow:          experiment {result.experiment!r}, parent run {result.parent_run_id}",
         f"                   store {result.tracking_uri}",
-        f"  open the UI:     {result.ui_command}",
+        f"  open the UI:     {ui_command(result.tracking_uri)}",
         *_link_lines(result),
         f"  Ray results:     {result.storage_dir}",
     ]
@@ -87,6 +88,6 @@ def _link_lines(result: SweepResult) -> list[str]:
     """Direct links past the UI's GenAI landing page: the runs table and the best trials."""
     if not result.experiment_id:
         return []
-    base = ui_base(result.tracking_uri, result.ui_command)
+    base = ui_base(result.tracking_uri, ui_command(result.tracking_uri))
     links = sweep_links(base, result.experiment_id, result.ranked_run_ids)
     return text_lines(links, indent="  ")

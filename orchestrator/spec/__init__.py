@@ -3,8 +3,8 @@ downstream re-validates raw dicts.
 
 One concept per module: the sections (``parameters``, ``data_sources``, ``search``,
 ``scheduler``, ``objective``, ``resources``, ``tracking``, ``storage``, ``panda``) on a strict
-base (``base``); the sweep that holds them (``sweep``) and the checks that span them
-(``checks``); the one parse boundary (``parse``, with ``problems`` turning pydantic's errors
+base (``base``); the sweep that holds them and checks what spans them (``sweep``); the one
+parse boundary (``parse``, with ``problems`` turning pydantic's errors
 into paths); ``caviar schema`` (``schema``). ``data`` resolves the data a spec names against
 its folder and reads it once, on the driver. The public names are re-exported here.
 """

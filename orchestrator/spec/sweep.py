@@ -2,7 +2,8 @@
 
 Every section is its own model (``parameters``, ``data_sources``, ``search``, ``scheduler``,
 ``objective``, ``resources``, ``tracking``, ``storage``, ``panda``); the checks that span
-sections are ``checks``; turning a file or a mapping into a ``SweepSpec`` is ``parse``.
+sections are here too (they run inside its validation, so ``caviar validate`` lists them with
+pydantic's own problems); turning a file or a mapping into a ``SweepSpec`` is ``parse``.
 """
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, model_validator
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import Problem, SpecError
 from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, SearchSpace
 from orchestrator.spec.base import StrictModel
-from orchestrator.spec.checks import cross_section_problems
 from orchestrator.spec.data_sources import BundledData, DataSpec
 from orchestrator.spec.objective import ObjectiveSpec
 from orchestrator.spec.panda import PandaSpec
-from orchestrator.spec.parameters import Parameter
+from orchestrator.spec.parameters import Parameter, RangeParameter
+from orchestrator.spec.problems import pydantic_message
 from orchestrator.spec.resources import ResourcesSpec
 from orchestrator.spec.scheduler import AshaScheduler, SchedulerSpec
 from orchestrator.spec.search import SearchSpec
@@ -126,6 +128,16 @@ class SweepSpec(StrictModel):
     def tracking_uri(self, environ: Mapping[str, str] = os.environ) -> str:
         return self.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
+    def storage_path(self, environ: Mapping[str, str] = os.environ) -> str:
+        """``storage.path`` if the spec sets it, else ``$CAVIAR_STORAGE_PATH``, else the default.
+
+        On a multi-node cluster every node writes checkpoints the driver reads back, so they
+        must land on a volume all nodes share; the cluster names it in ``CAVIAR_STORAGE_PATH``.
+        """
+        if "path" in self.storage.model_fields_set:
+            return self.storage.path
+        return environ.get("CAVIAR_STORAGE_PATH") or self.storage.path
+
     def search_space(self) -> SearchSpace:
         """The domains to sample; under ``strategy: grid`` categorical values are enumerated."""
         domains: list[Domain] = []
@@ -194,3 +206,113 @@ def _natural_mode(trainable: str, metric: str) -> Literal["max", "min"]:
 
     mode = get_trainable(trainable).metrics.get(metric, "max")
     return "min" if mode == "min" else "max"
+
+
+# --- the checks that span sections, and those against the trainable the spec names -------
+
+
+def cross_section_problems(spec: SweepSpec, spec_dir: Path | None = None) -> Iterable[Problem]:
+    """Checks that need more than one section; each problem carries the path to fix.
+
+    A trainable named by import path is imported here, the spec's folder first."""
+    from trainables import UnknownTrainableError, get_trainable
+
+    try:
+        definition = get_trainable(spec.trainable, [spec_dir] if spec_dir else [])
+    except UnknownTrainableError as error:
+        yield Problem("trainable", str(error.args[0]) if error.args else str(error))
+        return
+
+    known = set(definition.parameter_names())
+    for section, names in (("space", spec.space), ("fixed", spec.fixed)):
+        for name in names:
+            if name not in known:
+                yield Problem(
+                    f"{section}.{name}",
+                    f"{spec.trainable} has no parameter {name!r}; "
+                    f"its parameters are {', '.join(sorted(known))}",
+                )
+    for name in spec.space:
+        if name in spec.fixed:
+            yield Problem(
+                f"fixed.{name}", "is also in space; a parameter is sampled or fixed, not both"
+            )
+
+    if "epochs" in spec.space:
+        yield Problem(
+            "space.epochs",
+            "the epoch budget is the scheduler's to spend; set scheduler.max_epochs instead",
+        )
+    fixed_epochs = spec.fixed.get("epochs")
+    if (
+        spec.scheduler.max_epochs is not None
+        and fixed_epochs is not None
+        and fixed_epochs != spec.scheduler.max_epochs
+    ):
+        yield Problem(
+            "scheduler.max_epochs",
+            f"is {spec.scheduler.max_epochs} but fixed.epochs is {fixed_epochs}; set only one",
+        )
+    if isinstance(spec.scheduler, AshaScheduler) and spec.scheduler.grace_period > spec.max_epochs:
+        yield Problem(
+            "scheduler.grace_period",
+            f"must be <= max_epochs ({spec.max_epochs}), got {spec.scheduler.grace_period}",
+        )
+
+    if spec.objective.metric not in definition.metrics:
+        yield Problem(
+            "objective.metric",
+            f"{spec.trainable} does not report {spec.objective.metric!r}; "
+            f"choose one of {', '.join(definition.metrics)}",
+        )
+
+    pack_size = spec.resources.pack_size
+    if isinstance(pack_size, int) and pack_size > 1 and definition.packing is None:
+        yield Problem(
+            "resources.pack_size",
+            f"{spec.trainable} cannot be packed (it defines no fused training); "
+            "use pack_size: 1 or auto",
+        )
+
+    if spec.search.strategy == "grid":
+        for name, parameter in spec.space.items():
+            if isinstance(parameter, RangeParameter):
+                yield Problem(
+                    f"space.{name}",
+                    "a range cannot be enumerated by strategy: grid; "
+                    "use grid: [...] or values: [...], or strategy: random",
+                )
+
+    yield from _trainable_config_problems(spec, definition.config_model, known)
+
+
+def _trainable_config_problems(
+    spec: SweepSpec, config_model: type[BaseModel], known: set[str]
+) -> Iterable[Problem]:
+    """Validate fixed values and every range end / listed value against the trainable's config."""
+    fixed = {k: v for k, v in spec.fixed.items() if k in known}
+    base = {**fixed, "epochs": spec.max_epochs}
+    base_errors = _config_errors(config_model, base)
+    for loc, message in base_errors:
+        yield Problem(f"fixed.{loc}" if loc else "fixed", message)
+    if base_errors:
+        return
+    for name, parameter in spec.space.items():
+        if name not in known or name in spec.fixed:
+            continue
+        field = config_model.model_fields.get(name)
+        if isinstance(parameter, RangeParameter) and field is not None:
+            if field.annotation is int and not parameter.integer:
+                yield Problem(f"space.{name}", f"{name} is a whole number; add integer: true")
+                continue
+        for where, value in parameter.corner_values():
+            for _, message in _config_errors(config_model, {**base, name: value}):
+                yield Problem(f"space.{name}.{where}", message)
+
+
+def _config_errors(config_model: type[BaseModel], config: dict[str, Any]) -> list[tuple[str, str]]:
+    try:
+        config_model.model_validate(config)
+    except ValidationError as error:
+        return [(".".join(str(p) for p in e["loc"]), pydantic_message(e)) for e in error.errors()]
+    return []

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cluster.resume import resume_command, submitted
 from orchestrator.errors import CaviarError
+from orchestrator.resume import resume_command, submitted
 
 MARKER = "caviar_sweep.json"
 

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cluster.resume import resume_command
 from orchestrator.errors import CaviarError
+from orchestrator.resume import resume_command
 
 LOCK = ".caviar.lock"
 

@@ -95,13 +95,11 @@ def test_a_relative_storage_path_is_refused_an_absolute_one_is_not() -> None:
 
 
 def test_storage_path_prefers_the_spec_then_the_clusters_shared_volume() -> None:
-    from orchestrator.engine.run import storage_path
-
     shared = {"CAVIAR_STORAGE_PATH": "/shared/caviar_runs"}
-    assert storage_path(parse_spec_text(SPEC), {}) == "caviar_runs"
-    assert storage_path(parse_spec_text(SPEC), shared) == "/shared/caviar_runs"
+    assert parse_spec_text(SPEC).storage_path({}) == "caviar_runs"
+    assert parse_spec_text(SPEC).storage_path(shared) == "/shared/caviar_runs"
     explicit = parse_spec_text(spec_with("storage: {path: /mine}\n"))
-    assert storage_path(explicit, shared) == "/mine"
+    assert explicit.storage_path(shared) == "/mine"
 
 
 # --- the request and the upload ----------------------------------------------------------
@@ -167,7 +165,7 @@ def test_a_resumed_submission_runs_caviar_run_resume_and_every_job_knows_its_res
 
 
 def test_a_submitted_jobs_messages_name_submit_resume_not_run_resume(tmp_path: Path) -> None:
-    from orchestrator.cluster.resume import resume_command
+    from orchestrator.resume import resume_command
     from orchestrator.store.markers import ResumeError, pick_for_resume
     from orchestrator.store.sweep_lock import _running_message
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from orchestrator.engine.run import SweepResult
 from orchestrator.report.summary import format_summary
+from orchestrator.sweep_result import SweepResult
 from orchestrator.trials import Trial, TrialState
 
 RUN_IDS = [f"{i:x}" * 32 for i in (10, 3, 7)]  # best first, as run_sweep ranks them
