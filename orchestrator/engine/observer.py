@@ -25,6 +25,7 @@ from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.engine.trial_actor import TIMEOUT_NOTE
 from orchestrator.errors import CaviarError, SweepHalted
+from orchestrator.store import layout
 from orchestrator.store.journal import RESUME_FROM, Journal, JournalWriteError
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import (
@@ -447,15 +448,15 @@ class SweepObserver(Callback):
         self.records[index] = record
         self._heard[index] = time.monotonic()
         tags = {
-            "caviar.trial_id": trial_key(self.sweep_id, index),
-            "caviar.ray_trial_id": trial_id,  # a pack member's: its pack's
-            "caviar.trial_index": str(index),
-            "caviar.round": str(round_number),
-            "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),
+            layout.TRIAL_ID: trial_key(self.sweep_id, index),
+            layout.RAY_TRIAL_ID: trial_id,  # a pack member's: its pack's
+            layout.TRIAL_INDEX: str(index),
+            layout.ROUND: str(round_number),
+            layout.SAMPLED: ",".join(sorted(k for k in config if k not in self.fixed_names)),
         }
         if pack is not None:
-            tags["caviar.pack"] = str(pack)
-            tags["caviar.pack_size"] = str(pack_size)
+            tags[layout.PACK] = str(pack)
+            tags[layout.PACK_SIZE] = str(pack_size)
         self.tracker.trial_started(
             str(index),
             run_name=f"trial-{index:03d}",
@@ -495,11 +496,11 @@ class SweepObserver(Callback):
     def _end(self, record: Trial, status: str, ended_at: float | None) -> None:
         self._heard.pop(record.index, None)
         record.ended_at = ended_at
-        tags = {"caviar.outcome": str(record.state), "caviar.last_epoch": str(record.epochs)}
+        tags = {layout.OUTCOME: str(record.state), layout.LAST_EPOCH: str(record.epochs)}
         if record.node_id:
-            tags["caviar.node_id"] = record.node_id
+            tags[layout.NODE_ID] = record.node_id
         if record.error:
-            tags["caviar.error"] = record.error
+            tags[layout.ERROR] = record.error
         self.tracker.trial_ended(str(record.index), tags=tags, status=status, ended_at=ended_at)
         self.progress.update(self.records.values())
 
