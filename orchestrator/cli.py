@@ -290,10 +290,11 @@ def _revisit(args: argparse.Namespace) -> int:
     try:
         from orchestrator.panda.command import ray_trainer
         from orchestrator.panda.revisit import format_revisit, revisit
-        from orchestrator.spec import DEFAULT_TRACKING_URI
+        from orchestrator.store.uri import tracking_uri
 
-        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-        result = revisit(args.sweep, args.top, uri, ray_trainer, Path.cwd())
+        result = revisit(
+            args.sweep, args.top, tracking_uri(args.tracking_uri), ray_trainer, Path.cwd()
+        )
     finally:
         raystart.discard()
     print(format_revisit(result))

@@ -26,7 +26,7 @@ from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.engine.trial_actor import TIMEOUT_NOTE
 from orchestrator.errors import CaviarError, SweepHalted
 from orchestrator.search.best_so_far import BestSoFar
-from orchestrator.store.history import BEST_SO_FAR, ROUND_STARTED
+from orchestrator.store import layout
 from orchestrator.store.journal import RESUME_FROM, Journal, JournalWriteError
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.trials import (
@@ -178,7 +178,7 @@ class SweepObserver(Callback):
         self._rounds_logged = max((t.round for t in trials.values()), default=0)
         if self.best_so_far.points:  # where the killed sweep's curve stands now
             step, best = self.best_so_far.points[-1]
-            self.tracker.parent_metric(BEST_SO_FAR, best, step=self.best_so_far.spent)
+            self.tracker.parent_metric(layout.BEST_SO_FAR_METRIC, best, step=self.best_so_far.spent)
 
     def _replay(self, trials: dict[int, Trial]) -> None:
         for trial in sorted(trials.values(), key=lambda t: t.index):
@@ -466,15 +466,15 @@ class SweepObserver(Callback):
         self._heard[index] = time.monotonic()
         self._note_round(round_number)
         tags = {
-            "caviar.trial_id": trial_key(self.sweep_id, index),
-            "caviar.ray_trial_id": trial_id,  # a pack member's: its pack's
-            "caviar.trial_index": str(index),
-            "caviar.round": str(round_number),
-            "caviar.sampled": ",".join(sorted(k for k in config if k not in self.fixed_names)),
+            layout.TRIAL_ID: trial_key(self.sweep_id, index),
+            layout.RAY_TRIAL_ID: trial_id,  # a pack member's: its pack's
+            layout.TRIAL_INDEX: str(index),
+            layout.ROUND: str(round_number),
+            layout.SAMPLED: ",".join(sorted(k for k in config if k not in self.fixed_names)),
         }
         if pack is not None:
-            tags["caviar.pack"] = str(pack)
-            tags["caviar.pack_size"] = str(pack_size)
+            tags[layout.PACK] = str(pack)
+            tags[layout.PACK_SIZE] = str(pack_size)
         self.tracker.trial_started(
             str(index),
             run_name=f"trial-{index:03d}",
@@ -516,11 +516,11 @@ class SweepObserver(Callback):
     def _end(self, record: Trial, status: str, ended_at: float | None) -> None:
         self._heard.pop(record.index, None)
         record.ended_at = ended_at
-        tags = {"caviar.outcome": str(record.state), "caviar.last_epoch": str(record.epochs)}
+        tags = {layout.OUTCOME: str(record.state), layout.LAST_EPOCH: str(record.epochs)}
         if record.node_id:
-            tags["caviar.node_id"] = record.node_id
+            tags[layout.NODE_ID] = record.node_id
         if record.error:
-            tags["caviar.error"] = record.error
+            tags[layout.ERROR] = record.error
         self.tracker.trial_ended(str(record.index), tags=tags, status=status, ended_at=ended_at)
         self.progress.update(self.records.values())
         best = self.best_so_far.ended(
@@ -530,14 +530,16 @@ class SweepObserver(Callback):
         )
         if best is not None and not self._replaying:
             self.tracker.parent_metric(
-                BEST_SO_FAR, best, step=self.best_so_far.spent, timestamp=ended_at
+                layout.BEST_SO_FAR_METRIC, best, step=self.best_so_far.spent, timestamp=ended_at
             )
 
     def _note_round(self, round_number: int) -> None:
         """The first trial of a new round started: mark where on the epochs-spent axis."""
         if round_number > self._rounds_logged and not self._replaying:
             self._rounds_logged = round_number
-            self.tracker.parent_metric(ROUND_STARTED, round_number, step=self.best_so_far.spent)
+            self.tracker.parent_metric(
+                layout.ROUND_STARTED_METRIC, round_number, step=self.best_so_far.spent
+            )
 
     def _journal(self, event: str, **fields: Any) -> None:
         if self.halted() is not None:

@@ -45,6 +45,7 @@ from orchestrator.search.space import SearchSpace
 from orchestrator.search.zoom import region_as_dict
 from orchestrator.spec import AshaScheduler, SweepSpec
 from orchestrator.spec.data import class_names_param, load_data
+from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL, Journal, read_journal
 from orchestrator.store.markers import (
     SweepMarker,
@@ -398,7 +399,7 @@ def _report(
             value = best.metric(history.metric)
             if value is not None:
                 metrics[f"round{round_number}.best_{history.metric}"] = value
-            tags[f"caviar.round{round_number}.best_run_id"] = best.run_id
+            tags[layout.round_best_run_id(round_number)] = best.run_id
         for round_number, median in report.median_by_round.items():
             metrics[f"round{round_number}.median_completed_{history.metric}"] = median
         for round_number, importance in report.importance_by_round.items():
@@ -521,7 +522,7 @@ def _round_listener(sweep: Sweep) -> Callable[[int, SearchSpace, tuple[str, ...]
         tracker.parent_update(
             params=sampled,
             json_artifacts={f"regions/round_{round_number}.json": region_as_dict(space)},
-            tags={f"caviar.round{round_number}.notes": "; ".join(notes)} if notes else None,
+            tags={layout.round_notes(round_number): "; ".join(notes)} if notes else None,
         )
         if spec.search.rounds_count() > 1:
             text = ", ".join(f"{d.name} {d.describe()}" for d in space.sampled)
@@ -662,17 +663,17 @@ def _milestones(spec: SweepSpec) -> list[int]:
 
 def _sweep_tags(spec: SweepSpec, sweep_id: str) -> dict[str, str]:
     tags = {
-        "caviar.kind": "sweep",
-        "caviar.sweep_id": sweep_id,
-        "caviar.spec_hash": spec.spec_hash(),
-        "caviar.version": _version(),
-        "caviar.trainable": spec.trainable,
+        layout.KIND: layout.SWEEP,
+        layout.SWEEP_ID: sweep_id,
+        layout.SPEC_HASH: spec.spec_hash(),
+        layout.VERSION: _version(),
+        layout.TRAINABLE: spec.trainable,
     }
     commit = _git_commit()
     if commit:
-        tags["caviar.git_commit"] = commit
+        tags[layout.GIT_COMMIT] = commit
     if spec.description:
-        tags["mlflow.note.content"] = spec.description
+        tags[layout.NOTE] = spec.description
     return tags
 
 
@@ -685,16 +686,16 @@ def _sweep_params(spec: SweepSpec, data: DataSplits) -> dict[str, Any]:
         "search.strategy": spec.search.strategy,
         "search.num_trials": spec.num_trials(),
         "search.seed": spec.search.seed,
-        "scheduler.kind": spec.scheduler.kind,
-        "scheduler.max_epochs": spec.max_epochs,
-        "objective": f"{spec.mode} {spec.objective.metric}",
+        layout.SCHEDULER_KIND_PARAM: spec.scheduler.kind,
+        layout.MAX_EPOCHS_PARAM: spec.max_epochs,
+        layout.OBJECTIVE_PARAM: f"{spec.mode} {spec.objective.metric}",
         "resources.cpus_per_trial": spec.resources.cpus_per_trial,
         "resources.gpus_per_trial": spec.resources.gpus_per_trial,
         "resources.pack_size": spec.resources.pack_size,
     }
     if isinstance(spec.scheduler, AshaScheduler):
-        params["scheduler.grace_period"] = spec.scheduler.grace_period
-        params["scheduler.reduction_factor"] = spec.scheduler.reduction_factor
+        params[layout.GRACE_PERIOD_PARAM] = spec.scheduler.grace_period
+        params[layout.REDUCTION_FACTOR_PARAM] = spec.scheduler.reduction_factor
         params["scheduler.brackets"] = spec.scheduler.brackets
     for domain in spec.search_space().domains:
         params[f"space.{domain.name}"] = domain.describe()
@@ -724,12 +725,12 @@ def _summary_metrics(result: SweepResult) -> dict[str, float]:
 def _summary_tags(result: SweepResult) -> dict[str, str]:
     tags: dict[str, str] = {}
     if result.best is not None:
-        tags["caviar.best_trial_id"] = trial_key(result.sweep_id, result.best.index)
-        tags["caviar.best_trial_index"] = str(result.best.index)
+        tags[layout.BEST_TRIAL_ID] = trial_key(result.sweep_id, result.best.index)
+        tags[layout.BEST_TRIAL_INDEX] = str(result.best.index)
         if result.best_run_id:
-            tags["caviar.best_run_id"] = result.best_run_id
+            tags[layout.BEST_RUN_ID] = result.best_run_id
     if result.model_uri:
-        tags["caviar.model_uri"] = result.model_uri
+        tags[layout.MODEL_URI] = result.model_uri
     return tags
 
 

@@ -32,6 +32,7 @@ from orchestrator.panda.control import wait_for_answer as _wait
 from orchestrator.panda.record import read_session
 from orchestrator.panda.start import initial_config
 from orchestrator.spec import SweepSpec
+from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL, Journal
 from orchestrator.store.markers import SweepMarker, read_marker, unfinished, write_marker
 
@@ -180,7 +181,7 @@ def run_panda(
         elif status == "FINISHED":
             metrics, tags = _summary(outcome, spec.objective.metric, spec.mode)
             if model_uri:
-                tags["caviar.model_uri"] = model_uri
+                tags[layout.MODEL_URI] = model_uri
             tracker.log_summary(metrics, tags)
         tracker.end_sweep(status)
         final = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
@@ -260,15 +261,15 @@ def _announce(
 def _session_tags(
     spec: SweepSpec, session_id: str, folder: Path, origin: Origin | None
 ) -> dict[str, str]:
-    from_run = {"caviar.panda.from_run": origin.from_run} if origin else {}
+    from_run = {layout.PANDA_FROM_RUN: origin.from_run} if origin else {}
     return {
         **from_run,
-        "caviar.kind": "panda",
-        "caviar.mode": "panda",
-        "caviar.sweep_id": session_id,
-        "caviar.spec_hash": spec.spec_hash(),
-        "caviar.trainable": spec.trainable,
-        "caviar.panda.dir": str(folder),
+        layout.KIND: layout.PANDA,
+        layout.MODE: layout.PANDA,
+        layout.SWEEP_ID: session_id,
+        layout.SPEC_HASH: spec.spec_hash(),
+        layout.TRAINABLE: spec.trainable,
+        layout.PANDA_DIR: str(folder),
     }
 
 
@@ -310,13 +311,13 @@ def _summary(outcome: PandaOutcome, metric: str, mode: str) -> tuple[dict[str, f
         metrics["test_accuracy"] = outcome.test_accuracy
     if outcome.test_loss is not None:
         metrics["test_loss"] = outcome.test_loss
-    tags = {"caviar.panda.status": outcome.status}
+    tags = {layout.PANDA_STATUS: outcome.status}
     if outcome.pauses:
         from orchestrator.panda.session import pauses_tag
 
         metrics["pauses"] = float(len(outcome.pauses))
         metrics["paused_seconds"] = float(sum(p.seconds or 0.0 for p in outcome.pauses))
-        tags["caviar.panda.pauses"] = pauses_tag(outcome.pauses)
+        tags[layout.PANDA_PAUSES] = pauses_tag(outcome.pauses)
     return metrics, tags
 
 

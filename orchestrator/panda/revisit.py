@@ -31,8 +31,8 @@ from orchestrator.panda.session import epoch_metrics
 from orchestrator.panda.trainer import Trainer
 from orchestrator.search.ranking import ranked
 from orchestrator.spec import SweepSpec, parse_spec_text
+from orchestrator.store import layout
 from orchestrator.store.panda_runs import read_spec_artifact
-from orchestrator.store.reader import REVISIT, SWEEP
 from orchestrator.store.tracking import SweepTracker, read_sweep
 from orchestrator.trials import Trial, TrialState, classify_finished
 
@@ -92,7 +92,7 @@ def revisit(
     stream = stream or sys.stdout
     if top < 1:
         raise PandaError(f"--top must be >= 1, got {top}")
-    history = read_sweep(tracking_uri, target, kinds=(SWEEP,), announce=stream)
+    history = read_sweep(tracking_uri, target, kinds=(layout.SWEEP,), announce=stream)
     filename, text = read_spec_artifact(history.parent_run_id, history.tracking_uri)
     spec = parse_spec_text(text, filename, spec_dir=spec_dir)
     mode = "min" if history.mode == "min" else "max"
@@ -116,12 +116,12 @@ def revisit(
     new_run = tracker.start_sweep(
         run_name=f"{spec.name}-revisit-{stamp}",
         tags={
-            "caviar.kind": REVISIT,
-            "caviar.sweep_id": stamp,
-            "caviar.revisits": history.parent_run_id,
-            "caviar.revisit.top": str(len(rows)),
-            "caviar.spec_hash": spec.spec_hash(),
-            "caviar.trainable": spec.trainable,
+            layout.KIND: layout.REVISIT,
+            layout.SWEEP_ID: stamp,
+            layout.REVISITS: history.parent_run_id,
+            layout.REVISIT_TOP: str(len(rows)),
+            layout.SPEC_HASH: spec.spec_hash(),
+            layout.TRAINABLE: spec.trainable,
         },
         params={
             "data.source": spec.data.source,
@@ -158,7 +158,7 @@ def revisit(
             new_ranks(rows, history.mode)
             tracker.log_summary(
                 {"revisit.rank_changes": float(sum(r.moved for r in rows))},
-                {"caviar.revisit.moved": ",".join(str(r.old_rank) for r in rows if r.moved)},
+                {layout.REVISIT_MOVED: ",".join(str(r.old_rank) for r in rows if r.moved)},
             )
         tracker.end_sweep(status)
     return RevisitResult(
@@ -182,10 +182,10 @@ def _train(
         run_name=f"trial-{index:03d}",
         params=row.config,
         tags={
-            "caviar.trial_index": key,
-            "caviar.round": "1",
-            "caviar.revisit.old_rank": str(row.old_rank),
-            "caviar.revisit.old_run_id": row.old_run_id,
+            layout.TRIAL_INDEX: key,
+            layout.ROUND: "1",
+            layout.REVISIT_OLD_RANK: str(row.old_rank),
+            layout.REVISIT_OLD_RUN_ID: row.old_run_id,
         },
         started_at=time.time(),
     )
@@ -202,7 +202,7 @@ def _train(
     row.new_score = record.metric(metric) if state is not TrialState.DIVERGED else None
     tracker.trial_ended(
         key,
-        {"caviar.outcome": str(state), "caviar.last_epoch": str(record.epochs)},
+        {layout.OUTCOME: str(state), layout.LAST_EPOCH: str(record.epochs)},
         "FAILED" if state is TrialState.DIVERGED else "FINISHED",
     )
 

@@ -39,6 +39,7 @@ from orchestrator.panda.control import Command, Inbox
 from orchestrator.panda.lineage import Lineage, Pause, Segment
 from orchestrator.panda.rules import Action, decide
 from orchestrator.spec import SweepSpec
+from orchestrator.store import layout
 from orchestrator.store.journal import Journal
 from orchestrator.trials import Trial, TrialState, with_epoch
 
@@ -365,7 +366,7 @@ class PandaSession:
         if self.tracker is None:
             return
         shown = pauses_tag(self.pauses)
-        self.tracker.parent_update(tags={"caviar.panda.pauses": shown})
+        self.tracker.parent_update(tags={layout.PANDA_PAUSES: shown})
 
     def _rule_rewinds(self) -> int:
         return sum(1 for s in self.lineage.segments.values() if s.by == "rule:divergence")
@@ -453,9 +454,9 @@ class PandaSession:
         if self.tracker is None:
             return
         tags = {
-            "caviar.outcome": str(segment.trial.state),
-            "caviar.last_epoch": str(segment.last_epoch),
-            "caviar.panda.ended_by": str(segment.ended_by),
+            layout.OUTCOME: str(segment.trial.state),
+            layout.LAST_EPOCH: str(segment.last_epoch),
+            layout.PANDA_ENDED_BY: str(segment.ended_by),
         }
         status = "FAILED" if segment.trial.state is TrialState.DIVERGED else "FINISHED"
         self.tracker.trial_ended(str(segment.index), tags, status, segment.trial.ended_at)
@@ -502,20 +503,20 @@ def segment_tags(segment: Segment, tracker: SweepTracker, lineage: Lineage) -> d
     """A segment's MLflow tags: its place in the lineage (parent segment, start epoch), why it
     exists and who asked."""
     tags = {
-        "caviar.trial_index": str(segment.index),
-        "caviar.trial_id": segment.trial.trial_id,
-        "caviar.panda.segment": str(segment.index),
-        "caviar.panda.start_epoch": str(segment.start_epoch),
-        "caviar.panda.reason": segment.reason,
-        "caviar.panda.by": segment.by,
+        layout.TRIAL_INDEX: str(segment.index),
+        layout.TRIAL_ID: segment.trial.trial_id,
+        layout.PANDA_SEGMENT: str(segment.index),
+        layout.PANDA_START_EPOCH: str(segment.start_epoch),
+        layout.PANDA_REASON: segment.reason,
+        layout.PANDA_BY: segment.by,
     }
     if segment.changes:
-        tags["caviar.panda.changes"] = json.dumps(segment.changes, sort_keys=True)
+        tags[layout.PANDA_CHANGES] = json.dumps(segment.changes, sort_keys=True)
     if segment.parent is not None:
-        tags["caviar.panda.parent_segment"] = str(segment.parent)
+        tags[layout.PANDA_PARENT_SEGMENT] = str(segment.parent)
         parent_run = tracker.child_run_id(str(segment.parent))
         if parent_run:
-            tags["caviar.panda.parent_run_id"] = parent_run
+            tags[layout.PANDA_PARENT_RUN_ID] = parent_run
     return tags
 
 

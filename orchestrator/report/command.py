@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -10,10 +9,10 @@ from typing import TextIO
 
 from orchestrator.report.page import ui_links, write_report
 from orchestrator.report.ui_links import labelled_line, text_lines, ui_base
-from orchestrator.spec import DEFAULT_TRACKING_URI
 from orchestrator.store.panda_runs import is_panda_run
 from orchestrator.store.reader import RUN_ID_PATTERN
 from orchestrator.store.tracking import read_sweep, ui_command
+from orchestrator.store.uri import tracking_uri as default_or
 
 
 def report_command(
@@ -25,7 +24,7 @@ def report_command(
     the sweep's runs table and its best trials compared, the same links the page carries.
     """
     stream = stream or sys.stdout
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = default_or(tracking_uri)
     if re.fullmatch(RUN_ID_PATTERN, sweep) and is_panda_run(sweep, uri):
         return _panda_report(sweep, uri, out, stream)
     history = read_sweep(uri, sweep, announce=stream)

@@ -13,6 +13,7 @@ import html
 import json
 from pathlib import Path
 
+from orchestrator.store import layout
 from orchestrator.store.panda_runs import PandaHistory, SegmentRun
 
 COLOURS = (
@@ -26,7 +27,7 @@ PAGE = "report.html"  # as a sweep's report names its page (report/page.py, the 
 def session_title(history: PandaHistory) -> str:
     """The session as ``caviar panda`` names it: its spec's name and its id. The parent run's
     name is ``<spec>-panda-<id>``, which doubles "panda" for a spec named ``digits-panda``."""
-    session = history.tags.get("caviar.sweep_id", "")
+    session = history.tags.get(layout.SWEEP_ID, "")
     suffix = f"-panda-{session}"
     if not session or not history.name.endswith(suffix):
         return history.name  # a run named otherwise: its name as it is

@@ -7,7 +7,7 @@ trial stopped early never counts as best (as in caviar's ranking, and in the sea
 bench/search_bench.py), so the curve only rises (falls, for a loss) and never revises a point.
 
 The sweep logs it to the parent run as the metric ``best_so_far`` with the epochs spent as its
-step (``store.history.BEST_SO_FAR``), so MLflow's chart of the parent shows the search
+step (``store.layout.BEST_SO_FAR_METRIC``), so MLflow's chart of the parent shows the search
 converging; the report draws it with the epoch each round began at.
 """
 

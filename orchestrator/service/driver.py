@@ -80,11 +80,12 @@ class Driver:
 
     def start(self) -> socket.socket:
         from orchestrator.engine import warm
+        from orchestrator.store.uri import is_sqlite
 
         started = time.monotonic()
         warm.import_sweep_modules()  # while the head starts: caviar up starts both at once
         store = os.environ.get("MLFLOW_TRACKING_URI", "")
-        if store.startswith("sqlite:///"):  # the server's own file: artifacts where it keeps them
+        if is_sqlite(store):  # the server's own file: artifacts where it keeps them
             from orchestrator.store.local_store import open_store
 
             open_store(store, self.home / "mlflow")

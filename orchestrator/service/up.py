@@ -206,7 +206,9 @@ class Topology:
         docs/performance.md), else through the server (a database URI may hold a password,
         which caviar never puts in a tracking URI)."""
         backend = str(self.settings["backend_store_uri"])
-        return backend if backend.startswith("sqlite:///") else self.mlflow_url
+        from orchestrator.store.uri import is_sqlite
+
+        return backend if is_sqlite(backend) else self.mlflow_url
 
     def ray_temp_dir(self, name: str) -> Path:
         short = "h" if name == "ray-head" else "w" + name.rsplit("-", 1)[-1]

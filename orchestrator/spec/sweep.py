@@ -29,7 +29,8 @@ from orchestrator.spec.resources import ResourcesSpec
 from orchestrator.spec.scheduler import AshaScheduler, SchedulerSpec
 from orchestrator.spec.search import SearchSpec
 from orchestrator.spec.storage import StorageSpec
-from orchestrator.spec.tracking import DEFAULT_TRACKING_URI, TrackingSpec
+from orchestrator.spec.tracking import TrackingSpec
+from orchestrator.store.uri import tracking_uri as store_uri
 
 # Fields a resumed sweep may change: they decide how the sweep is run and recorded (its note,
 # its timeouts, how often it reports and checkpoints), never what it trains.
@@ -126,7 +127,7 @@ class SweepSpec(StrictModel):
         return self.tracking.experiment or self.name
 
     def tracking_uri(self, environ: Mapping[str, str] = os.environ) -> str:
-        return self.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        return store_uri(self.tracking.uri, environ)
 
     def storage_path(self, environ: Mapping[str, str] = os.environ) -> str:
         """``storage.path`` if the spec sets it, else ``$CAVIAR_STORAGE_PATH``, else the default.

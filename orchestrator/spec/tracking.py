@@ -8,8 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from orchestrator.spec.base import StrictModel
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from orchestrator.store.uri import DEFAULT_TRACKING_URI  # noqa: F401 (the spec's default)
 
 
 class TrackingSpec(StrictModel):

@@ -11,11 +11,6 @@ from typing import Any
 
 from orchestrator.trials import Trial
 
-# The parent run's metrics of the search's progress (search/best_so_far.py): the best
-# full-budget objective so far, and the round number, each at the epochs spent (its step).
-BEST_SO_FAR = "best_so_far"
-ROUND_STARTED = "round"
-
 
 @dataclass
 class SweepHistory:

@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
+from orchestrator.store import layout
 from orchestrator.store.sqlite_seed import seed_new_sqlite_store
 from orchestrator.store.uri import check_reachable
 from orchestrator.store.writer import (
@@ -44,7 +45,6 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
-TRIAL_INDEX_TAG = "caviar.trial_index"
 
 TRANSIENT_HINTS = (
     "connection",
@@ -199,7 +199,7 @@ class MlflowSink:
             self.parent_run_id = parent.info.run_id
             client.update_run(parent_run_id, status="RUNNING")
             for child in sorted(self._search_children(), key=lambda c: c.info.start_time or 0):
-                key = child.data.tags.get(TRIAL_INDEX_TAG)
+                key = child.data.tags.get(layout.TRIAL_INDEX)
                 if key is None or key in self.child_runs:
                     continue  # a duplicate (a create retried after a lost reply) is left out
                 self.child_runs[key] = child.info.run_id
@@ -214,7 +214,7 @@ class MlflowSink:
     def children(self) -> list[ChildRun]:
         """Every run the store holds under the parent, duplicates included."""
         return [
-            ChildRun(run.info.run_id, run.data.tags.get(TRIAL_INDEX_TAG), run.info.status)
+            ChildRun(run.info.run_id, run.data.tags.get(layout.TRIAL_INDEX), run.info.status)
             for run in self._search_children()
         ]
 
@@ -291,7 +291,7 @@ class MlflowSink:
         starts = [op for op in ops if isinstance(op, StartRun)]
         if starts and trial not in self.child_runs:
             first = starts[0]
-            tags = {"mlflow.parentRunId": self.parent_run_id, **first.tags}
+            tags = {layout.PARENT_RUN: self.parent_run_id, **first.tags}
             run = client.create_run(
                 self.experiment_id, start_time=first.started_ms, tags=tags, run_name=first.name
             )
@@ -342,7 +342,7 @@ class MlflowSink:
         return list(
             self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+                filter_string=layout.children_filter(self.parent_run_id),
                 max_results=50_000,
             )
         )

@@ -7,7 +7,6 @@ what changed, how it ended), each segment's epochs as steps on the session's epo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +14,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
-from orchestrator.store.uri import absolute_uri, check_reachable
-
-DEFAULT_URI = "sqlite:///mlflow.db"
+from orchestrator.store import layout
+from orchestrator.store.uri import absolute_uri, check_reachable, tracking_uri
 
 
 def _client(uri: str | None) -> tuple[MlflowClient, str]:
-    uri = absolute_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    uri = absolute_uri(tracking_uri(uri))
     check_reachable(uri)
     return MlflowClient(tracking_uri=uri), uri
 
@@ -33,16 +31,16 @@ def panda_folder(run_id: str, uri: str | None = None) -> Path | None:
         run = client.get_run(run_id)
     except MlflowException:
         return None
-    if run.data.tags.get("caviar.kind") != "panda":
+    if run.data.tags.get(layout.KIND) != layout.PANDA:
         return None
-    folder = run.data.tags.get("caviar.panda.dir")
+    folder = run.data.tags.get(layout.PANDA_DIR)
     return Path(folder) if folder else None
 
 
 def is_panda_run(run_id: str, uri: str | None = None) -> bool:
     client, _ = _client(uri)
     try:
-        return client.get_run(run_id).data.tags.get("caviar.kind") == "panda"
+        return client.get_run(run_id).data.tags.get(layout.KIND) == layout.PANDA
     except MlflowException:
         return False
 
@@ -82,28 +80,28 @@ def read_panda(run_id: str, uri: str | None = None, metrics: tuple[str, ...] = (
     client, uri = _client(uri)
     try:
         parent = client.get_run(run_id)
-        if parent.data.tags.get("caviar.kind") != "panda":
+        if parent.data.tags.get(layout.KIND) != layout.PANDA:
             raise TrackingError(f"run {run_id} is not a panda session's parent run")
         objective = parent.data.params.get("objective", "max val_accuracy")
         mode, metric = objective.split(" ", 1)
         children = client.search_runs(
             [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+            filter_string=layout.children_filter(run_id),
             max_results=50_000,
         )
         segments = []
         for child in children:
             tags = child.data.tags
-            parent_segment = tags.get("caviar.panda.parent_segment")
+            parent_segment = tags.get(layout.PANDA_PARENT_SEGMENT)
             segment = SegmentRun(
-                index=int(tags.get("caviar.panda.segment", tags.get("caviar.trial_index", "0"))),
+                index=int(tags.get(layout.PANDA_SEGMENT, tags.get(layout.TRIAL_INDEX, "0"))),
                 run_id=child.info.run_id,
                 parent=int(parent_segment) if parent_segment is not None else None,
-                start_epoch=int(tags.get("caviar.panda.start_epoch", "0")),
-                reason=tags.get("caviar.panda.reason", ""),
-                by=tags.get("caviar.panda.by", ""),
-                changes=tags.get("caviar.panda.changes", ""),
-                ended_by=tags.get("caviar.panda.ended_by", ""),
+                start_epoch=int(tags.get(layout.PANDA_START_EPOCH, "0")),
+                reason=tags.get(layout.PANDA_REASON, ""),
+                by=tags.get(layout.PANDA_BY, ""),
+                changes=tags.get(layout.PANDA_CHANGES, ""),
+                ended_by=tags.get(layout.PANDA_ENDED_BY, ""),
                 params=dict(child.data.params),
             )
             for name in dict.fromkeys((metric, *metrics)):
@@ -148,17 +146,17 @@ def read_trial_run(run_id: str, uri: str | None = None) -> TrialRun | None:
     client, uri = _client(uri)
     try:
         run = client.get_run(run_id)
-        if run.data.tags.get("caviar.kind") == "sweep":
-            best = run.data.tags.get("caviar.best_run_id")
+        if run.data.tags.get(layout.KIND) == layout.SWEEP:
+            best = run.data.tags.get(layout.BEST_RUN_ID)
             if best is None:
                 return None
             run = client.get_run(best)
-        parent_id = run.data.tags.get("mlflow.parentRunId")
-        index = run.data.tags.get("caviar.trial_index")
+        parent_id = run.data.tags.get(layout.PARENT_RUN)
+        index = run.data.tags.get(layout.TRIAL_INDEX)
         if parent_id is None or index is None:
             return None
         parent = client.get_run(parent_id)
-        if parent.data.tags.get("caviar.kind") != "sweep":
+        if parent.data.tags.get(layout.KIND) != layout.SWEEP:
             return None
         specs = client.list_artifacts(parent_id, "spec")
         if not specs:
@@ -171,7 +169,7 @@ def read_trial_run(run_id: str, uri: str | None = None) -> TrialRun | None:
         run.info.run_id,
         int(index),
         dict(run.data.params),
-        parent.data.tags.get("caviar.sweep_id", ""),
+        parent.data.tags.get(layout.SWEEP_ID, ""),
         parent_id,
         experiment,
         uri,

@@ -18,13 +18,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from orchestrator.errors import TrackingError
-from orchestrator.store.history import BEST_SO_FAR, ROUND_STARTED, SweepHistory
+from orchestrator.store import layout
+from orchestrator.store.history import SweepHistory
 from orchestrator.store.uri import absolute_uri, check_reachable
 from orchestrator.trials import Trial, TrialState
 
 RUN_ID_PATTERN = r"[0-9a-f]{32}"
 # A parent run's ``caviar.kind``: a sweep, or a revisit of one (``caviar revisit``).
-SWEEP, REVISIT = "sweep", "revisit"
+SWEEP, REVISIT = layout.SWEEP, layout.REVISIT
 
 
 def read_sweep(
@@ -49,12 +50,12 @@ def read_sweep(
         is_run_id = bool(re.fullmatch(RUN_ID_PATTERN, experiment_or_run))
         parent = _find_parent(client, experiment_or_run, is_run_id, kinds, announce)
         params = dict(parent.data.params)
-        metric, mode = params.get("objective", "max val_accuracy").split(" ", 1)[::-1]
-        max_epochs = int(params.get("scheduler.max_epochs", "1"))
-        if params.get("scheduler.kind") == "asha":
+        metric, mode = params.get(layout.OBJECTIVE_PARAM, "max val_accuracy").split(" ", 1)[::-1]
+        max_epochs = int(params.get(layout.MAX_EPOCHS_PARAM, "1"))
+        if params.get(layout.SCHEDULER_KIND_PARAM) == "asha":
             milestones = rung_milestones(
-                int(params["scheduler.grace_period"]),
-                float(params["scheduler.reduction_factor"]),
+                int(params[layout.GRACE_PERIOD_PARAM]),
+                float(params[layout.REDUCTION_FACTOR_PARAM]),
                 max_epochs,
             )
         else:
@@ -71,7 +72,7 @@ def read_sweep(
                 regions = []
         children = client.search_runs(
             [parent.info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+            filter_string=layout.children_filter(parent.info.run_id),
             max_results=50_000,
         )
         trials = []
@@ -82,23 +83,23 @@ def read_sweep(
             config = {k: _parse_param(v) for k, v in child.data.params.items()}
             trials.append(
                 Trial(
-                    index=int(tags.get("caviar.trial_index", "0")),
+                    index=int(tags.get(layout.TRIAL_INDEX, "0")),
                     config=config,
-                    round=int(tags.get("caviar.round", "1")),
-                    trial_id=tags.get("caviar.trial_id", child.info.run_id),
-                    state=_state(tags.get("caviar.outcome")),
+                    round=int(tags.get(layout.ROUND, "1")),
+                    trial_id=tags.get(layout.TRIAL_ID, child.info.run_id),
+                    state=_state(tags.get(layout.OUTCOME)),
                     history=[{"epoch": epoch, metric: value} for epoch, value in curve],
                     run_id=child.info.run_id,
-                    pack=int(tags["caviar.pack"]) if "caviar.pack" in tags else None,
+                    pack=int(tags[layout.PACK]) if layout.PACK in tags else None,
                 )
             )
         best_so_far = sorted(
             (int(m.step), float(m.value))
-            for m in client.get_metric_history(parent.info.run_id, BEST_SO_FAR)
+            for m in client.get_metric_history(parent.info.run_id, layout.BEST_SO_FAR_METRIC)
         )
         round_starts = sorted(
             (int(m.step), int(m.value))
-            for m in client.get_metric_history(parent.info.run_id, ROUND_STARTED)
+            for m in client.get_metric_history(parent.info.run_id, layout.ROUND_STARTED_METRIC)
         )
     except MlflowException as error:
         raise TrackingError(f"cannot read the sweep from {uri}: {error.message}") from None
@@ -150,7 +151,7 @@ def _find_parent(
     # ``caviar.revisits`` tells them apart.
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string="tags.`caviar.kind` = 'sweep'",
+        filter_string=layout.SWEEPS_FILTER,
         order_by=["attributes.start_time DESC"],
         max_results=1000,
     )
@@ -172,14 +173,14 @@ def _find_parent(
 
 def _kind(run: Any) -> str | None:
     tags = run.data.tags
-    if tags.get("caviar.kind") == SWEEP and "caviar.revisits" in tags:
+    if tags.get(layout.KIND) == SWEEP and layout.REVISITS in tags:
         return REVISIT
-    return tags.get("caviar.kind")
+    return tags.get(layout.KIND)
 
 
 def _not_a_sweep(key: str, kind: str | None, run: Any) -> str:
     if kind == REVISIT:
-        old = run.data.tags.get("caviar.revisits", "")
+        old = run.data.tags.get(layout.REVISITS, "")
         return (
             f"run {key} is a revisit of sweep run {old}, not a sweep; revisit the sweep "
             f"itself: caviar revisit {old}"

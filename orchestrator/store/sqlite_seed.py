@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator import speedups
+from orchestrator.store.uri import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ def seed_new_sqlite_store(uri: str) -> bool:
     except Exception as error:  # only the speed-up is lost; MLflow migrates instead
         log.debug("caviar: could not seed %s from a template (%s)", path, error)
         return False
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file a ``sqlite:///`` URI names (absolute or relative to the cwd); None otherwise."""
-    if not uri.startswith(_SQLITE_PREFIX):
-        return None
-    rest = uri[len(_SQLITE_PREFIX) :].split("?", 1)[0]
-    if rest in ("", ":memory:"):
-        return None
-    return Path(rest)
 
 
 def cache_dir() -> Path:

@@ -22,6 +22,7 @@ import shlex
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +38,33 @@ PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"
 # A route an auth-enabled server protects (MLflow's basic auth leaves /health open to all).
 _LOGIN_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+# Where caviar logs when nothing names a store: a SQLite file in the working folder, as MLflow's
+# own default store before 3.x (a file, no server to start).
+DEFAULT_TRACKING_URI = _SQLITE + "mlflow.db"
+
+
+def tracking_uri(chosen: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+    """The store to use: ``chosen`` (a spec's ``tracking.uri``, ``--tracking-uri``) if given,
+    else ``$MLFLOW_TRACKING_URI``, else :data:`DEFAULT_TRACKING_URI`. The one place this
+    default is decided."""
+    return chosen or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def is_sqlite(uri: str) -> bool:
+    return uri.startswith(_SQLITE)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file a ``sqlite:///`` URI names (absolute or relative to the cwd, as MLflow opens
+    it: no "~" expanded); None for any other store and for an in-memory database."""
+    if not is_sqlite(uri):
+        return None
+    rest = uri[len(_SQLITE) :].split("?", 1)[0]
+    if rest in ("", ":memory:"):
+        return None
+    return Path(rest)
 
 
 def ui_command(uri: str) -> str:
@@ -109,7 +137,7 @@ def _host_and_port(command: str) -> tuple[str, int]:
 
 def absolute_uri(uri: str) -> str:
     """Pin a relative SQLite path to the cwd, so the printed UI command works from anywhere."""
-    if uri.startswith(_SQLITE) and not uri.startswith(_SQLITE + "/"):
+    if is_sqlite(uri) and not uri.startswith(_SQLITE + "/"):  # the path kept with its query
         return _SQLITE + str(Path(uri[len(_SQLITE) :]).resolve())
     return uri
 
@@ -124,7 +152,7 @@ def check_store(uri: str) -> None:
     """
     if uri.startswith(_HTTP):
         _refuse_credentials(uri)
-    elif uri.startswith(_SQLITE):
+    elif is_sqlite(uri):
         _require_writable_sqlite(uri)
 
 
@@ -217,10 +245,10 @@ def _refused_login(where: str, code: int) -> str:
 
 
 def _require_writable_sqlite(uri: str) -> None:
-    rest = uri[len(_SQLITE) :].split("?", 1)[0]
-    if rest in ("", ":memory:"):
+    named = sqlite_path(uri)
+    if named is None:
         return
-    path = Path(rest).absolute()  # as MLflow opens it: relative to the cwd, no "~" expanded
+    path = named.absolute()  # as MLflow opens it: relative to the cwd, no "~" expanded
     store = f"MLflow store {uri}"
     fix = "set tracking.uri / MLFLOW_TRACKING_URI to a store in a folder you can write"
     if path.is_dir():

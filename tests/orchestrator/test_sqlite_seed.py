@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.store.sqlite_seed import seed_new_sqlite_store, sqlite_path, template_path
+from orchestrator.store.sqlite_seed import seed_new_sqlite_store, template_path
 from orchestrator.store.tracking import SweepTracker
+from orchestrator.store.uri import sqlite_path
 
 
 def _schema(db: Path) -> list[tuple[str, str, list[str]]]:
