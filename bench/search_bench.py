@@ -297,6 +297,11 @@ def reached(
     return None
 
 
+def _median_present(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def budget_epochs(spec: dict[str, Any]) -> int:
     """B: the epochs every arm of a problem is compared at (``BUDGET_FULL_TRIALS``)."""
     return BUDGET_FULL_TRIALS * max_epochs_of(spec)
@@ -334,6 +339,14 @@ def summarize(runs: list[Run], spec: dict[str, Any], arms: Sequence[str]) -> dic
             "epochs_spent_median": statistics.median(curves[id(r)][-1][0] for r in mine)
             if mine
             else None,
+            # first trial's start to the last trial's end: the sweep wall a user waits for
+            "wall_s_median": _median_present(
+                max(t.end_s for t in r.trials) - min(t.start_s for t in r.trials)
+                for r in mine
+                if r.trials
+            ),
+            # the best at the run's end, whatever it spent (context for the best at B)
+            "end_median": _median_present(curves[id(r)][-1][2] for r in mine if curves[id(r)]),
             "command_s_median": statistics.median(r.command_s for r in mine) if mine else None,
         }
     return {"mode": mode, "budget_epochs": budget, "target": target, "arms": table}
@@ -353,9 +366,9 @@ def markdown(summary: dict[str, Any], arms: Sequence[str]) -> str:
         lines.append("")
         lines.append(
             "| arm | median best at B | min - max (range) | epochs to target (reached) "
-            "| seconds to target | epochs spent |"
+            "| seconds to target | epochs spent | best at the end | sweep wall (s) |"
         )
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for arm in arms:
             row = result["arms"][arm]
             lines.append(
@@ -363,7 +376,8 @@ def markdown(summary: dict[str, Any], arms: Sequence[str]) -> str:
                 f"{_fmt(row['final_max'])} ({_fmt(row['final_range'])}) | "
                 f"{_count(row['epochs_to_target_median'])} ({row['reached_target']}/"
                 f"{row['seeds']}) | {_count(row['seconds_to_target_median'], 1)} | "
-                f"{_count(row['epochs_spent_median'])} |"
+                f"{_count(row['epochs_spent_median'])} | {_fmt(row.get('end_median'))} | "
+                f"{_count(row.get('wall_s_median'), 1)} |"
             )
         lines.append("")
     return "\n".join(lines)
