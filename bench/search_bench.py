@@ -435,8 +435,11 @@ def plot(runs_by_problem: dict[str, list[Run]], specs: dict[str, dict[str, Any]]
 def _panel(
     axis: Any, runs: list[Run], curves: list[Any], arms: Sequence[str], limit: float, along: int
 ) -> None:
-    """One arm's median best so far, with its seeds' range, up to ``limit`` on ``along``."""
+    """One arm's median best so far, with its seeds' range, up to ``limit`` on ``along``; the
+    value axis spans the medians of the later two thirds (the first trials' values would
+    flatten the differences that matter)."""
     grid = [limit * i / 100 for i in range(101)]
+    later: list[float] = []
     for arm in arms:
         mine = [c for r, c in zip(runs, curves, strict=True) if r.arm == arm]
         xs, mid, low, high = [], [], [], []
@@ -451,6 +454,10 @@ def _panel(
         if xs:
             (line,) = axis.plot(xs, mid, label=arm)
             axis.fill_between(xs, low, high, alpha=0.12, color=line.get_color())
+            later += [m for x, m in zip(xs, mid, strict=True) if x >= limit / 3]
+    if later and max(later) > min(later):
+        pad = 0.15 * (max(later) - min(later))
+        axis.set_ylim(min(later) - pad, max(later) + pad)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
 
