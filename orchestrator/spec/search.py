@@ -195,8 +195,10 @@ class SearchSpec(StrictModel):
         } & self.model_fields_set
         if self.strategy != "zoom" and zoom_fields:
             raise ValueError(
-                f"{', '.join(sorted(zoom_fields))} only apply to strategy: zoom "
-                f"(this spec uses strategy: {self.strategy})"
+                f"{', '.join(sorted(zoom_fields))} only "
+                f"{'applies' if len(zoom_fields) == 1 else 'apply'} to strategy: zoom "
+                f"(this spec uses strategy: {self.strategy}); set strategy: zoom or remove "
+                f"{'it' if len(zoom_fields) == 1 else 'them'}"
             )
         if self.strategy == "zoom" and self.num_trials is not None:
             raise ValueError(

@@ -171,6 +171,19 @@ def test_grid_strategy_rejects_ranges_and_counts_the_grid() -> None:
     assert "6 trials" in spec.summary()
 
 
+def test_zoom_settings_default_to_exploring_and_are_zoom_only() -> None:
+    zoom = parse_spec(_minimal(search={"strategy": "zoom", "rounds": 2, "trials_per_round": 4}))
+    assert (zoom.search.explore_value(), zoom.search.keep_from_value()) == (0.25, "sweep")
+    seeds = parse_spec(
+        _minimal(search={"strategy": "zoom", "explore": 0, "keep_from": "round"})
+    )  # the seeds' recipe exactly
+    assert (seeds.search.explore_value(), seeds.search.keep_from_value()) == (0, "round")
+    problems = _paths(_minimal(search={"strategy": "random", "explore": 0.5}))
+    assert problems["search"].startswith("explore only applies to strategy: zoom")
+    problems = _paths(_minimal(search={"strategy": "zoom", "explore": 1.0, "keep_from": "all"}))
+    assert set(problems) == {"search.explore", "search.keep_from"}
+
+
 def test_random_strategy_crosses_grid_points_with_samples() -> None:
     spec = parse_spec(
         _minimal(
