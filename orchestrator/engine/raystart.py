@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -54,7 +55,9 @@ def refresh_ray_config() -> None:
     """Make an already imported Ray see the auth settings just put in the environment.
 
     Ray reads ``RAY_AUTH_MODE`` into a cached config when it is imported; Ray's own
-    ``_enable_token_auth`` refreshes it the same way.
+    ``_enable_token_auth`` refreshes it the same way. A private call that stays on with
+    ``CAVIAR_NO_SPEEDUPS`` (``orchestrator/speedups.py`` says why): without it the embedded
+    cluster would start without the token this module just set.
     """
     from ray._raylet import Config
 
@@ -226,10 +229,9 @@ def start_in_background() -> None:
         return
     prepare_environment()
     # ray.init installs a SIGTERM handler only when called on the main thread (and logs a
-    # warning otherwise); caviar's own makes SIGTERM an interruption, like Ctrl-C.
-    from ray._private.utils import set_sigterm_handler
-
-    set_sigterm_handler(_sigterm)
+    # warning otherwise); caviar's own makes SIGTERM an interruption, like Ctrl-C. (Ray's
+    # private set_sigterm_handler is this very call on every platform caviar runs on.)
+    signal.signal(signal.SIGTERM, _sigterm)
     _worker_log.addFilter(_drop_thread_warning)
     _pending = _BackgroundStart()
     _pending.thread.start()
