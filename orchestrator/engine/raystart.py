@@ -215,6 +215,12 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 _worker_log = logging.getLogger("ray._private.worker")
+# Process-wide on purpose, as Ray's own connection is (``ray.init`` starts or joins one Ray per
+# process): ``caviar``'s command begins the start before its heavy imports, and ``run_sweep``
+# takes it over much later through ``ensure_ray()``, with no handle passed between them (a
+# library caller that never begins a start gets a synchronous one there). Invariant: at most
+# one start is pending; ``claim`` or ``discard`` sets this back to None before returning, on
+# the main thread, so a second ``start_in_background`` after either starts afresh.
 _pending: _BackgroundStart | None = None
 
 
