@@ -17,7 +17,7 @@ The speed-ups, and what runs instead with the switch off:
 - *Warm workers* (``engine/warm.py: prestart_workers``: the raylet's ``PrestartWorkers`` RPC
   with Ray's private auth interceptor, and Tune's runtime environment from
   ``ray.tune.execution.class_cache``): none prestarted; each sweep starts its workers.
-- *Preload* (``service/up.py``: the head's ``preload_python_modules`` system config, which
+- *Preload* (``service/topology.py``: the head's ``preload_python_modules`` system config, which
   has every worker import torch and the trial actor): workers import them when a trial needs.
 - *The newest waiting trial first* (``engine/trial_choice.py``, reading Tune's
   ``TuneController.get_trials``): Tune's own FIFO choice.
@@ -41,7 +41,7 @@ and no public path exists (each says so where it is made):
   ``ray start`` otherwise refuses, or rebinds to the machine's address (README, Security).
 - Logger names of Ray's private modules (``ray._private.worker``, ``ray.train._internal.
   syncer``, ``ray._private.runtime_env.*`` in ``engine/raystart.py``, ``engine/run.py`` and
-  ``cluster/submit.py``): only quieted or filtered; if a name changes, a log line shows.
+  ``cluster/connection.py``): only quieted or filtered; if a name changes, a log line shows.
 - ``store/local_store.py`` relies on MLflow keeping a database store, and its artifact root,
   for the life of the process (public calls, undocumented behaviour): the service's runs'
   artifacts land where its server keeps them.

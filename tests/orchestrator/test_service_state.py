@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.service import client, fixed_nodes, identity, ports, up, wire
+from orchestrator.service import client, fixed_nodes, identity, ports, wire
 from orchestrator.service.state import (
     MARKER_ENV,
     ProcessRecord,
@@ -28,6 +28,10 @@ from orchestrator.service.state import (
     process_alive,
     start_ticks,
 )
+from orchestrator.service.status import status
+from orchestrator.service.stop import down
+from orchestrator.service.topology import ServiceError, Topology
+from orchestrator.service.up import _end_what_is_left
 
 # What tells a recorded process from a reused pid, finds a service's processes by the marker in
 # their environment and lists a process group is read from /proc; without it (macOS) caviar
@@ -84,10 +88,10 @@ def test_stale_records_are_reported_and_cleaned_without_killing_anyone(tmp_path:
         )
         state.write(records)
         lines: list[str] = []
-        assert up.status(_Lines(lines), state) == 1
+        assert status(_Lines(lines), state) == 1
         text = "".join(lines)
         assert "dead" in text and "caviar up restarts" in text
-        assert up.down(_Lines(lines), state) == 0
+        assert down(_Lines(lines), state) == 0
         assert state.read() is None
         assert sleeper.poll() is None  # never signalled: it was not ours
     finally:
@@ -391,10 +395,10 @@ def test_a_dead_leaders_group_is_degraded_and_ended_only_when_it_is_the_services
         leader.wait()
         (child,) = [p for p in _group(leader.pid) if p != leader.pid]
         lines: list[str] = []
-        assert up.status(_Lines(lines), state) == 1
+        assert status(_Lines(lines), state) == 1
         row = next(line for line in "".join(lines).splitlines() if "  mlflow " in line)
         ended: list[str] = []
-        up._end_what_is_left(state, records, ["mlflow"], _Lines(ended))
+        _end_what_is_left(state, records, ["mlflow"], _Lines(ended))
         if whose == "ours":
             assert " degraded " in row, row
             assert f"mlflow: its leader (pid {leader.pid}) died, but its process group" in (
@@ -403,14 +407,14 @@ def test_a_dead_leaders_group_is_degraded_and_ended_only_when_it_is_the_services
             assert f"still ran (pids {child}); ending it" in "".join(ended)
             assert not process_alive(child, None)
             assert ports.bindable(port)  # at once: caviar up starts it again on its port
-            topology = up.Topology(state, settings, "token")
+            topology = Topology(state, settings, "token")
             topology.assign_ports(["mlflow"])
             assert topology.ports["mlflow"]["mlflow"] == port
         else:
             assert " dead " in row, row
             assert process_alive(child, None)  # not the service's: never signalled
-            topology = up.Topology(state, settings, "token")
-            with pytest.raises(up.ServiceError, match=f"port {port} .* is taken; stop what"):
+            topology = Topology(state, settings, "token")
+            with pytest.raises(ServiceError, match=f"port {port} .* is taken; stop what"):
                 topology.assign_ports(["mlflow"])
     finally:
         for pid in _group(leader.pid):
