@@ -30,9 +30,11 @@ test-fast: install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not integration and not cluster and not bench"
 
-# The integration sweep with every speed-up that uses a library's internals off (CI runs it).
+# The integration sweeps with every speed-up that uses a library's internals off (CI runs it):
+# the pinned one, and a packed one (its stops then travel through the actor mailbox).
 test-no-speedups: install
-	CAVIAR_NO_SPEEDUPS=1 $(PY) -m pytest tests/integration/test_local_sweep.py
+	CAVIAR_NO_SPEEDUPS=1 $(PY) -m pytest tests/integration/test_local_sweep.py \
+		tests/integration/test_packed_sweep.py
 
 lint: install
 	$(VENV)/bin/ruff check orchestrator trainables tests

@@ -338,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.spec.data import check_data_files
 
     check_data_files(spec.data, args.spec.parent)  # so does a missing data file
-    from orchestrator.cluster.submit import prepare_job_driver
+    from orchestrator.cluster.job_driver import prepare_job_driver
 
     prepare_job_driver(spec)  # as a Ray job: no store in its temp folder; leave the shared folder
     from orchestrator.store.uri import check_store

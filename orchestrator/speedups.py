@@ -1,12 +1,54 @@
 """The one switch over every speed-up that leans on another library's private internals.
 
-Each such speed-up lives in one module (Ray's node start in ``raystart``, MLflow's schema
-creation in ``sqlite_seed``, torch's optimizer wrappers in ``trainables.compiler_import``,
-the interpreter's exit collection in ``cli``) and asks :func:`enabled` first. With
-``CAVIAR_NO_SPEEDUPS=1`` they all stand aside and caviar uses each library only through its
-public API, so a new Ray, MLflow or torch release that changes an internal shows up as a
-failure of the test run made with the switch off, and users have a way round it at once.
+Each such speed-up asks :func:`enabled` first. With ``CAVIAR_NO_SPEEDUPS=1`` they all stand
+aside and caviar takes the library's public path, so a new Ray, MLflow or torch release that
+changes an internal shows up as a failure of the test run made with the switch off (``make
+test-no-speedups``: the pinned sweep and a packed one), and users have a way round it at once.
 ``trainables`` reads the same variable itself (it never imports ``orchestrator``).
+
+The speed-ups, and what runs instead with the switch off:
+
+- *Ray's node start without its monitors and API server* (``engine/raystart.py``:
+  ``_without_monitors``, ``_without_api_server`` patch ``ray._private.parameter.RayParams``
+  and ``ray._private.node.Node``): a plain ``ray.init``.
+- *Packs' mailbox in Ray's key-value store* (``engine/packs.py``: ``KvMailbox`` over
+  ``ray.experimental.internal_kv``): ``ActorMailbox``, a small Ray actor. Packs themselves
+  use torch's public API only and stay on (``resources.pack_size`` decides them).
+- *Warm workers* (``engine/warm.py: prestart_workers``: the raylet's ``PrestartWorkers`` RPC
+  with Ray's private auth interceptor, and Tune's runtime environment from
+  ``ray.tune.execution.class_cache``): none prestarted; each sweep starts its workers.
+- *Preload* (``service/topology.py``: the head's ``preload_python_modules`` system config, which
+  has every worker import torch and the trial actor): workers import them when a trial needs.
+- *The newest waiting trial first* (``engine/trial_choice.py``, reading Tune's
+  ``TuneController.get_trials``): Tune's own FIFO choice.
+- *A new SQLite store from a migrated template* (``store/sqlite_seed.py``, MLflow's
+  ``_initialize_tables`` and ``_verify_schema``): MLflow creates and migrates it itself.
+- *torch's compiler import deferred* (``trainables/compiler_import.py``, torch's
+  ``_disable_dynamo`` wrappers): torch's optimizers as they are.
+- *The interpreter's collector* (``gc.freeze``: at exit in ``cli.py``, after the imports in
+  ``service/driver.py``): Python's collection as usual.
+
+Private uses that stay on with the switch off, because correctness or security needs them
+and no public path exists (each says so where it is made):
+
+- ``ray._raylet.Config.initialize`` (``raystart.refresh_ray_config``): Ray caches
+  ``RAY_AUTH_MODE`` when imported; without the refresh an embedded Ray started after the
+  import would run without the token caviar just set, its GCS port open on every interface.
+- ``ray.init(_node_ip_address="127.0.0.1")`` (``raystart``): the embedded Ray on loopback;
+  ``ray.init`` has no public argument for the address of a node it starts.
+- ``ray._private.ray_constants`` / ``ray._private.services`` in ``cluster/services.py``'s
+  ``JOIN_ON_LOOPBACK``: a ``caviar up`` worker node joins its head on 127.0.0.1 only; Ray's
+  ``ray start`` otherwise refuses, or rebinds to the machine's address (README, Security).
+- Logger names of Ray's private modules (``ray._private.worker``, ``ray.train._internal.
+  syncer``, ``ray._private.runtime_env.*`` in ``engine/raystart.py``, ``engine/run.py`` and
+  ``cluster/connection.py``): only quieted or filtered; if a name changes, a log line shows.
+- ``store/local_store.py`` relies on MLflow keeping a database store, and its artifact root,
+  for the life of the process (public calls, undocumented behaviour): the service's runs'
+  artifacts land where its server keeps them.
+
+Not private, so not behind the switch: SIGTERM's handler (``signal.signal``, the call Ray's
+private ``set_sigterm_handler`` makes), removing a finished sweep's placement groups between
+a service's sweeps (``ray.util.placement_group``, ``ray.PlacementGroupID``).
 """
 
 from __future__ import annotations

@@ -51,9 +51,15 @@ def import_trainable(reference: str, search_path: Sequence[str | Path] = ()) -> 
             "(for a models.py beside the spec: models:NAME)"
         )
     folders = [str(Path(folder).resolve()) for folder in search_path]
+    # sys.path is the process's, and these additions are permanent on purpose: the module
+    # imported here is named by what the process later unpickles (Tune's results and
+    # checkpoints on the driver, the trainable an actor is handed) and may import more of its
+    # folder lazily, long after this call; removing the folder again would break those
+    # imports in the middle of a sweep. Invariant: each folder appears once, and the folders
+    # of the latest lookup come first, so a later spec's folder wins over an earlier one's.
+    # The path grows by one entry per distinct spec folder a process has seen.
     for folder in reversed(folders):
         # First, also when an earlier spec put it further back: this spec's folder wins.
-        # Kept afterwards: the driver unpickles results that name the module.
         while folder in sys.path:
             sys.path.remove(folder)
         sys.path.insert(0, folder)
@@ -85,7 +91,8 @@ def import_trainable(reference: str, search_path: Sequence[str | Path] = ()) -> 
 
 # For each module imported from a spec's folder: the file it was imported from and a digest
 # of that file's content then. Invariant: an entry describes the module object that is in
-# sys.modules under that name, or sys.modules holds none.
+# sys.modules under that name, or sys.modules holds none. Process-wide because sys.modules,
+# which it annotates, is.
 _LOADED: dict[str, tuple[str | None, str]] = {}
 
 

@@ -103,6 +103,13 @@ class UnknownTrainableError(KeyError):
         return str(self.args[0])
 
 
+# Process-wide on purpose, like ``sys.modules``, whose lifetime it shares: a trainable module
+# registers its definitions when it is imported (``register`` at the bottom of this file), and
+# every process (the driver, each trial worker) looks a spec's name up in its own. It holds
+# names, never import paths: registered definitions, and those found by entry point (installed
+# packages do not change under a running process, so the read is a cache that cannot go stale).
+# An import path is resolved by ``references.import_trainable`` each time, which knows a file's
+# content. Invariant: a name, once here, always means the same definition object.
 _REGISTRY: dict[str, TrainableDefinition] = {}
 
 

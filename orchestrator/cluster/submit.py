@@ -1,8 +1,9 @@
-"""Sweeps on a Ray cluster: submit, follow, inspect and stop them through Ray's job API.
+"""Sweeps on a Ray cluster: ``caviar submit``, and ``caviar status`` / ``logs`` / ``stop`` /
+``jobs`` for what it submitted, through Ray's job API (the connection: ``connection.py``).
 
-The only module that imports Ray's job SDK. ``caviar submit SPEC`` uploads the spec's folder
-as the job's ``working_dir`` and runs ``caviar run SPEC`` on the cluster, so the cluster needs
-caviar installed (``deploy/Dockerfile``) and nothing else from this machine.
+``caviar submit SPEC`` uploads the spec's folder as the job's ``working_dir`` and runs
+``caviar run SPEC`` on the cluster, so the cluster needs caviar installed
+(``deploy/Dockerfile``) and nothing else from this machine.
 
 Three choices follow from that:
 
@@ -14,54 +15,40 @@ Three choices follow from that:
   cluster's shared ``CAVIAR_STORAGE_PATH``; a relative ``storage.path`` in a submitted spec
   is refused for the same reason.
 * Ray's job API runs code for whoever reaches it, so the clusters caviar ships require a
-  token. The token comes from ``RAY_AUTH_TOKEN`` (or ``RAY_AUTH_TOKEN_PATH``) and is sent as
-  a bearer header; it never travels in the job, its metadata or a log line. A refusal is
-  told apart: no token sent (401) or the wrong one (403).
+  token (``connection.py`` sends it; it never travels in the job, its metadata or a log line).
 
-Every failure a user can fix (unreachable address, token, unknown job, no caviar on the
-cluster) leaves this module as a :class:`ClusterError` with a one-screen message.
-
-The job's side lives here too: :func:`prepare_job_driver`, which ``caviar run`` calls when it
-runs as a Ray job, refuses a tracking store inside the job's temporary folder and moves the
-driver out of the folder Ray shares between the nodes of one machine. ``caviar run`` imports
-this module on every start, so Ray's job SDK is imported only where a client needs it.
+A cluster without caviar installed is told apart from a failing sweep (:func:`diagnose`). The
+job's side, ``caviar run`` as the job's driver on the cluster, is ``job_driver.py``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import re
 import secrets
 import shlex
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from orchestrator.errors import CaviarError, Problem, SpecError
+from orchestrator.cluster.connection import (
+    FAILED,
+    STOPPED,
+    SUCCEEDED,
+    Cluster,
+    ClusterError,
+    first_line,
+    resolve_address,
+)
+from orchestrator.errors import Problem, SpecError
 from orchestrator.resume import RESUME_VARIABLE
 from orchestrator.spec import SweepSpec, load_spec
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails
-
-# The SDK logs every upload and socket close at INFO on stderr; caviar says what matters itself.
-# Two of these modules set their logger to INFO when imported: quieted after the import.
-_SDK_LOGGERS = (
-    "ray.dashboard.modules.dashboard_sdk",
-    "ray.dashboard.modules.job.sdk",
-    "ray._private.runtime_env.packaging",
-    "ray._private.runtime_env.working_dir",
-)
 
 # Never uploaded: version control, virtualenvs, local tracking stores and Ray results, caches,
 # and env files (they hold the cluster's token and database password). Gitignore patterns,
@@ -85,16 +72,6 @@ UPLOAD_EXCLUDES = (
     ".hypothesis",
 )
 LOCAL_TRACKING_SCHEMES = ("sqlite", "file", "")
-# Ray's JobStatus values (a str enum, so its members compare equal to these).
-SUCCEEDED, FAILED, STOPPED = "SUCCEEDED", "FAILED", "STOPPED"
-TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
-# A head whose job agent is not up yet refuses a submission with HTTP 500 and Ray's words
-# "please try again later"; caviar does, for this long, before it reports the refusal.
-SUBMIT_RETRY_S = 60.0
-SUBMIT_RETRY_INTERVAL_S = 3.0
-_TRY_AGAIN = "try again later"
-# What Ray's job supervisor hands a job's entrypoint: the job's runtime_env and metadata.
-JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 MISSING_CAVIAR_SIGNS = (
     "caviar: not found",
     "caviar: command not found",
@@ -106,279 +83,6 @@ MISSING_CAVIAR_SIGNS = (
 STOP_WAIT_VARIABLE = "RAY_JOB_STOP_WAIT_TIME_S"
 STOP_GRACE_S = 60
 _SWEEP_LINE = re.compile(r"MLflow run (\w+) in experiment '([^']*)' at (\S+)")
-
-
-class ClusterError(CaviarError):
-    """The Ray cluster cannot be used as asked: unreachable, refusing, or missing something."""
-
-
-class ClusterAuthError(ClusterError):
-    """The cluster wants a token that was not sent, or refused the one that was."""
-
-
-class JobNotFoundError(ClusterError):
-    """No job of that id on the cluster."""
-
-
-class JobStoreError(ClusterError):
-    """A sweep running as a Ray job would log where nothing lasts (the job's temporary folder)."""
-
-    exit_code = 2
-
-
-# --- the address and the token -----------------------------------------------------------
-
-
-def resolve_address(address: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """The head's job API as an http(s) URL: ``--address``, else ``$RAY_ADDRESS``."""
-    raw = (address or environ.get("RAY_ADDRESS", "")).strip()
-    if not raw:
-        raise ClusterError(
-            "no cluster address: pass --address http://HOST:8265 (the head's dashboard, which "
-            "serves the job API) or set RAY_ADDRESS to it"
-        )
-    if "://" not in raw:
-        raw = f"http://{raw}"
-    if urlsplit(raw).scheme not in ("http", "https"):
-        raise ClusterError(
-            f"{raw} is not a job API address; caviar submits through the head's dashboard, "
-            "http://HOST:8265 (ray:// client addresses are not used)"
-        )
-    return raw.rstrip("/")
-
-
-def auth_headers(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The bearer header from ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``; empty if neither."""
-    token = environ.get("RAY_AUTH_TOKEN", "").strip()
-    path = environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
-    if not token and path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ClusterAuthError(
-                f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({error.strerror}); point it at the "
-                "file holding the cluster's token, or set RAY_AUTH_TOKEN"
-            ) from None
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _token_source(environ: Mapping[str, str]) -> str:
-    if environ.get("RAY_AUTH_TOKEN", "").strip():
-        return "RAY_AUTH_TOKEN"
-    return "RAY_AUTH_TOKEN_PATH" if environ.get("RAY_AUTH_TOKEN_PATH") else "the environment"
-
-
-# --- errors ------------------------------------------------------------------------------
-
-
-@contextmanager
-def _translated(
-    address: str, job_id: str | None = None, environ: Mapping[str, str] = os.environ
-) -> Iterator[None]:
-    """Turn the job SDK's exceptions into messages that say what to do."""
-    import aiohttp  # installed with ray[default], which the job SDK needs
-    import requests
-    from ray.exceptions import AuthenticationError
-
-    try:
-        yield
-    except AuthenticationError as error:
-        raise _auth_error(address, str(error), environ) from None
-    except aiohttp.WSServerHandshakeError as error:
-        if error.status in (401, 403):
-            raise _auth_error(address, f"HTTP {error.status}", environ) from None
-        if error.status == 404 and job_id:
-            raise _job_not_found(address, job_id) from None
-        raise ClusterError(f"the cluster at {address} refused the log stream: {error}") from None
-    except (
-        ConnectionError,
-        requests.exceptions.ConnectionError,
-        requests.exceptions.Timeout,
-        aiohttp.ClientConnectionError,
-    ) as error:
-        raise ClusterError(
-            f"cannot reach the Ray cluster at {address} ({_first_line(str(error))}).\n"
-            "  Is the head up (docker compose ps; kubectl get pods)? The address is the head's "
-            "dashboard, http://HOST:8265, not the GCS port 6379; pass it with --address or "
-            "RAY_ADDRESS."
-        ) from None
-    except RuntimeError as error:
-        text = str(error)
-        if job_id and ("404" in text or "does not exist" in text):
-            raise _job_not_found(address, job_id) from None
-        raise ClusterError(f"the cluster at {address} refused: {_first_line(text)}") from None
-
-
-def _auth_error(address: str, detail: str, environ: Mapping[str, str]) -> ClusterAuthError:
-    """Missing (nothing in the environment, or the server's 401) or wrong (its 403)."""
-    sent = bool(environ.get("RAY_AUTH_TOKEN", "").strip() or environ.get("RAY_AUTH_TOKEN_PATH"))
-    if not sent or "401" in detail or "Authentication required" in detail:
-        return ClusterAuthError(
-            f"the Ray cluster at {address} requires a token and none was sent.\n"
-            "  Export the cluster's token before calling caviar: RAY_AUTH_MODE=token and "
-            "RAY_AUTH_TOKEN=<the RAY_AUTH_TOKEN in the cluster's .env, or the Kubernetes "
-            "Secret caviar-ray-auth> (or RAY_AUTH_TOKEN_PATH=<a file holding it>)."
-        )
-    return ClusterAuthError(
-        f"the Ray cluster at {address} refused the token from {_token_source(environ)}: it is "
-        "not the token the cluster was started with.\n"
-        "  Use the RAY_AUTH_TOKEN of the cluster's .env (or its Kubernetes Secret "
-        "caviar-ray-auth)."
-    )
-
-
-def _job_not_found(address: str, job_id: str) -> JobNotFoundError:
-    return JobNotFoundError(
-        f"no job {job_id!r} on the cluster at {address}; list its jobs with: "
-        f"caviar jobs --address {address}"
-    )
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no details"
-
-
-# --- the connection ----------------------------------------------------------------------
-
-
-@contextmanager
-def _address_from_argument() -> Iterator[None]:
-    """Ray's client prefers ``RAY_ADDRESS``/``RAY_API_SERVER_ADDRESS`` to its argument;
-    caviar resolved the address already, so hide them while the client is built."""
-    names = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
-    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-class Cluster:
-    """A connected job client plus the address it talks to; every call translates errors."""
-
-    def __init__(self, address: str, environ: Mapping[str, str] = os.environ) -> None:
-        self.address = address
-        self.environ = environ
-        headers = auth_headers(environ)
-        from ray.job_submission import JobSubmissionClient
-
-        for name in _SDK_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        with _address_from_argument(), _translated(address, environ=environ):
-            self.client = JobSubmissionClient(address, headers=headers)
-
-    def dashboard_url(self, job_id: str) -> str:
-        return f"{self.address}/#/jobs/{job_id}"
-
-    def submit(self, request: JobRequest, out: TextIO = sys.stdout) -> str:
-        """Submit the job; a head that is not ready for jobs yet is asked again for a while."""
-
-        def once() -> str:
-            return str(
-                self.client.submit_job(
-                    entrypoint=request.entrypoint,
-                    submission_id=request.job_id,
-                    runtime_env=request.runtime_env,
-                    metadata=request.metadata,
-                )
-            )
-
-        with _translated(self.address, environ=self.environ):
-            try:
-                return retry_until_ready(once, out)
-            except RuntimeError as error:
-                if _TRY_AGAIN not in str(error):
-                    raise
-                raise ClusterError(
-                    f"the cluster at {self.address} refused: {_first_line(str(error))}\n"
-                    "  Its head's job agent is not serving. If this lasts, read "
-                    "dashboard_agent.log in the head's Ray logs (TEMP_DIR/session_latest/logs): "
-                    "an agent whose port was taken (another Ray on the machine has Ray's default "
-                    "52365) never serves jobs; start the head with its own "
-                    "--dashboard-agent-listen-port."
-                ) from None
-
-    def info(self, job_id: str) -> JobDetails:
-        with _translated(self.address, job_id, self.environ):
-            return self.client.get_job_info(job_id)
-
-    def logs(self, job_id: str) -> str:
-        with _translated(self.address, job_id, self.environ):
-            return str(self.client.get_job_logs(job_id))
-
-    def stop(self, job_id: str) -> bool:
-        with _translated(self.address, job_id, self.environ):
-            return bool(self.client.stop_job(job_id))
-
-    def jobs(self) -> list[JobDetails]:
-        with _translated(self.address, environ=self.environ):
-            return list(self.client.list_jobs())
-
-    def tail(self, job_id: str, out: TextIO) -> str:
-        """Stream the job's log to ``out`` until the job ends; returns the text seen."""
-        seen: list[str] = []
-
-        async def stream() -> None:
-            async for chunk in self.client.tail_job_logs(job_id):
-                seen.append(chunk)
-                out.write(chunk)
-                out.flush()
-
-        import asyncio
-
-        with _translated(self.address, job_id, self.environ):
-            asyncio.run(stream())
-        return "".join(seen)
-
-    def wait(self, job_id: str, timeout_s: float = 60.0) -> JobDetails:
-        """The job's details once it is in a final state (or when ``timeout_s`` runs out)."""
-        deadline = time.monotonic() + timeout_s
-        details = self.info(job_id)
-        while details.status not in TERMINAL and time.monotonic() < deadline:
-            time.sleep(0.5)
-            details = self.info(job_id)
-        return details
-
-
-T = TypeVar("T")
-
-
-def retry_until_ready(
-    call: Callable[[], T],
-    out: TextIO,
-    *,
-    limit_s: float | None = None,
-    interval_s: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """``call()``, called again while the cluster answers "try again later" (its job agent is
-    not up yet: a cluster that just started), for at most ``limit_s``; a line per retry.
-
-    Any other error, or the same refusal once ``limit_s`` has passed, is raised as it came
-    (a ``RuntimeError`` from the job SDK, with how long caviar retried added). The limits
-    default to :data:`SUBMIT_RETRY_S` and :data:`SUBMIT_RETRY_INTERVAL_S`.
-    """
-    limit_s = SUBMIT_RETRY_S if limit_s is None else limit_s
-    interval_s = SUBMIT_RETRY_INTERVAL_S if interval_s is None else interval_s
-    started = clock()
-    while True:
-        try:
-            return call()
-        except RuntimeError as error:
-            if _TRY_AGAIN not in str(error):
-                raise
-            waited = clock() - started
-            if waited >= limit_s:
-                raise RuntimeError(f"{error} (retried for {waited:.0f} s)") from None
-        print(
-            f"caviar: the cluster has no job agent ready yet; retrying ({waited:.0f} s of "
-            f"{limit_s:.0f} s)",
-            file=out,
-            flush=True,
-        )
-        sleep(min(interval_s, max(0.0, limit_s - waited)))
 
 
 # --- submission --------------------------------------------------------------------------
@@ -570,7 +274,7 @@ def _closing_line(job_id: str, details: JobDetails) -> str:
     took = _duration(details)
     line = f"caviar: job {job_id} {details.status}" + (f" after {took}" if took else "")
     if details.status != SUCCEEDED and details.message:
-        line += f": {_first_line(details.message)}"
+        line += f": {first_line(details.message)}"
     return line
 
 
@@ -589,129 +293,9 @@ def diagnose(details: JobDetails, logs: str = "") -> str | None:
     if details.error_type and "RUNTIME_ENV" in str(details.error_type):
         return (
             f"job {details.submission_id} failed before it started: the cluster could not set "
-            f"up its runtime environment ({_first_line(details.message or '')})"
+            f"up its runtime environment ({first_line(details.message or '')})"
         )
     return None
-
-
-# --- the job's driver, on the cluster ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobDriver:
-    """This process as a Ray job's driver, started in the job's unpacked ``working_dir``."""
-
-    submission_id: str
-    folder: Path
-
-
-def job_driver(environ: Mapping[str, str] = os.environ) -> JobDriver | None:
-    """The job this process is the driver of, if it runs in a ``working_dir``; else None.
-
-    Ray's job supervisor gives the entrypoint ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (the job's
-    runtime_env and metadata; it sets no RAY_JOB_ID) and starts it with ``cd FOLDER &&``,
-    where FOLDER is the working_dir as unpacked on the head.
-    """
-    raw = environ.get(JOB_CONFIG_VARIABLE, "")
-    try:
-        config = json.loads(raw) if raw else {}
-    except ValueError:
-        return None
-    if not isinstance(config, dict) or not (config.get("runtime_env") or {}).get("working_dir"):
-        return None
-    metadata = config.get("metadata") or {}
-    folder = _start_folder(environ)
-    if folder is None:
-        return None
-    return JobDriver(str(metadata.get("job_submission_id") or ""), folder)
-
-
-def _start_folder(environ: Mapping[str, str]) -> Path | None:
-    """The current directory; if it was deleted under this process, its path again."""
-    try:
-        return Path.cwd()
-    except FileNotFoundError:
-        pwd = environ.get("PWD", "")
-        if pwd and Path(pwd).is_dir():
-            os.chdir(pwd)
-            return Path.cwd()
-        return None
-
-
-def local_store_path(uri: str) -> Path | None:
-    """The file or folder a local MLflow store URI names (relative as given); None for a server."""
-    scheme = urlsplit(uri).scheme
-    if scheme == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
-        return Path(uri.split(":///", 1)[1]) if ":///" in uri else None
-    if scheme == "file":
-        return Path(urlsplit(uri).path)
-    if scheme == "":
-        return Path(uri)
-    return None
-
-
-def check_job_store(
-    spec: SweepSpec, driver: JobDriver, environ: Mapping[str, str] = os.environ
-) -> None:
-    """Refuse a tracking store inside the job's working_dir: Ray deletes that folder (with its
-    session, or sooner when the folder's cache entry is evicted), so nothing logged would last.
-    """
-    uri = spec.tracking_uri(environ)
-    path = local_store_path(uri)
-    if path is None:
-        return
-    where = Path(os.path.normpath(driver.folder / path))  # an absolute path stays as it is
-    if not where.is_relative_to(driver.folder):
-        return  # a file the head keeps (sqlite:////data/mlflow.db): it lasts
-    if spec.tracking.uri:
-        source = "the spec's tracking.uri"
-    elif environ.get("MLFLOW_TRACKING_URI"):
-        source = "MLFLOW_TRACKING_URI on the head"
-    else:
-        source = "caviar's default: the head has no MLFLOW_TRACKING_URI"
-    job = f"Ray job {driver.submission_id}" if driver.submission_id else "a Ray job"
-    raise JobStoreError(
-        f"this sweep runs as {job} and would log to {uri} ({source}), a store in the job's "
-        f"temporary working directory {driver.folder}: Ray deletes it, so no result would "
-        "last. Nothing was trained.\n"
-        "  Fix: start the Ray head with MLFLOW_TRACKING_URI set to the cluster's tracking "
-        "server (docker-compose.yml and deploy/k8s set http://mlflow:5000), or set tracking.uri "
-        "in the spec to an http(s):// tracking server the cluster reaches; then submit again."
-    )
-
-
-def leave_shared_folder(driver: JobDriver) -> Path:
-    """Go on in a private copy of the job's folder, and return the copy.
-
-    Invariant after this call: nothing the driver opens by a relative path, nor its current
-    directory, lies in the folder Ray unpacked. Nodes that share a temp folder (a second
-    ``ray start`` on the head's machine without ``--temp-dir`` takes the head's) unpack a job's
-    working_dir into the same place, and a node's runtime-env agent deletes and unpacks it again
-    when the driver connects to Ray; a process whose current directory was deleted cannot load
-    torch ("Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so"). The copy sits next to
-    the unpacked folder, so Ray's session takes it away with that folder.
-    """
-    label = re.sub(r"[^A-Za-z0-9_.-]", "_", driver.submission_id)[:60] or "job"
-    try:
-        private = Path(tempfile.mkdtemp(prefix=f"caviar-driver-{label}-", dir=driver.folder.parent))
-    except OSError:
-        private = Path(tempfile.mkdtemp(prefix=f"caviar-driver-{label}-"))
-    shutil.copytree(driver.folder, private, symlinks=True, dirs_exist_ok=True)
-    os.chdir(private)
-    os.environ["PWD"] = str(private)
-    sys.path[:] = [str(private) if entry == str(driver.folder) else entry for entry in sys.path]
-    return private
-
-
-def prepare_job_driver(spec: SweepSpec, environ: Mapping[str, str] = os.environ) -> None:
-    """``caviar run`` as a Ray job's driver, before it connects to Ray: refuse a store in the
-    job's temporary folder (:func:`check_job_store`), then leave the folder Ray may unpack
-    again (:func:`leave_shared_folder`). Outside a Ray job with a working_dir: nothing."""
-    driver = job_driver(environ)
-    if driver is None:
-        return
-    check_job_store(spec, driver, environ)
-    leave_shared_folder(driver)
 
 
 # --- the other commands ------------------------------------------------------------------
@@ -723,7 +307,7 @@ def status(job_id: str, address: str | None, out: TextIO = sys.stdout) -> int:
     metadata = details.metadata or {}
     lines = [
         f"job {job_id}: {details.status}",
-        f"  message:    {_first_line(details.message or '')}",
+        f"  message:    {first_line(details.message or '')}",
         f"  started:    {_when(details.start_time)}"
         + (f", ended {_when(details.end_time)} ({_duration(details)})" if details.end_time else ""),
         f"  entrypoint: {details.entrypoint}",

@@ -25,6 +25,13 @@ class LiveSweep:
     observer: Any = None  # the SweepObserver Tune actually calls
 
 
+# Process-wide on purpose: Tune restores its pickled callbacks and searcher wherever it likes
+# (its state file, its experiment snapshots), with no way to hand them a live object, so the
+# only context a restored copy shares with ``run_sweep`` is the process; the sweep's id, which
+# the copy carries, is the key. Invariant: an entry exists exactly from ``run_sweep``'s
+# ``register`` (before Tune starts) to the ``unregister`` of its ``finally``, so a lookup
+# outside a running sweep finds nothing, and two sweeps in one process (``caviar up``'s
+# driver runs one after another) never see each other's objects.
 _LIVE: dict[str, LiveSweep] = {}
 
 

@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -54,7 +55,9 @@ def refresh_ray_config() -> None:
     """Make an already imported Ray see the auth settings just put in the environment.
 
     Ray reads ``RAY_AUTH_MODE`` into a cached config when it is imported; Ray's own
-    ``_enable_token_auth`` refreshes it the same way.
+    ``_enable_token_auth`` refreshes it the same way. A private call that stays on with
+    ``CAVIAR_NO_SPEEDUPS`` (``orchestrator/speedups.py`` says why): without it the embedded
+    cluster would start without the token this module just set.
     """
     from ray._raylet import Config
 
@@ -212,6 +215,12 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 _worker_log = logging.getLogger("ray._private.worker")
+# Process-wide on purpose, as Ray's own connection is (``ray.init`` starts or joins one Ray per
+# process): ``caviar``'s command begins the start before its heavy imports, and ``run_sweep``
+# takes it over much later through ``ensure_ray()``, with no handle passed between them (a
+# library caller that never begins a start gets a synchronous one there). Invariant: at most
+# one start is pending; ``claim`` or ``discard`` sets this back to None before returning, on
+# the main thread, so a second ``start_in_background`` after either starts afresh.
 _pending: _BackgroundStart | None = None
 
 
@@ -226,10 +235,9 @@ def start_in_background() -> None:
         return
     prepare_environment()
     # ray.init installs a SIGTERM handler only when called on the main thread (and logs a
-    # warning otherwise); caviar's own makes SIGTERM an interruption, like Ctrl-C.
-    from ray._private.utils import set_sigterm_handler
-
-    set_sigterm_handler(_sigterm)
+    # warning otherwise); caviar's own makes SIGTERM an interruption, like Ctrl-C. (Ray's
+    # private set_sigterm_handler is this very call on every platform caviar runs on.)
+    signal.signal(signal.SIGTERM, _sigterm)
     _worker_log.addFilter(_drop_thread_warning)
     _pending = _BackgroundStart()
     _pending.thread.start()

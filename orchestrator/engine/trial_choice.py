@@ -22,6 +22,10 @@ long up (nothing is killed), or it only had a queued one (nothing is lost). On a
 than that (the benchmark's runs for ~8 s), the passed-over trials still run last (trials 1 and
 2 of 64); on real sweeps they start at most that much later. What runs is unchanged; ASHA
 judges those trials against the rungs as they are when they run.
+
+The choice reads the trials from Tune's controller (``TuneController.get_trials``, a method of
+Tune's internal execution loop that its own schedulers call), so it is a speed-up
+(``orchestrator.speedups``): with ``CAVIAR_NO_SPEEDUPS=1`` Tune's own FIFO choice decides.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
+
+from orchestrator import speedups
 
 # Longer than any actor takes to start (a process, torch, Tune; CUDA's initialisation on a
 # GPU node), short against a real sweep.
@@ -42,6 +48,8 @@ class NewestPendingFirst:
     oldest one once it has waited ``PASSED_OVER_LIMIT_S``."""
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        if not speedups.enabled():  # Tune's own choice: the oldest waiting trial
+            return FIFOScheduler.choose_trial_to_run(self, tune_controller)  # type: ignore[arg-type]
         trials = tune_controller.get_trials()
         pending = [trial for trial in trials if trial.status == Trial.PENDING]
         if pending:

@@ -81,7 +81,6 @@ def release_sweep_resources() -> int:
     it short) kept their groups and CPUs, and the next sweep's trials waited for them forever.
     Returns how many groups were removed.
     """
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import (
         PlacementGroup,
         placement_group_table,
@@ -94,7 +93,7 @@ def release_sweep_resources() -> int:
         # A placement group's id ends with its job's id.
         if info.get("state") == "REMOVED" or not str(group_id).endswith(job):
             continue
-        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(group_id)))
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
         removed += 1
     return removed
 

@@ -1,4 +1,5 @@
-"""The service commands of ``caviar`` (up, down, ps): parse and delegate to ``up.py``."""
+"""The service commands of ``caviar`` (up, down, ps): parse and delegate to ``up.py``,
+``stop.py`` and ``status.py``."""
 
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def add_commands(commands: Any) -> None:  # argparse's _SubParsersAction
 
 def _up(args: argparse.Namespace) -> int:
     from orchestrator.service import up
+    from orchestrator.service.status import status
 
     if args.status:
-        return up.status(sys.stdout)
+        return status(sys.stdout)
     options = up.UpOptions(
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
@@ -52,12 +54,12 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from orchestrator.service import up
+    from orchestrator.service.stop import down
 
-    return up.down(sys.stdout)
+    return down(sys.stdout)
 
 
 def _ps(args: argparse.Namespace) -> int:
-    from orchestrator.service import up
+    from orchestrator.service.status import status
 
-    return up.status(sys.stdout)
+    return status(sys.stdout)

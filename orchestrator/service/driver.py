@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator import speedups
 from orchestrator.environment import apply_environment_defaults
 from orchestrator.service import identity, wire
 
@@ -100,7 +101,8 @@ class Driver:
             os.umask(old_umask)
         server.listen(8)
         asked = warm.prestart_workers()
-        gc.freeze()  # what the imports made lives for good: no collection walks it again
+        if speedups.enabled():  # as in cli.py: the interpreter's collector, tuned
+            gc.freeze()  # what the imports made lives for good: no collection walks it again
         log.warning(
             "caviar-driver: ready in %.1f s (pid %d, %d trial workers asked for)",
             time.monotonic() - started,

@@ -289,3 +289,21 @@ def _own_processes(part: str) -> Iterator[tuple[int, bytes]]:
 def since(started_at: float) -> str:
     """``started_at`` as local time, for ``caviar ps``."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
+
+
+# --- the boot the records belong to ------------------------------------------------------
+
+
+def boot_id() -> str | None:
+    """This boot's id (Linux); None where there is none to read."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def same_boot(records: ServiceRecords) -> bool:
+    """Whether ``records`` were written since this machine last booted (records without a
+    boot id, or on a system without one, are taken as current)."""
+    recorded = records.settings.get("boot_id")
+    return recorded is None or recorded == boot_id()

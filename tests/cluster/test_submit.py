@@ -20,8 +20,10 @@ from conftest import run_caviar
 from ray._private.runtime_env.packaging import create_package
 from ray.job_submission import JobDetails, JobStatus
 
+from orchestrator.cluster import connection
+from orchestrator.cluster import job_driver as job_side
 from orchestrator.cluster import submit as cluster
-from orchestrator.cluster.submit import ClusterAuthError, ClusterError
+from orchestrator.cluster.connection import ClusterAuthError, ClusterError
 from orchestrator.errors import SpecError
 from orchestrator.spec import parse_spec_text
 
@@ -44,24 +46,26 @@ def spec_with(extra: str) -> str:
 
 
 def test_address_comes_from_the_flag_then_ray_address() -> None:
-    assert cluster.resolve_address("http://h:8265/", {}) == "http://h:8265"
-    assert cluster.resolve_address(None, {"RAY_ADDRESS": "10.0.0.5:8265"}) == "http://10.0.0.5:8265"
-    assert cluster.resolve_address("https://h", {"RAY_ADDRESS": "http://x"}) == "https://h"
+    assert connection.resolve_address("http://h:8265/", {}) == "http://h:8265"
+    assert (
+        connection.resolve_address(None, {"RAY_ADDRESS": "10.0.0.5:8265"}) == "http://10.0.0.5:8265"
+    )
+    assert connection.resolve_address("https://h", {"RAY_ADDRESS": "http://x"}) == "https://h"
     with pytest.raises(ClusterError, match="no cluster address.*--address"):
-        cluster.resolve_address(None, {})
+        connection.resolve_address(None, {})
     with pytest.raises(ClusterError, match="not a job API address"):
-        cluster.resolve_address("ray://h:10001", {})
+        connection.resolve_address("ray://h:10001", {})
 
 
 def test_token_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
-    assert cluster.auth_headers({}) == {}
-    assert cluster.auth_headers({"RAY_AUTH_TOKEN": " t0k "}) == {"Authorization": "Bearer t0k"}
+    assert connection.auth_headers({}) == {}
+    assert connection.auth_headers({"RAY_AUTH_TOKEN": " t0k "}) == {"Authorization": "Bearer t0k"}
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
-    headers = cluster.auth_headers({"RAY_AUTH_TOKEN_PATH": str(token_file)})
+    headers = connection.auth_headers({"RAY_AUTH_TOKEN_PATH": str(token_file)})
     assert headers == {"Authorization": "Bearer from-file"}
     with pytest.raises(ClusterAuthError, match="RAY_AUTH_TOKEN_PATH=.*cannot be read"):
-        cluster.auth_headers({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+        connection.auth_headers({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
 
 
 # --- what a cluster cannot run -----------------------------------------------------------
@@ -304,7 +308,9 @@ def refusing(times: int, then: str = "caviar-job-1") -> Any:
 def test_a_cluster_not_ready_for_jobs_is_asked_again_with_a_line_per_try() -> None:
     fake, out = FakeTime(), io.StringIO()
     submit = refusing(3)
-    job = cluster.retry_until_ready(submit, out, interval_s=4, clock=fake.clock, sleep=fake.sleep)
+    job = connection.retry_until_ready(
+        submit, out, interval_s=4, clock=fake.clock, sleep=fake.sleep
+    )
     assert job == "caviar-job-1" and len(submit.calls) == 4
     assert fake.sleeps == [4, 4, 4]
     assert out.getvalue().splitlines() == [
@@ -317,9 +323,9 @@ def test_retrying_stops_at_the_limit_with_the_clusters_message() -> None:
     fake, out = FakeTime(), io.StringIO()
     submit = refusing(10**6)
     with pytest.raises(RuntimeError) as raised:
-        cluster.retry_until_ready(submit, out, clock=fake.clock, sleep=fake.sleep)
+        connection.retry_until_ready(submit, out, clock=fake.clock, sleep=fake.sleep)
     assert NOT_READY in str(raised.value) and "retried for 60 s" in str(raised.value)
-    assert fake.now - 1000.0 == cluster.SUBMIT_RETRY_S == 60.0  # bounded, to the second
+    assert fake.now - 1000.0 == connection.SUBMIT_RETRY_S == 60.0  # bounded, to the second
     assert len(submit.calls) == len(fake.sleeps) + 1 == 21
     assert out.getvalue().splitlines()[-1].endswith("retrying (57 s of 60 s)")
 
@@ -333,7 +339,7 @@ def test_other_refusals_are_not_retried() -> None:
         raise RuntimeError("Request failed with status code 400: Job with submission_id x exists")
 
     with pytest.raises(RuntimeError, match="status code 400"):
-        cluster.retry_until_ready(submit, out, clock=fake.clock, sleep=fake.sleep)
+        connection.retry_until_ready(submit, out, clock=fake.clock, sleep=fake.sleep)
     assert calls == [1] and fake.sleeps == [] and out.getvalue() == ""
 
 
@@ -341,14 +347,14 @@ def test_submit_retries_then_reports_the_refusal_as_a_cluster_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Cluster.submit wraps the retry; its final refusal is the usual one-line ClusterError."""
-    monkeypatch.setattr(cluster, "SUBMIT_RETRY_S", 0.3)
-    monkeypatch.setattr(cluster, "SUBMIT_RETRY_INTERVAL_S", 0.1)
+    monkeypatch.setattr(connection, "SUBMIT_RETRY_S", 0.3)
+    monkeypatch.setattr(connection, "SUBMIT_RETRY_INTERVAL_S", 0.1)
     folder = project(tmp_path)
     request = cluster.build_request(folder / "iris.yaml")
     client = types.SimpleNamespace(
         submit_job=lambda **_: (_ for _ in ()).throw(RuntimeError(NOT_READY))
     )
-    target = object.__new__(cluster.Cluster)
+    target = object.__new__(connection.Cluster)
     target.address, target.environ, target.client = "http://127.0.0.1:9", {}, client
     out = io.StringIO()
     with pytest.raises(ClusterError, match=r"refused: .*try again later.*retried for 0 s") as e:
@@ -377,12 +383,12 @@ def test_a_ray_job_with_a_working_dir_is_recognised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert cluster.job_driver({}) is None
+    assert job_side.job_driver({}) is None
     no_folder = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {}, "metadata": {}})}
-    assert cluster.job_driver(no_folder) is None
-    assert cluster.job_driver({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) is None
-    driver = cluster.job_driver(job_environ())
-    assert driver == cluster.JobDriver("caviar-iris-submit-abc123", tmp_path.resolve())
+    assert job_side.job_driver(no_folder) is None
+    assert job_side.job_driver({"RAY_JOB_CONFIG_JSON_ENV_VAR": "not json"}) is None
+    driver = job_side.job_driver(job_environ())
+    assert driver == job_side.JobDriver("caviar-iris-submit-abc123", tmp_path.resolve())
 
 
 @pytest.mark.parametrize(
@@ -401,9 +407,9 @@ def test_a_store_in_the_jobs_folder_is_refused_with_the_fix(
     text = SPEC + (f"tracking: {{uri: '{spec_uri}'}}\n" if spec_uri else "")
     spec = parse_spec_text(text)
     environ = job_environ(**({"MLFLOW_TRACKING_URI": environ_uri} if environ_uri else {}))
-    driver = cluster.JobDriver("caviar-iris-submit-abc123", tmp_path)
-    with pytest.raises(cluster.JobStoreError) as raised:
-        cluster.check_job_store(spec, driver, environ)
+    driver = job_side.JobDriver("caviar-iris-submit-abc123", tmp_path)
+    with pytest.raises(job_side.JobStoreError) as raised:
+        job_side.check_job_store(spec, driver, environ)
     message = str(raised.value)
     assert raised.value.exit_code == 2
     assert f"({source})" in message and "job's temporary working directory" in message
@@ -417,8 +423,8 @@ def test_a_store_in_the_jobs_folder_is_refused_with_the_fix(
 def test_a_server_or_a_file_outside_the_jobs_folder_is_fine(
     tmp_path: Path, environ_uri: str
 ) -> None:
-    driver = cluster.JobDriver("j", tmp_path / "job")
-    cluster.check_job_store(
+    driver = job_side.JobDriver("j", tmp_path / "job")
+    job_side.check_job_store(
         parse_spec_text(SPEC), driver, job_environ(MLFLOW_TRACKING_URI=environ_uri)
     )
 
@@ -436,7 +442,7 @@ def test_the_driver_moves_to_a_private_copy_that_outlives_the_shared_folder(
     monkeypatch.setattr(sys, "path", [str(shared), *sys.path])
     monkeypatch.setenv("PWD", str(shared))
 
-    cluster.prepare_job_driver(
+    job_side.prepare_job_driver(
         parse_spec_text(SPEC + "tracking: {uri: 'http://m:5000'}\n"), job_environ()
     )
 
@@ -451,7 +457,7 @@ def test_the_driver_moves_to_a_private_copy_that_outlives_the_shared_folder(
 
 def test_outside_a_ray_job_nothing_happens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    cluster.prepare_job_driver(parse_spec_text(SPEC), {})  # sqlite:///mlflow.db is fine here
+    job_side.prepare_job_driver(parse_spec_text(SPEC), {})  # sqlite:///mlflow.db is fine here
     assert Path.cwd() == tmp_path.resolve() and list(tmp_path.parent.glob("caviar-driver-*")) == []
 
 

@@ -98,13 +98,18 @@ def test_a_bug_in_an_epoch_fails_that_trial_and_not_the_sweep(tmp_path: Path) ->
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project)
     (project / "flaky.py").write_text(FLAKY)
-    spec = (project / "spec.yaml").read_text()
-    spec = spec.replace("models:DIGITS_CNN", "flaky:FLAKY").replace("own-cnn-digits", "flaky-cnn")
-    spec = spec.replace("fixed: {epochs: 6, batch_size: 64}", "fixed: {epochs: 3, batch_size: 64}")
-    spec = spec.replace("num_trials: 8", "num_trials: 2").replace(
-        "scheduler: {kind: asha, grace_period: 2, reduction_factor: 3}", "scheduler: {kind: fifo}"
+    spec = _edited(
+        (project / "spec.yaml").read_text(),
+        ("models:DIGITS_CNN", "flaky:FLAKY"),
+        ("own-cnn-digits", "flaky-cnn"),
+        ("fixed: {epochs: 6, batch_size: 64}", "fixed: {epochs: 3, batch_size: 64}"),
+        ("num_trials: 8", "num_trials: 2"),
+        (
+            "scheduler: {kind: asha, grace_period: 2, reduction_factor: 3}",
+            "scheduler: {kind: fifo}",
+        ),
+        ("channels: {values: [4, 8]}", "channels: {grid: [4, 8]}"),
     )
-    spec = spec.replace("channels: {values: [4, 8]}", "channels: {grid: [4, 8]}")
     (project / "spec.yaml").write_text(spec + "storage: {max_failures: 0}\n")
     result = run_caviar("run", str(project / "spec.yaml"), cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -127,3 +132,16 @@ def test_a_bug_in_an_epoch_fails_that_trial_and_not_the_sweep(tmp_path: Path) ->
         assert child.info.status == "FINISHED"
         assert child.data.tags["caviar.outcome"] == "completed"
     assert "2 completed" in result.stdout and "2 failed" in result.stdout
+
+
+def _edited(text: str, *edits: tuple[str, str]) -> str:
+    """``text`` with each ``(old, new)`` applied; each ``old`` must occur exactly once, so an
+    edit of the example that this test no longer matches fails here instead of the test
+    silently running the example unedited."""
+    for old, new in edits:
+        count = text.count(old)
+        assert count == 1, (
+            f"the example's spec holds {old!r} {count} times, not once: update the test"
+        )
+        text = text.replace(old, new)
+    return text

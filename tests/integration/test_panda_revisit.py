@@ -8,6 +8,7 @@ the Ray actor path is exercised by ``test_panda.py``."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,12 @@ def test_from_continues_the_best_trial_exactly(sweep, monkeypatch) -> None:
     assert steps == [5, 6]
 
 
-def test_revisit_scores_unchanged_data_exactly_and_flags_a_moved_rank(sweep) -> None:
-    folder, parent_id = sweep
+def test_revisit_scores_unchanged_data_exactly_and_flags_a_moved_rank(sweep, tmp_path) -> None:
+    shared, parent_id = sweep
+    # Its own copy of the sweep's folder: this test changes data.csv and adds runs, and the
+    # module's other tests must see the sweep as it ran, in whatever order they run.
+    folder = tmp_path / "sweep"
+    shutil.copytree(shared, folder)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     same = revisit(parent_id, 3, uri, _local, folder, io.StringIO())
     assert [r.new_score for r in same.rows] == [r.old_score for r in same.rows]

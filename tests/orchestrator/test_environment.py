@@ -17,6 +17,8 @@ MODULES = (
     "orchestrator.engine.raystart",
     "orchestrator.store.tracking",
     "orchestrator.cluster.submit",
+    "orchestrator.cluster.connection",
+    "orchestrator.cluster.job_driver",
     "orchestrator.report.page",
 )
 

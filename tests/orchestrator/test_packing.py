@@ -20,6 +20,7 @@ from orchestrator.spec import SweepSpec, parse_spec
 from orchestrator.store.journal import RESUME_FROM
 from orchestrator.trials import PACK_MEMBERS, TrialState
 from trainables import get_trainable
+from trainables.pack import auto_pack_size
 
 SHAPES = ("layers", "hidden_units", "activation", "batch_norm", "optimizer", "batch_size")
 
@@ -93,14 +94,24 @@ def test_packs_share_shape_and_keep_every_other_draw() -> None:
         assert all(m["hidden_units"] == head["hidden_units"] for m in unit)
 
 
-def test_auto_sizes_by_shape_and_leaves_every_slot_two_packs() -> None:
+def test_auto_sizes_each_pack_by_its_shape_and_leaves_every_slot_packs_per_slot_packs() -> None:
+    """``auto`` asks the trainable for each pack's size from the pack's shape (a shape too
+    costly to fuse trains alone), and caps it so that each slot gets at least PACKS_PER_SLOT
+    packs of the round (64 trials)."""
     spec = _spec()
-    units = pack_round(sample_configs(spec.search_space(), 64, 3), _packer(spec, slots=2))
-    sizes = [len(u) for u in units]
-    assert sum(sizes) == 64 and len(units) >= PACKS_PER_SLOT * 2
-    assert max(sizes) <= 64 // (PACKS_PER_SLOT * 2)  # the cap: packs a round per slot
-    one_slot = pack_round(sample_configs(spec.search_space(), 64, 3), _packer(spec, slots=1))
-    assert max(len(u) for u in one_slot) > max(sizes) or max(sizes) < 16
+    configs = sample_configs(spec.search_space(), 64, 3)
+    for slots in (1, 2):
+        cap = 64 // (PACKS_PER_SLOT * slots)
+        units = pack_round(configs, _packer(spec, slots=slots))
+        sizes = [len(u) for u in units]
+        assert sum(sizes) == 64 and len(units) >= PACKS_PER_SLOT * slots
+        # the trainable's own size for each pack's shape (the digits' 64 features, 10 classes)
+        by_shape = [auto_pack_size(unit[0], "cpu", 64) for unit in units]
+        assert all(size <= min(wanted, cap) for size, wanted in zip(sizes, by_shape, strict=True))
+        alone = [size for size, wanted in zip(sizes, by_shape, strict=True) if wanted == 1]
+        fused = [size for size, wanted in zip(sizes, by_shape, strict=True) if wanted > 1]
+        assert alone and set(alone) == {1}, sizes  # shapes too costly to fuse: one member
+        assert max(fused) == cap, (slots, sizes)  # cheap shapes: up to the cap, not beyond
 
 
 def test_grid_points_pack_only_with_their_own_shape() -> None:

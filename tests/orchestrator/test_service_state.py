@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.service import client, fixed_nodes, identity, ports, up, wire
+from orchestrator.service import client, fixed_nodes, identity, ports, wire
 from orchestrator.service.state import (
     MARKER_ENV,
     ProcessRecord,
@@ -27,6 +27,17 @@ from orchestrator.service.state import (
     marker,
     process_alive,
     start_ticks,
+)
+from orchestrator.service.status import status
+from orchestrator.service.stop import down
+from orchestrator.service.topology import ServiceError, Topology
+from orchestrator.service.up import _end_what_is_left
+
+# What tells a recorded process from a reused pid, finds a service's processes by the marker in
+# their environment and lists a process group is read from /proc; without it (macOS) caviar
+# cannot tell those apart (state.py says what it does instead), so these tests are Linux's.
+reads_proc = pytest.mark.skipif(
+    sys.platform != "linux", reason="reads /proc (Linux): start times, environments, groups"
 )
 
 
@@ -49,6 +60,7 @@ def test_state_folder_is_private_and_records_round_trip(tmp_path: Path) -> None:
     assert read.processes["mlflow"].alive()
 
 
+@reads_proc
 def test_a_reused_pid_is_not_the_service(tmp_path: Path) -> None:
     """A record is alive only if its pid started at the recorded moment (reboot, reuse)."""
     mine = start_ticks(os.getpid())
@@ -57,6 +69,7 @@ def test_a_reused_pid_is_not_the_service(tmp_path: Path) -> None:
     assert not process_alive(2**22 + 7, None)  # above pid_max: never a process
 
 
+@reads_proc
 def test_stale_records_are_reported_and_cleaned_without_killing_anyone(tmp_path: Path) -> None:
     """After a reboot the records name pids that are gone or belong to someone else now."""
     state = StateDir(tmp_path / "home")
@@ -75,10 +88,10 @@ def test_stale_records_are_reported_and_cleaned_without_killing_anyone(tmp_path:
         )
         state.write(records)
         lines: list[str] = []
-        assert up.status(_Lines(lines), state) == 1
+        assert status(_Lines(lines), state) == 1
         text = "".join(lines)
         assert "dead" in text and "caviar up restarts" in text
-        assert up.down(_Lines(lines), state) == 0
+        assert down(_Lines(lines), state) == 0
         assert state.read() is None
         assert sleeper.poll() is None  # never signalled: it was not ours
     finally:
@@ -94,6 +107,7 @@ def test_two_state_folders_never_share_runtime_files_or_markers(tmp_path: Path) 
     assert marker(one.path, "ray-head") != marker(two.path, "ray-head")
 
 
+@reads_proc
 def test_marked_processes_finds_exactly_a_services_processes(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "home")
     env = {**os.environ, MARKER_ENV: marker(state.path, "ray-worker-1")}
@@ -168,6 +182,41 @@ def _driver_answering(state: StateDir, kind: str) -> Iterator[None]:
         thread.join(timeout=5)
 
 
+def _with_a_recorded_driver(state: StateDir) -> None:
+    """The state folder of a service that is up: a driver recorded (its pid never a process,
+    as ``client.choose`` asks the socket, not the pid)."""
+    state.create()
+    record = ProcessRecord("driver", 2**22 + 7, 1, 0.0, "l")
+    state.write(ServiceRecords({}, {"driver": record}))
+
+
+def _spec(tmp_path: Path, tracking: str) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\n" + tracking)
+    return spec
+
+
+@pytest.fixture
+def no_place_named(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Neither a Ray nor a tracking store named by the environment (the tests set them)."""
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_caviar_run_uses_a_service_of_the_same_caviar_when_nothing_names_another_place(
+    state: StateDir, tmp_path: Path, no_place_named: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path, "tracking: {experiment: x}\n")  # an experiment is not a place
+    assert client.choose(spec, state=state) == client.Choice(None)  # no service: no note
+    _with_a_recorded_driver(state)
+    with _driver_answering(state, "same"):  # the real driver's request handling
+        choice = client.choose(spec, state=state)
+        off = client.choose(spec, no_service=True, state=state)
+    assert choice == client.Choice(state.socket_path)  # the sweep goes to the driver
+    assert off == client.Choice(None)  # --no-service: a Ray of its own, silently
+
+
 @pytest.mark.parametrize(
     ("spec_tracking", "environ", "driver", "why"),
     [
@@ -177,38 +226,29 @@ def _driver_answering(state: StateDir, kind: str) -> Iterator[None]:
         ("tracking: {experiment: x}\n", {}, None, "not answering"),
         ("tracking: {experiment: x}\n", {}, "other", "runs other caviar code (version 0.0.1"),
         ("", {}, "old", "runs other caviar code (unknown version and code"),
-        ("tracking: {experiment: x}\n", {}, "same", "uses the service"),
     ],
 )
-def test_caviar_run_uses_the_service_only_when_nothing_names_another_place(
+def test_caviar_run_runs_on_its_own_ray_when_something_names_another_place_or_code(
     state: StateDir,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    no_place_named: pytest.MonkeyPatch,
     spec_tracking: str,
     environ: dict[str, str],
     driver: str | None,
     why: str | None,
 ) -> None:
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
+    """Another Ray (RAY_ADDRESS: silently), another store (the spec's or the environment's),
+    a driver that does not answer or runs other caviar code: the sweep runs on a Ray of its
+    own, and but for RAY_ADDRESS the first line says why."""
     for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: x\n" + spec_tracking)
-    assert client.choose(spec, state=state) == client.Choice(None)  # no service: no note
-    state.create()
-    record = ProcessRecord("driver", 2**22 + 7, 1, 0.0, "l")
-    state.write(ServiceRecords({}, {"driver": record}))
+        no_place_named.setenv(name, value)
+    spec = _spec(tmp_path, spec_tracking)
+    _with_a_recorded_driver(state)
     with contextlib.ExitStack() as stack:
         if driver is not None:
             stack.enter_context(_driver_answering(state, driver))
         choice = client.choose(spec, state=state)
-        off = client.choose(spec, no_service=True, state=state)
-    assert off == client.Choice(None)
-    if why == "uses the service":
-        assert choice == client.Choice(state.socket_path)  # the sweep goes to the driver
-        return
-    assert choice.socket is None  # on a Ray of its own, and the first line says why
+    assert choice.socket is None
     if why is None:
         assert choice.note is None
     else:
@@ -324,6 +364,7 @@ time.sleep(600)
 """
 
 
+@reads_proc
 @pytest.mark.parametrize("whose", ["ours", "stranger"])
 def test_a_dead_leaders_group_is_degraded_and_ended_only_when_it_is_the_services(
     state: StateDir, whose: str
@@ -354,10 +395,10 @@ def test_a_dead_leaders_group_is_degraded_and_ended_only_when_it_is_the_services
         leader.wait()
         (child,) = [p for p in _group(leader.pid) if p != leader.pid]
         lines: list[str] = []
-        assert up.status(_Lines(lines), state) == 1
+        assert status(_Lines(lines), state) == 1
         row = next(line for line in "".join(lines).splitlines() if "  mlflow " in line)
         ended: list[str] = []
-        up._end_what_is_left(state, records, ["mlflow"], _Lines(ended))
+        _end_what_is_left(state, records, ["mlflow"], _Lines(ended))
         if whose == "ours":
             assert " degraded " in row, row
             assert f"mlflow: its leader (pid {leader.pid}) died, but its process group" in (
@@ -366,14 +407,14 @@ def test_a_dead_leaders_group_is_degraded_and_ended_only_when_it_is_the_services
             assert f"still ran (pids {child}); ending it" in "".join(ended)
             assert not process_alive(child, None)
             assert ports.bindable(port)  # at once: caviar up starts it again on its port
-            topology = up.Topology(state, settings, "token")
+            topology = Topology(state, settings, "token")
             topology.assign_ports(["mlflow"])
             assert topology.ports["mlflow"]["mlflow"] == port
         else:
             assert " dead " in row, row
             assert process_alive(child, None)  # not the service's: never signalled
-            topology = up.Topology(state, settings, "token")
-            with pytest.raises(up.ServiceError, match=f"port {port} .* is taken; stop what"):
+            topology = Topology(state, settings, "token")
+            with pytest.raises(ServiceError, match=f"port {port} .* is taken; stop what"):
                 topology.assign_ports(["mlflow"])
     finally:
         for pid in _group(leader.pid):

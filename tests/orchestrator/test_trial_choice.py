@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from ray.tune.experiment import Trial
 
 from orchestrator.engine import trial_choice
@@ -76,3 +77,16 @@ def test_a_trial_passed_over_for_too_long_goes_first(monkeypatch) -> None:
         assert scheduler.choose_trial_to_run(controller) is b
         b.status = Trial.RUNNING  # b runs; d is the oldest waiting, and newly so
         assert scheduler.choose_trial_to_run(controller).name == "d"
+
+
+def test_with_speedups_off_tunes_own_choice_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The choice reads Tune's controller (its internal loop): a speed-up, so with
+    CAVIAR_NO_SPEEDUPS=1 Tune's FIFO choice (the oldest waiting trial) runs instead."""
+    monkeypatch.setenv("CAVIAR_NO_SPEEDUPS", "1")
+    controller = _Controller(
+        _Trial("a", Trial.RUNNING), _Trial("b", Trial.PENDING), _Trial("c", Trial.PENDING)
+    )
+    paused = _Controller(_Trial("a", Trial.PAUSED), _Trial("b", Trial.RUNNING))
+    for scheduler in _schedulers():
+        assert scheduler.choose_trial_to_run(controller).name == "b"
+        assert scheduler.choose_trial_to_run(paused).name == "a"
