@@ -11,7 +11,6 @@ import dataclasses
 import gc
 import logging
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,14 +45,17 @@ from orchestrator.spec import AshaScheduler, SweepSpec
 from orchestrator.spec.data import class_names_param, load_data
 from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL, Journal, read_journal
-from orchestrator.store.markers import (
-    SweepMarker,
-    pick_for_resume,
-    refuse_if_unfinished,
-    write_marker,
+from orchestrator.store.lifecycle import (
+    FINISHED,
+    KILLED,
+    Ending,
+    NewParent,
+    RunLifecycle,
+    new_run_id,
 )
+from orchestrator.store.markers import SweepMarker, pick_for_resume, refuse_if_unfinished
 from orchestrator.store.sweep_lock import sweep_lock
-from orchestrator.store.tracking import SweepTracker, model_code_paths
+from orchestrator.store.tracking import SweepTracker
 from orchestrator.sweep_result import SweepResult
 from orchestrator.trials import FINAL_STATES, Trial, trial_key
 from trainables import DataSplits, TensorSplits, get_trainable
@@ -130,32 +131,27 @@ def _run_locked(
     started: float,
 ) -> SweepResult:
     shown_spec = _shown_spec(spec_filename, spec_dir)
-    tracker = _open_tracking(spec, place, data, spec_text, spec_filename)
-    assert place.marker is not None  # written by _open_tracking
-    sweep = Sweep(
-        spec, data, tracker, place.run_dir, place.sweep_id, stream, resume, place.marker, spec_dir
-    )
+    run = _open_run(spec, place, data, spec_text, spec_filename, stream)
+    sweep = Sweep(spec, data, run.tracker, place.run_dir, run.run_id, stream, resume, spec_dir)
     result = _announce(sweep, started)
-    halted: SweepHalted | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="caviar-ray-shutdown") as background:
         try:
-            with _ray_session(background):  # its shutdown overlaps the summary and report
-                _fit(sweep)
-                result.records = _records(sweep.sweep_id)
-                _rank_and_test(sweep, result)
-            result.status = "FINISHED"
-        except KeyboardInterrupt:
-            result.status = "KILLED"
-            print(INTERRUPTED_NOTE, file=stream, flush=True)
-        except SweepHalted as error:  # a full disk, say: the sweep is kept for --resume
-            result.status = "KILLED"
-            halted = error
+            # A full disk, say, halts the sweep: it ends KILLED, kept for --resume.
+            with run.running(
+                _ending(sweep, run, result, started, draw_later),
+                interruptions=(KeyboardInterrupt, SweepHalted),
+            ):
+                with _ray_session(background):  # its shutdown overlaps the summary and report
+                    _fit(sweep)
+                    result.records = _records(sweep.sweep_id)
+                    _rank_and_test(sweep, run, result)
         finally:
-            _close_sweep(sweep, result, started, draw_later)
-    if halted is not None:
+            live.unregister(sweep.sweep_id)
+    result.undelivered = run.tracker.undelivered
+    if isinstance(run.interruption, SweepHalted):
         resume_hint = f"caviar: then finish it with:  {resume_command(shown_spec)}"
-        raise SweepHalted(f"{halted}\n{resume_hint}")
-    if result.status == "KILLED":
+        raise SweepHalted(f"{run.interruption}\n{resume_hint}")
+    if result.status == KILLED:
         raise SweepInterrupted(_interrupted_message(spec, result, shown_spec))
     return result
 
@@ -177,7 +173,6 @@ class Sweep:
     sweep_id: str
     stream: TextIO
     resume: bool
-    marker: SweepMarker  # as written when the sweep started running
     spec_dir: Path | None = None
 
 
@@ -202,40 +197,39 @@ def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
         run_dir, marker = pick_for_resume(storage_root, spec.spec_hash(), spec.results_fields())
         return SweepPlace(run_dir, marker.sweep_id, marker)
     refuse_if_unfinished(storage_root, shown_spec)
-    sweep_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    sweep_id = new_run_id()
     return SweepPlace(storage_root / sweep_id, sweep_id)
 
 
-def _open_tracking(
-    spec: SweepSpec, place: SweepPlace, data: DataSplits, spec_text: str, spec_filename: str
-) -> SweepTracker:
+def _open_run(
+    spec: SweepSpec,
+    place: SweepPlace,
+    data: DataSplits,
+    spec_text: str,
+    spec_filename: str,
+    stream: TextIO,
+) -> RunLifecycle:
     """The sweep's MLflow parent run, new or reopened; marks the sweep running on disk.
 
     An unreachable or refusing store stops the sweep here, before any compute."""
     if place.marker is not None:
-        tracker = SweepTracker(place.marker.tracking_uri, place.marker.experiment)
-        tracker.resume_sweep(place.marker.parent_run_id)
-        parent_run_id = place.marker.parent_run_id
-    else:
-        tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
-        parent_run_id = tracker.start_sweep(
-            run_name=f"{spec.name}-{place.sweep_id}",
-            tags=_sweep_tags(spec, place.sweep_id),
-            params=_sweep_params(spec, data),
-            spec_text=spec_text,
-            spec_filename=spec_filename,
-        )
-    place.marker = SweepMarker(
-        place.sweep_id,
-        "running",
-        parent_run_id,
-        tracker.uri,
-        tracker.experiment,
-        spec.spec_hash(),
-        spec.results_fields(),
+        # The marker keeps the spec as this run runs it (pick_for_resume refused a change).
+        marker = dataclasses.replace(place.marker, spec=spec.results_fields())
+        return RunLifecycle.reopen(place.run_dir, marker, stream)
+    parent = NewParent(
+        kind=layout.SWEEP,
+        run_id=place.sweep_id,
+        run_name=f"{spec.name}-{place.sweep_id}",
+        spec_hash=spec.spec_hash(),
+        spec_text=spec_text,
+        spec_filename=spec_filename,
+        tags=_sweep_tags(spec),
+        params=_sweep_params(spec, data),
+        results_fields=spec.results_fields(),
     )
-    write_marker(place.run_dir, place.marker)
-    return tracker
+    return RunLifecycle.start(
+        spec.tracking_uri(), spec.experiment_name, parent, stream, folder=place.run_dir
+    )
 
 
 def _announce(sweep: Sweep, started: float) -> SweepResult:
@@ -291,7 +285,7 @@ def _shutdown_quietly() -> None:
         gc.enable()
 
 
-def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
+def _rank_and_test(sweep: Sweep, run: RunLifecycle, result: SweepResult) -> None:
     """The best trial, ranked ASHA-aware, evaluated once on the held-out test split."""
     spec, tracker = sweep.spec, sweep.tracker
     best = ranked(result.records, spec.objective.metric, spec.mode, _milestones(spec))
@@ -303,54 +297,39 @@ def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
     top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
     result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
     model = _score_best(spec, sweep.data, result, sweep.stream)
-    result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], model_code_paths(model))
+    result.model_uri = run.log_model(model, sweep.data.x_test[:5])
 
 
-def _close_sweep(sweep: Sweep, result: SweepResult, started: float, draw_later: bool) -> None:
-    """Deliver what MLflow lacks, end the runs as the sweep ended, and mark it on disk.
+def _ending(
+    sweep: Sweep, run: RunLifecycle, result: SweepResult, started: float, draw_later: bool
+) -> Callable[[str], Ending]:
+    """What the sweep logs as it ends, by how it ended.
 
     An interrupted sweep's children end KILLED and it gets no totals or report: those come
     when ``--resume`` finishes it."""
-    if not result.records:
-        result.records = _records(sweep.sweep_id)
-    result.wall_seconds = time.monotonic() - started
-    try:
-        _close_tracking(sweep, result, draw_later)
-    except Exception as error:
-        if result.status == "FINISHED":
-            raise
-        # Interrupted or halted: the store may be what failed (a full disk); the marker
-        # below must still say so, and ``--resume`` delivers what MLflow missed.
-        print(f"caviar: warning: MLflow could not be updated ({error})", file=sweep.stream)
-    finally:
-        status_on_disk = {"FINISHED": "finished", "KILLED": "interrupted"}.get(
-            result.status, "failed"
+
+    def ending(status: str) -> Ending:
+        result.status = status
+        if isinstance(run.interruption, KeyboardInterrupt):
+            print(INTERRUPTED_NOTE, file=sweep.stream, flush=True)
+        if not result.records:
+            result.records = _records(sweep.sweep_id)
+        result.wall_seconds = time.monotonic() - started
+
+        def report() -> None:
+            draw = _report(result, sweep.tracker, sweep.stream) if status == FINISHED else None
+            if draw is not None and not draw_later:
+                draw()
+                draw = None
+            result.draw_report = draw
+
+        return Ending(
+            summary=None if status == KILLED else (_summary_metrics(result), _summary_tags(result)),
+            child_outcomes={str(r.index): r.state for r in result.records},
+            before_end=report,
         )
-        try:
-            write_marker(sweep.run_dir, dataclasses.replace(sweep.marker, status=status_on_disk))
-        except OSError as error:  # a full disk: the lock shows the driver gone all the same
-            note = f"caviar: warning: the sweep's marker was not updated ({error})"
-            print(note, file=sweep.stream)
-        live.unregister(sweep.sweep_id)
 
-
-def _close_tracking(sweep: Sweep, result: SweepResult, draw_later: bool) -> None:
-    """Deliver what MLflow lacks; end the children and the parent as the sweep ended."""
-    tracker, status = sweep.tracker, result.status
-    tracker.close()
-    if status == "FINISHED":
-        tracker.finalize_children({str(r.index): r.state for r in result.records})
-    if status == "KILLED":
-        tracker.interrupt_children()
-    else:
-        tracker.log_summary(_summary_metrics(result), _summary_tags(result))
-    draw = _report(result, tracker, sweep.stream) if status == "FINISHED" else None
-    if draw is not None and not draw_later:
-        draw()
-        draw = None
-    tracker.end_sweep(status)
-    result.draw_report = draw
-    result.undelivered = tracker.undelivered
+    return ending
 
 
 def _records(sweep_id: str) -> list[Trial]:
@@ -661,11 +640,9 @@ def _milestones(spec: SweepSpec) -> list[int]:
     return [spec.max_epochs]
 
 
-def _sweep_tags(spec: SweepSpec, sweep_id: str) -> dict[str, str]:
+def _sweep_tags(spec: SweepSpec) -> dict[str, str]:
+    """The parent's tags beyond the lifecycle's stamp (kind, sweep id, spec hash)."""
     tags = {
-        layout.KIND: layout.SWEEP,
-        layout.SWEEP_ID: sweep_id,
-        layout.SPEC_HASH: spec.spec_hash(),
         layout.VERSION: _version(),
         layout.TRAINABLE: spec.trainable,
     }
