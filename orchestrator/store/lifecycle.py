@@ -76,7 +76,9 @@ class Ending:
 class RunLifecycle:
     """One parent run and its folder's marker; :meth:`running` ends both.
 
-    Build one with :meth:`start` (a new run) or :meth:`reopen` (an interrupted one)."""
+    Build one with :meth:`start` (a new run) or :meth:`reopen` (an interrupted one); either
+    marks the run's folder (where it keeps one) ``running`` before it returns, so a kill from
+    then on leaves a run that ``--resume`` finds."""
 
     def __init__(
         self,
