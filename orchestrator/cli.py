@@ -7,18 +7,22 @@ bad spec, 1 otherwise); anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import atexit
-import gc
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from orchestrator import speedups
 from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import CaviarError, SweepInterrupted
+
+if TYPE_CHECKING:  # the results a command prints; their modules load only where it runs
+    from orchestrator.panda.command import PandaResult
+    from orchestrator.panda.revisit import RevisitResult
+    from orchestrator.sweep_result import SweepResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,15 +240,13 @@ def _panda(args: argparse.Namespace) -> int:
         from orchestrator.engine.capacity import refuse_on_this_machine
 
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
-    _exit_without_final_collection()
-    from orchestrator.engine import raystart
+    speedups.exit_without_final_collection()  # before the heavy imports (its docstring)
+    from orchestrator.engine.on_ray import run_on_ray
 
-    raystart.start_in_background()  # overlaps the imports, the data and the MLflow parent run
-    try:
+    def session() -> PandaResult:
         from orchestrator.panda.command import run_panda
-        from orchestrator.panda.summary import format_summary
 
-        result = run_panda(
+        return run_panda(
             spec,
             spec_path.read_text(encoding="utf-8"),
             spec_path.name,
@@ -253,51 +255,57 @@ def _panda(args: argparse.Namespace) -> int:
             epochs=form.epochs if form.epochs is not None else args.epochs,
             resume=form.resume,
         )
-    finally:
-        raystart.discard()
-    print(format_summary(result))
+
+    run_on_ray(session, _panda_summary)
     return 0
 
 
 def _panda_from(args: argparse.Namespace) -> int:
     """``caviar panda --from RUN_ID``: a sweep's trial continued as a panda session."""
-    _exit_without_final_collection()
-    from orchestrator.engine import raystart
+    speedups.exit_without_final_collection()  # before the heavy imports (its docstring)
+    from orchestrator.engine.on_ray import run_on_ray
     from orchestrator.panda.origin import continue_from
 
     if args.tracking_uri:  # where the trial is, and (unless its spec names one) the session
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     origin = continue_from(args.from_run, args.tracking_uri, args.epochs, Path.cwd())
-    raystart.start_in_background()
-    try:
-        from orchestrator.panda.command import run_panda
-        from orchestrator.panda.summary import format_summary
 
-        result = run_panda(
+    def session() -> PandaResult:
+        from orchestrator.panda.command import run_panda
+
+        return run_panda(
             origin.spec, origin.spec_text, origin.spec_filename, Path.cwd(), origin=origin
         )
-    finally:
-        raystart.discard()
-    print(format_summary(result))
+
+    run_on_ray(session, _panda_summary)
     return 0
 
 
-def _revisit(args: argparse.Namespace) -> int:
-    _exit_without_final_collection()
-    from orchestrator.engine import raystart
+def _panda_summary(result: PandaResult) -> str:
+    from orchestrator.panda.summary import format_summary
 
-    raystart.start_in_background()
-    try:
+    return format_summary(result)
+
+
+def _revisit(args: argparse.Namespace) -> int:
+    speedups.exit_without_final_collection()  # before the heavy imports (its docstring)
+    from orchestrator.engine.on_ray import run_on_ray
+
+    def revisiting() -> RevisitResult:
         from orchestrator.panda.command import ray_trainer
-        from orchestrator.panda.revisit import format_revisit, revisit
+        from orchestrator.panda.revisit import revisit
         from orchestrator.store.uri import tracking_uri
 
-        result = revisit(
+        return revisit(
             args.sweep, args.top, tracking_uri(args.tracking_uri), ray_trainer, Path.cwd()
         )
-    finally:
-        raystart.discard()
-    print(format_revisit(result))
+
+    def summary(result: RevisitResult) -> str:
+        from orchestrator.panda.revisit import format_revisit
+
+        return format_revisit(result)
+
+    run_on_ray(revisiting, summary)
     return 0
 
 
@@ -348,17 +356,13 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator.engine.capacity import refuse_on_this_machine
 
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
-    _exit_without_final_collection()
-    from orchestrator.engine import raystart
+    speedups.exit_without_final_collection()  # before the heavy imports (its docstring)
+    from orchestrator.engine.on_ray import run_on_ray
 
-    # Ray's start (seconds, mostly waiting on its processes) overlaps the imports below, the
-    # data load and the MLflow parent run; run_sweep claims it where it needs Ray.
-    raystart.start_in_background()
-    try:
+    def sweep() -> SweepResult:
         from orchestrator.engine.run import run_sweep
-        from orchestrator.report.summary import format_summary
 
-        result = run_sweep(
+        return run_sweep(
             spec,
             args.spec.read_text(encoding="utf-8"),
             args.spec.name,
@@ -366,36 +370,25 @@ def _run(args: argparse.Namespace) -> int:
             resume=args.resume,
             draw_later=True,
         )
-    finally:
-        raystart.discard()  # a no-op once run_sweep has claimed it
-    print(format_summary(result), flush=True)
+
+    def summary(result: SweepResult) -> str:
+        from orchestrator.report.summary import format_summary
+
+        return format_summary(result)
+
+    result = run_on_ray(sweep, summary)
     if result.draw_report is not None:  # the plots onto the parent run, the summary already out
         result.draw_report()
     return 0 if result.best is not None else 1
 
 
 def _report(args: argparse.Namespace) -> int:
-    _exit_without_final_collection()
+    speedups.exit_without_final_collection()
     from orchestrator.report.command import report_command
 
     page = report_command(args.sweep, args.tracking_uri, args.out)
     print(f"caviar: wrote {page}")
     return 0
-
-
-def _exit_without_final_collection() -> None:
-    """Skip the cyclic garbage collection of interpreter shutdown (seconds once torch, Ray and
-    MLflow are loaded; docs/performance.md): at exit, move every object to the permanent
-    generation first.
-
-    Registered before the heavy imports, so it runs after their own exit handlers (LIFO).
-    Nothing is lost: the process is ending, and no exit handler of theirs is skipped. Off with
-    the other speed-ups (``CAVIAR_NO_SPEEDUPS``).
-    """
-    from orchestrator import speedups
-
-    if speedups.enabled():
-        atexit.register(gc.freeze)
 
 
 if __name__ == "__main__":

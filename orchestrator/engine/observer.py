@@ -7,13 +7,9 @@ background thread, and redraws the progress line at most a few times a second.
 
 from __future__ import annotations
 
-import errno
-import json
 import math
-import os
-import statistics
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,10 +17,11 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.engine import live
+from orchestrator.engine.disk_space import SpaceCheck, error_summary, failed_for_space
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.searcher import RoundSearcher
-from orchestrator.engine.trial_actor import TIMEOUT_NOTE
-from orchestrator.errors import CaviarError, SweepHalted
+from orchestrator.engine.stalls import StallWatch
+from orchestrator.errors import CaviarError
 from orchestrator.search.best_so_far import BestSoFar
 from orchestrator.store import layout
 from orchestrator.store.journal import RESUME_FROM, Journal, JournalWriteError
@@ -44,16 +41,6 @@ from trainables.train import RESULT_KEYS
 # What a trial reports that is a per-epoch metric (everything numeric we own, nothing of Ray's).
 EPOCH_METRICS = tuple(k for k in RESULT_KEYS if k not in ("epoch", "diverged"))
 RECORDED_KEYS = (*EPOCH_METRICS, "epoch", "diverged", "node_id", "worker_pid", "ended_at")
-# A trial silent for this many times its usual gap between reports gets a live notice (once),
-# but never sooner than NOTICE_MIN_S, nor later than half its epoch timeout.
-NOTICE_FACTOR = 10.0
-NOTICE_MIN_S = 30.0
-# What a worker's error says when it could not write for lack of space.
-DISK_FULL_HINTS = ("No space left on device", f"[Errno {errno.ENOSPC}]", "Disk quota exceeded")
-# Below this much free space the sweep's folder counts as full: the next checkpoint or
-# journal line fails, and Tune would first retry every trial whose save failed.
-MIN_FREE_BYTES = 1 << 20
-SPACE_CHECK_EVERY_S = 1.0
 
 
 class _Halted(Exception):
@@ -120,16 +107,10 @@ class SweepObserver(Callback):
         # The scheduler's pack members that left, with the epoch they left at.
         self.left_at: Mapping[int, int] = left_at if left_at is not None else {}
         self._pack_sizes: Counter[int] = Counter()  # members planned per pack
-        self.epoch_timeout_s = epoch_timeout_s
-        self.timeouts_dir = timeouts_dir
-        self.storage_dir = storage_dir  # where checkpoints and the journal go: kept from full
-        self._space_checked = 0.0
+        self.stalls = StallWatch(epoch_timeout_s, timeouts_dir)
+        # Where checkpoints and the journal go: a full one halts the sweep.
+        self.space = SpaceCheck(storage_dir)
         self.fatal: CaviarError | None = None
-        # When the driver last heard from each running trial, and its recent gaps between
-        # reports (seconds): what a stall is measured against.
-        self._heard: dict[int, float] = {}
-        self._gaps: dict[int, deque[float]] = {}
-        self._noticed: set[int] = set()
         # The search converging, for the parent run (best_so_far.py); not logged while a
         # resumed sweep replays its journal (the killed sweep logged those points).
         self.best_so_far = BestSoFar(searcher.plan.mode, budget)
@@ -313,10 +294,10 @@ class SweepObserver(Callback):
 
     @_unless_halted
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = _error_summary(trial)
-        if any(hint in _error_text(trial) for hint in DISK_FULL_HINTS):
+        error = error_summary(trial)
+        if failed_for_space(trial):
             # Not the trial's fault: it stays unended (KILLED in MLflow), for --resume.
-            self.halt(self._disk_full(error))
+            self.halt(self.space.disk_full(error))
             return
         members = self._members(trial)
         if members or trial.trial_id in self.searcher.members_of:
@@ -340,33 +321,15 @@ class SweepObserver(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune restarts a trial whose worker died (or whose save failed): its silence starts
         over; a failure for lack of space halts the sweep instead of retrying into it."""
-        if any(hint in _error_text(trial) for hint in DISK_FULL_HINTS):
-            self.halt(self._disk_full(_error_summary(trial)))
+        if failed_for_space(trial):
+            self.halt(self.space.disk_full(error_summary(trial)))
             return
-        now = time.monotonic()
         for record in self._members(trial) or [self._record_of(trial)]:
             if record is not None:
-                self._heard[record.index] = now
-                self._noticed.discard(record.index)
+                self.stalls.restarted(record.index)
 
     def _timed_out(self, trial: Any, record: Trial) -> str | None:
-        """The error of a trial whose worker ended it for silence (``epoch_timeout_s``: the
-        worker's watchdog exits the process, so Tune only sees the worker die), from the
-        note the watchdog left, else from the driver's own clock."""
-        timeout = self.epoch_timeout_s
-        if timeout is None:
-            return None
-        if self.timeouts_dir is not None:
-            note = self.timeouts_dir / TIMEOUT_NOTE.format(trial_id=trial.trial_id)
-            try:
-                left = json.loads(note.read_text())
-                return f"timed out after {left['timeout_s']:g} s in epoch {left['epoch']}"
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        heard = self._heard.get(record.index)
-        if heard is None or time.monotonic() - heard < timeout:
-            return None
-        return f"timed out after {timeout:g} s after epoch {record.epochs}"
+        return self.stalls.timed_out(trial.trial_id, record.index, record.epochs)
 
     def _fail(self, record: Trial, error: str) -> None:
         record.state = TrialState.FAILED
@@ -386,62 +349,11 @@ class SweepObserver(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.progress.update(self.records.values())
-        self._notice_stalls()
-        self._check_space()
-
-    def _disk_full(self, detail: str) -> SweepHalted:
-        where = f" holding {self.storage_dir}" if self.storage_dir is not None else ""
-        return SweepHalted(
-            f"a trial could not write: the file system{where} is full ({detail}); the sweep "
-            "stopped with everything it journaled kept. Free some space there"
-        )
-
-    def _check_space(self) -> None:
-        """Halt, before anything fails, once the sweep's folder has (almost) no space left."""
-        now = time.monotonic()
-        if self.storage_dir is None or now - self._space_checked < SPACE_CHECK_EVERY_S:
-            return
-        self._space_checked = now
-        try:
-            stat = os.statvfs(self.storage_dir)
-        except OSError:
-            return  # not there yet, or a file system without the call: the writes will tell
-        free = stat.f_bavail * stat.f_frsize
-        if free < MIN_FREE_BYTES:
-            self.halt(
-                SweepHalted(
-                    f"the file system holding {self.storage_dir} is full ({free // 1024} KiB "
-                    "free); the sweep stopped with everything it journaled kept. Free some "
-                    "space there"
-                )
-            )
-
-    def _notice_stalls(self) -> None:
-        """A line, once per trial, when a trial has been silent for far longer than its
-        reports usually take: before its epoch timeout ends it, a person can look."""
-        now = time.monotonic()
-        everyone = [gap for gaps in self._gaps.values() for gap in gaps]
-        for index, heard in self._heard.items():
-            gaps = self._gaps.get(index) or everyone  # not heard from yet: the others' pace
-            if index in self._noticed or not gaps:
-                continue
-            usual = statistics.median(gaps)
-            threshold = max(NOTICE_FACTOR * usual, NOTICE_MIN_S)
-            if self.epoch_timeout_s is not None:
-                threshold = min(threshold, self.epoch_timeout_s / 2)
-            silent = now - heard
-            if silent < threshold:
-                continue
-            self._noticed.add(index)
-            limit = (
-                f"it ends failed at {self.epoch_timeout_s:g} s (resources.epoch_timeout_s)"
-                if self.epoch_timeout_s is not None
-                else "resources.epoch_timeout_s is off: it waits until stopped"
-            )
-            self.progress.note(
-                f"caviar: trial {index} has sent nothing for {silent:.0f} s (reports come "
-                f"every {usual:.1f} s); {limit}"
-            )
+        for notice in self.stalls.notices():
+            self.progress.note(notice)
+        full = self.space.full()
+        if full is not None:
+            self.halt(full)
 
     # --- shared by live events and replay ----------------------------------------------
 
@@ -463,7 +375,7 @@ class SweepObserver(Callback):
             index, config, round_number, trial_id=trial_id, started_at=started_at, pack=pack
         )
         self.records[index] = record
-        self._heard[index] = time.monotonic()
+        self.stalls.started(index)
         self._note_round(round_number)
         tags = {
             layout.TRIAL_ID: trial_key(self.sweep_id, index),
@@ -485,15 +397,8 @@ class SweepObserver(Callback):
         self.progress.update(self.records.values())
         return record
 
-    def _hear(self, index: int) -> None:
-        now = time.monotonic()
-        last = self._heard.get(index)
-        if last is not None and now > last:
-            self._gaps.setdefault(index, deque(maxlen=5)).append(now - last)
-        self._heard[index] = now
-
     def _record_result(self, record: Trial, entry: dict[str, Any]) -> None:
-        self._hear(record.index)
+        self.stalls.heard(record.index)
         epoch = int(entry.get("epoch", 0))
         known = len(record.history)
         record.history = with_epoch(record.history, entry)
@@ -514,7 +419,7 @@ class SweepObserver(Callback):
         self.progress.update(self.records.values())
 
     def _end(self, record: Trial, status: str, ended_at: float | None) -> None:
-        self._heard.pop(record.index, None)
+        self.stalls.ended(record.index)
         record.ended_at = ended_at
         tags = {layout.OUTCOME: str(record.state), layout.LAST_EPOCH: str(record.epochs)}
         if record.node_id:
@@ -562,18 +467,3 @@ class SweepObserver(Callback):
         """Stop the sweep for ``error`` (the first one is kept): nothing more is recorded."""
         if self.fatal is None:
             self.fatal = error
-
-
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    try:
-        return Path(path).read_text() if path else ""
-    except OSError:
-        return ""
-
-
-def _error_summary(trial: Any) -> str:
-    """The last line of the trial's error: enough to see what went wrong in the MLflow UI."""
-    text = _error_text(trial)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "trial failed")[:500]

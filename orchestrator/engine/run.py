@@ -3,6 +3,10 @@
 The order is deliberate. Data and the tracking store are checked before Ray starts, so a bad
 path or an unreachable server costs seconds, not a sweep. Everything the trials report is
 recorded as it arrives (MLflow, progress), so an interrupted sweep loses nothing it finished.
+
+The parent run's opening and end are ``store/lifecycle.py``'s (shared with panda and revisit);
+the Tune pieces are ``tuner.py``'s, the best model's test ``best_model.py``'s, and what the
+sweep logs as it ends ``sweep_end.py``'s.
 """
 
 from __future__ import annotations
@@ -11,53 +15,49 @@ import dataclasses
 import gc
 import logging
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
 import ray
-from ray import tune
-from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.engine import live, raystart
+from orchestrator.engine.best_model import rank_and_test
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
 from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.search_setup import build_searcher, concurrent_slots
-from orchestrator.engine.trial_actor import MEMBER_FILE, CaviarTrainable, load_trial_state
-from orchestrator.engine.trial_choice import NewestFirstFIFO
+from orchestrator.engine.sweep import TIMEOUTS_DIR, Sweep, milestones, records, trainable_path
+from orchestrator.engine.sweep_end import interrupted_message, sweep_ending
+from orchestrator.engine.tuner import build_tuner, scheduler_for, uses_halving
 from orchestrator.environment import apply_environment_defaults
 from orchestrator.errors import SweepHalted, SweepInterrupted
 from orchestrator.resume import resume_command
-from orchestrator.search.ranking import asha_rung_epochs, ranked, rung_milestones
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.zoom import region_as_dict
 from orchestrator.spec import AshaScheduler, SweepSpec
 from orchestrator.spec.data import class_names_param, load_data
 from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL, Journal, read_journal
-from orchestrator.store.markers import (
-    SweepMarker,
-    pick_for_resume,
-    refuse_if_unfinished,
-    write_marker,
+from orchestrator.store.lifecycle import (
+    KILLED,
+    NewParent,
+    RunLifecycle,
+    new_run_id,
 )
+from orchestrator.store.markers import SweepMarker, pick_for_resume, refuse_if_unfinished
 from orchestrator.store.sweep_lock import sweep_lock
-from orchestrator.store.tracking import SweepTracker, model_code_paths
 from orchestrator.sweep_result import SweepResult
-from orchestrator.trials import FINAL_STATES, Trial, trial_key
-from trainables import DataSplits, TensorSplits, get_trainable
+from trainables import DataSplits, get_trainable
 
 # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): caviar keeps its
 # own records and MLflow, so the analysis' "no result.json" warnings are noise.
@@ -71,11 +71,6 @@ logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
 # cannot be synced (a full disk) is not the user's concern, and the journal's failure is told.
 logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.CRITICAL)
 logging.getLogger("ray.train._internal.syncer").setLevel(logging.CRITICAL)
-
-
-TOP_TRIALS_COMPARED = 5  # the summary's compare link shows this many of the best trials
-MEMBERS_DIR = "members"  # a stopped pack member's state, saved as it leaves its pack
-TIMEOUTS_DIR = "timeouts"  # notes of the trials whose epoch ran past epoch_timeout_s
 
 
 def run_sweep(
@@ -130,55 +125,29 @@ def _run_locked(
     started: float,
 ) -> SweepResult:
     shown_spec = _shown_spec(spec_filename, spec_dir)
-    tracker = _open_tracking(spec, place, data, spec_text, spec_filename)
-    assert place.marker is not None  # written by _open_tracking
-    sweep = Sweep(
-        spec, data, tracker, place.run_dir, place.sweep_id, stream, resume, place.marker, spec_dir
-    )
+    run = _open_run(spec, place, data, spec_text, spec_filename, stream)
+    sweep = Sweep(spec, data, run.tracker, place.run_dir, run.run_id, stream, resume, spec_dir)
     result = _announce(sweep, started)
-    halted: SweepHalted | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="caviar-ray-shutdown") as background:
         try:
-            with _ray_session(background):  # its shutdown overlaps the summary and report
-                _fit(sweep)
-                result.records = _records(sweep.sweep_id)
-                _rank_and_test(sweep, result)
-            result.status = "FINISHED"
-        except KeyboardInterrupt:
-            result.status = "KILLED"
-            print(INTERRUPTED_NOTE, file=stream, flush=True)
-        except SweepHalted as error:  # a full disk, say: the sweep is kept for --resume
-            result.status = "KILLED"
-            halted = error
+            # A full disk, say, halts the sweep: it ends KILLED, kept for --resume.
+            with run.running(
+                sweep_ending(sweep, run, result, started, draw_later),
+                interruptions=(KeyboardInterrupt, SweepHalted),
+            ):
+                with _ray_session(background):  # its shutdown overlaps the summary and report
+                    _fit(sweep)
+                    result.records = records(sweep.sweep_id)
+                    rank_and_test(sweep, run, result)
         finally:
-            _close_sweep(sweep, result, started, draw_later)
-    if halted is not None:
+            live.unregister(sweep.sweep_id)
+    result.undelivered = run.tracker.undelivered
+    if isinstance(run.interruption, SweepHalted):
         resume_hint = f"caviar: then finish it with:  {resume_command(shown_spec)}"
-        raise SweepHalted(f"{halted}\n{resume_hint}")
-    if result.status == "KILLED":
-        raise SweepInterrupted(_interrupted_message(spec, result, shown_spec))
+        raise SweepHalted(f"{run.interruption}\n{resume_hint}")
+    if result.status == KILLED:
+        raise SweepInterrupted(interrupted_message(spec, result, shown_spec))
     return result
-
-
-INTERRUPTED_NOTE = (
-    "\ncaviar: interrupted: stopping the trials and saving what finished "
-    "(Ctrl-C again stops at once; nothing already journaled is lost)"
-)
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """What every step of one sweep's run works from."""
-
-    spec: SweepSpec
-    data: DataSplits
-    tracker: SweepTracker
-    run_dir: Path
-    sweep_id: str
-    stream: TextIO
-    resume: bool
-    marker: SweepMarker  # as written when the sweep started running
-    spec_dir: Path | None = None
 
 
 @dataclass
@@ -202,40 +171,39 @@ def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
         run_dir, marker = pick_for_resume(storage_root, spec.spec_hash(), spec.results_fields())
         return SweepPlace(run_dir, marker.sweep_id, marker)
     refuse_if_unfinished(storage_root, shown_spec)
-    sweep_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    sweep_id = new_run_id()
     return SweepPlace(storage_root / sweep_id, sweep_id)
 
 
-def _open_tracking(
-    spec: SweepSpec, place: SweepPlace, data: DataSplits, spec_text: str, spec_filename: str
-) -> SweepTracker:
+def _open_run(
+    spec: SweepSpec,
+    place: SweepPlace,
+    data: DataSplits,
+    spec_text: str,
+    spec_filename: str,
+    stream: TextIO,
+) -> RunLifecycle:
     """The sweep's MLflow parent run, new or reopened; marks the sweep running on disk.
 
     An unreachable or refusing store stops the sweep here, before any compute."""
     if place.marker is not None:
-        tracker = SweepTracker(place.marker.tracking_uri, place.marker.experiment)
-        tracker.resume_sweep(place.marker.parent_run_id)
-        parent_run_id = place.marker.parent_run_id
-    else:
-        tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
-        parent_run_id = tracker.start_sweep(
-            run_name=f"{spec.name}-{place.sweep_id}",
-            tags=_sweep_tags(spec, place.sweep_id),
-            params=_sweep_params(spec, data),
-            spec_text=spec_text,
-            spec_filename=spec_filename,
-        )
-    place.marker = SweepMarker(
-        place.sweep_id,
-        "running",
-        parent_run_id,
-        tracker.uri,
-        tracker.experiment,
-        spec.spec_hash(),
-        spec.results_fields(),
+        # The marker keeps the spec as this run runs it (pick_for_resume refused a change).
+        marker = dataclasses.replace(place.marker, spec=spec.results_fields())
+        return RunLifecycle.reopen(place.run_dir, marker, stream)
+    parent = NewParent(
+        kind=layout.SWEEP,
+        run_id=place.sweep_id,
+        run_name=f"{spec.name}-{place.sweep_id}",
+        spec_hash=spec.spec_hash(),
+        spec_text=spec_text,
+        spec_filename=spec_filename,
+        tags=_sweep_tags(spec),
+        params=_sweep_params(spec, data),
+        results_fields=spec.results_fields(),
     )
-    write_marker(place.run_dir, place.marker)
-    return tracker
+    return RunLifecycle.start(
+        spec.tracking_uri(), spec.experiment_name, parent, stream, folder=place.run_dir
+    )
 
 
 def _announce(sweep: Sweep, started: float) -> SweepResult:
@@ -291,150 +259,9 @@ def _shutdown_quietly() -> None:
         gc.enable()
 
 
-def _rank_and_test(sweep: Sweep, result: SweepResult) -> None:
-    """The best trial, ranked ASHA-aware, evaluated once on the held-out test split."""
-    spec, tracker = sweep.spec, sweep.tracker
-    best = ranked(result.records, spec.objective.metric, spec.mode, _milestones(spec))
-    if not best:
-        return
-    result.best = best[0]
-    tracker.flush()
-    result.best_run_id = tracker.child_run_id(str(result.best.index))
-    top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
-    result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
-    model = _score_best(spec, sweep.data, result, sweep.stream)
-    result.model_uri = tracker.log_model(model, sweep.data.x_test[:5], model_code_paths(model))
-
-
-def _close_sweep(sweep: Sweep, result: SweepResult, started: float, draw_later: bool) -> None:
-    """Deliver what MLflow lacks, end the runs as the sweep ended, and mark it on disk.
-
-    An interrupted sweep's children end KILLED and it gets no totals or report: those come
-    when ``--resume`` finishes it."""
-    if not result.records:
-        result.records = _records(sweep.sweep_id)
-    result.wall_seconds = time.monotonic() - started
-    try:
-        _close_tracking(sweep, result, draw_later)
-    except Exception as error:
-        if result.status == "FINISHED":
-            raise
-        # Interrupted or halted: the store may be what failed (a full disk); the marker
-        # below must still say so, and ``--resume`` delivers what MLflow missed.
-        print(f"caviar: warning: MLflow could not be updated ({error})", file=sweep.stream)
-    finally:
-        status_on_disk = {"FINISHED": "finished", "KILLED": "interrupted"}.get(
-            result.status, "failed"
-        )
-        try:
-            write_marker(sweep.run_dir, dataclasses.replace(sweep.marker, status=status_on_disk))
-        except OSError as error:  # a full disk: the lock shows the driver gone all the same
-            note = f"caviar: warning: the sweep's marker was not updated ({error})"
-            print(note, file=sweep.stream)
-        live.unregister(sweep.sweep_id)
-
-
-def _close_tracking(sweep: Sweep, result: SweepResult, draw_later: bool) -> None:
-    """Deliver what MLflow lacks; end the children and the parent as the sweep ended."""
-    tracker, status = sweep.tracker, result.status
-    tracker.close()
-    if status == "FINISHED":
-        tracker.finalize_children({str(r.index): r.state for r in result.records})
-    if status == "KILLED":
-        tracker.interrupt_children()
-    else:
-        tracker.log_summary(_summary_metrics(result), _summary_tags(result))
-    draw = _report(result, tracker, sweep.stream) if status == "FINISHED" else None
-    if draw is not None and not draw_later:
-        draw()
-        draw = None
-    tracker.end_sweep(status)
-    result.draw_report = draw
-    result.undelivered = tracker.undelivered
-
-
-def _records(sweep_id: str) -> list[Trial]:
-    """The live observer's trials, by index (none if the sweep never reached Tune)."""
-    found = live.lookup(sweep_id)
-    if found is None or found.observer is None:
-        return []
-    return sorted(found.observer.records.values(), key=lambda r: r.index)
-
-
 def _shown_spec(spec_filename: str, spec_dir: Path | None) -> str:
     """The spec's path as the user gave it (for the commands caviar suggests)."""
     return spec_filename if spec_dir is None else str(Path(spec_dir) / spec_filename)
-
-
-def _interrupted_message(spec: SweepSpec, result: SweepResult, shown_spec: str) -> str:
-    ended = sum(1 for r in result.records if r.state in FINAL_STATES)
-    remaining = spec.num_trials() - ended
-    return (
-        f"sweep {result.name} ({result.sweep_id}) interrupted after "
-        f"{result.wall_seconds:.1f} s: {ended} of {spec.num_trials()} trials ended, "
-        f"{remaining} remain (MLflow parent run {result.parent_run_id} marked KILLED).\n"
-        f"caviar: finish it with:  {resume_command(shown_spec)}"
-    )
-
-
-def _report(
-    result: SweepResult, tracker: SweepTracker, stream: TextIO
-) -> Callable[..., None] | None:
-    """Importance, each round's best and median on the parent run (and in ``result``, for
-    the summary); returns what draws the report's plots and page onto the parent run.
-
-    Built from what MLflow now holds (the same path as ``caviar report``), so what the UI
-    shows and what the command writes cannot disagree. A failure here costs the report, never
-    the sweep: everything it would summarise is already logged.
-    """
-    from orchestrator.report.page import analyse
-    from orchestrator.store.tracking import read_sweep
-
-    try:
-        history = read_sweep(tracker.uri, result.parent_run_id)
-        report = analyse(history)
-        metrics = {f"importance.{k}": v for k, v in report.importance.items()}
-        tags: dict[str, str] = {}
-        for round_number, best in report.best_by_round.items():
-            value = best.metric(history.metric)
-            if value is not None:
-                metrics[f"round{round_number}.best_{history.metric}"] = value
-            tags[layout.round_best_run_id(round_number)] = best.run_id
-        for round_number, median in report.median_by_round.items():
-            metrics[f"round{round_number}.median_completed_{history.metric}"] = median
-        for round_number, importance in report.importance_by_round.items():
-            for name, share in importance.items():
-                metrics[f"round{round_number}.importance.{name}"] = share
-        tracker.log_summary(metrics, tags)
-        result.importance = report.importance
-        result.best_by_round = {
-            r: (b.index, b.metric(history.metric)) for r, b in report.best_by_round.items()
-        }
-        result.median_by_round = report.median_by_round
-    except Exception as error:  # the sweep is logged; a broken report must not fail it
-        print(f"caviar: warning: the report could not be built ({error})", file=stream)
-        return None
-
-    def draw(warn: Callable[[str], None] | None = None) -> None:
-        """``warn``: where a failure is told (default: the sweep's stream)."""
-        import tempfile
-
-        from orchestrator.report.page import write_report
-        from orchestrator.store.tracking import ui_base
-
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                files = write_report(history, Path(tmp), ui_base(tracker.uri), analysed=report)
-                for path in files.files:
-                    tracker.log_parent_file(path, "report")
-        except Exception as error:  # a broken plot costs the plots, never the sweep
-            note = f"caviar: warning: the report's plots could not be drawn ({error})"
-            if warn is not None:
-                warn(note)
-            else:
-                print(note, file=stream)
-
-    return draw
 
 
 def _fit(sweep: Sweep) -> None:
@@ -448,7 +275,7 @@ def _fit(sweep: Sweep) -> None:
     spec = sweep.spec
     slots = _announce_capacity(sweep)
     progress = ProgressLine(
-        spec.num_trials(), spec.objective.metric, spec.mode, _milestones(spec), sweep.stream
+        spec.num_trials(), spec.objective.metric, spec.mode, milestones(spec), sweep.stream
     )
     # Registered before the searcher exists: it announces round 1 as it is built.
     registered = live.LiveSweep(sweep.tracker, progress, _round_listener(sweep))
@@ -458,18 +285,18 @@ def _fit(sweep: Sweep) -> None:
         n_features=sweep.data.n_features,
         n_classes=sweep.data.n_classes,
         slots=slots,
-        search_path=_trainable_path(sweep),
+        search_path=trainable_path(sweep),
     )
-    search_alg, searcher = build_searcher(spec, slots, _milestones(spec), sweep.sweep_id, packer)
+    search_alg, searcher = build_searcher(spec, slots, milestones(spec), sweep.sweep_id, packer)
     # Packs whose members the scheduler may stop need its stops delivered between steps.
-    mailbox = start_mailbox(sweep.sweep_id) if packer is not None and _uses_halving(spec) else None
-    scheduler = _scheduler(spec, searcher.index_of, searcher.members_of, mailbox)
+    mailbox = start_mailbox(sweep.sweep_id) if packer is not None and uses_halving(spec) else None
+    scheduler = scheduler_for(spec, searcher.index_of, searcher.members_of, mailbox)
     observer = SweepObserver(
         sweep.sweep_id,
         searcher,
         spec.max_epochs,
         set(spec.search_space().fixed),
-        metrics=tuple(get_trainable(spec.trainable, _trainable_path(sweep)).metrics),
+        metrics=tuple(get_trainable(spec.trainable, trainable_path(sweep)).metrics),
         left_at=scheduler.left_at if isinstance(scheduler, HalvingScheduler) else None,
         epoch_timeout_s=spec.resources.epoch_timeout_s,
         timeouts_dir=sweep.run_dir / TIMEOUTS_DIR,
@@ -488,7 +315,7 @@ def _fit(sweep: Sweep) -> None:
         if isinstance(scheduler, HalvingScheduler):
             scheduler.journal = journal
         if searcher.remaining > 0:
-            tuner = _tuner(sweep, search_alg, scheduler, observer, searcher.remaining, mailbox)
+            tuner = build_tuner(sweep, search_alg, scheduler, observer, searcher.remaining, mailbox)
             tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
         live_observer = registered.observer or observer  # Tune's setup() may swap in a copy
         halted = live_observer.halted()
@@ -497,7 +324,7 @@ def _fit(sweep: Sweep) -> None:
     finally:
         stop_mailbox(mailbox)
         journal.close()
-        progress.close(_records(sweep.sweep_id))
+        progress.close(records(sweep.sweep_id))
 
 
 def _announce_capacity(sweep: Sweep) -> int:
@@ -533,139 +360,9 @@ def _round_listener(sweep: Sweep) -> Callable[[int, SearchSpace, tuple[str, ...]
     return on_round
 
 
-def _tuner(
-    sweep: Sweep,
-    search_alg: Any,
-    scheduler: TrialScheduler,
-    observer: SweepObserver,
-    num_samples: int,
-    mailbox: Any = None,
-) -> tune.Tuner:
-    spec = sweep.spec
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            CaviarTrainable,
-            data=sweep.data,
-            trainable_name=spec.trainable,
-            trainable_path=_trainable_path(sweep),
-            checkpoint_every_s=spec.storage.checkpoint_every_s,
-            report_every_s=spec.storage.report_every_s,
-            report_at=_report_at(spec),
-            mailbox=mailbox,
-            member_dir=str(sweep.run_dir / MEMBERS_DIR),
-            epoch_timeout_s=spec.resources.epoch_timeout_s,
-            timeout_dir=str(sweep.run_dir / TIMEOUTS_DIR),
-        ),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
-    )
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=spec.objective.metric,
-            mode=spec.mode,
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=num_samples,
-            reuse_actors=True,
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=_tune_session_name(sweep.run_dir),
-            storage_path=str(sweep.run_dir),
-            callbacks=[observer],
-            stop=_HaltStopper(sweep.sweep_id),
-            verbose=0,
-            checkpoint_config=tune.CheckpointConfig(
-                checkpoint_frequency=0,  # the trial asks for one by time
-                checkpoint_at_end=True,
-                # 2, not 1: Tune forces an experiment snapshot whenever a trial has
-                # saved num_to_keep checkpoints since the last one; at 1, one per trial.
-                # The journal names the newest, which is never the one removed.
-                num_to_keep=2,
-            ),
-            failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
-        ),
-    )
-
-
-class _HaltStopper(tune.Stopper):
-    """Ends every trial once the live observer says the sweep must halt (a full disk, a
-    journal it cannot write). Found by the sweep's id: Tune keeps a pickled copy of this."""
-
-    def __init__(self, sweep_id: str) -> None:
-        self.sweep_id = sweep_id
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        found = live.lookup(self.sweep_id)
-        return bool(found and found.observer and found.observer.halted() is not None)
-
-
-def _trial_dirname(trial: Any) -> str:
-    """Short and free of configuration values (which may hold paths): the trial's id."""
-    return f"trial_{trial.trial_id}"
-
-
-def _tune_session_name(run_dir: Path) -> str:
-    """Each run of the sweep (the first, then one per resume) gets its own Tune folder."""
-    taken = {p.name for p in run_dir.glob("tune-*")}
-    number = 1
-    while f"tune-{number}" in taken:
-        number += 1
-    return f"tune-{number}"
-
-
-def _uses_halving(spec: SweepSpec) -> bool:
-    return isinstance(spec.scheduler, AshaScheduler)
-
-
-def _scheduler(
-    spec: SweepSpec,
-    index_of: Mapping[str, int],
-    members_of: Mapping[str, Sequence[int]] | None = None,
-    mailbox: Any = None,
-) -> TrialScheduler:
-    if isinstance(spec.scheduler, AshaScheduler):
-        return HalvingScheduler(
-            index_of,
-            members_of=members_of,
-            mailbox=mailbox,
-            seed=spec.search.seed,
-            metric=spec.objective.metric,
-            mode=spec.mode,
-            time_attr="epoch",
-            max_t=spec.max_epochs,
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-            brackets=spec.scheduler.brackets,
-        )
-    return NewestFirstFIFO()
-
-
-def _report_at(spec: SweepSpec) -> tuple[int, ...]:
-    """The epochs a trial reports at once, whatever ``report_every_s``: ASHA's rungs."""
-    if isinstance(spec.scheduler, AshaScheduler):
-        return asha_rung_epochs(
-            spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_epochs
-        )
-    return ()
-
-
-def _milestones(spec: SweepSpec) -> list[int]:
-    if isinstance(spec.scheduler, AshaScheduler):
-        return rung_milestones(
-            spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_epochs
-        )
-    return [spec.max_epochs]
-
-
-def _sweep_tags(spec: SweepSpec, sweep_id: str) -> dict[str, str]:
+def _sweep_tags(spec: SweepSpec) -> dict[str, str]:
+    """The parent's tags beyond the lifecycle's stamp (kind, sweep id, spec hash)."""
     tags = {
-        layout.KIND: layout.SWEEP,
-        layout.SWEEP_ID: sweep_id,
-        layout.SPEC_HASH: spec.spec_hash(),
         layout.VERSION: _version(),
         layout.TRAINABLE: spec.trainable,
     }
@@ -704,36 +401,6 @@ def _sweep_params(spec: SweepSpec, data: DataSplits) -> dict[str, Any]:
     return params
 
 
-def _summary_metrics(result: SweepResult) -> dict[str, float]:
-    metrics: dict[str, float] = {
-        f"trials_{outcome}": float(count) for outcome, count in result.counts.items()
-    }
-    metrics["epochs_trained"] = float(result.epochs_trained)
-    metrics["fused_packs"] = float(len({r.pack for r in result.records if r.pack is not None}))
-    metrics["wall_seconds"] = result.wall_seconds
-    if result.best is not None:
-        value = result.best.metric(result.metric)
-        if value is not None:
-            metrics[f"best_{result.metric}"] = value
-    if result.test_accuracy is not None:
-        metrics["test_accuracy"] = result.test_accuracy
-    if result.test_loss is not None:
-        metrics["test_loss"] = result.test_loss
-    return metrics
-
-
-def _summary_tags(result: SweepResult) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    if result.best is not None:
-        tags[layout.BEST_TRIAL_ID] = trial_key(result.sweep_id, result.best.index)
-        tags[layout.BEST_TRIAL_INDEX] = str(result.best.index)
-        if result.best_run_id:
-            tags[layout.BEST_RUN_ID] = result.best_run_id
-    if result.model_uri:
-        tags[layout.MODEL_URI] = result.model_uri
-    return tags
-
-
 def _version() -> str:
     try:
         return metadata.version("caviar")
@@ -753,56 +420,3 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _readable_state(checkpoint: str | None, index: int) -> dict[str, Any] | None:
-    """The trial's state from its checkpoint; None when there is none or it cannot be read."""
-    if checkpoint is None:
-        return None
-    try:
-        with tune.Checkpoint.from_directory(checkpoint).as_directory() as directory:
-            return load_trial_state(directory, index)
-    except (OSError, RuntimeError, EOFError, KeyError) as error:
-        logging.getLogger("caviar").warning("checkpoint %s unreadable: %s", checkpoint, error)
-        return None
-
-
-def _trainable_path(sweep: Sweep) -> tuple[str, ...]:
-    """Where trial workers look for a trainable named by import path: the spec's folder (on
-    this machine; a job's workers also find it in their working directory)."""
-    return (str(sweep.spec_dir.resolve()),) if sweep.spec_dir is not None else ()
-
-
-def _score_best(
-    spec: SweepSpec, data: DataSplits, result: SweepResult, stream: TextIO | None = None
-) -> Any:
-    """The best trial rebuilt from its last checkpoint and scored once on the test split
-    (``result.test_loss``, ``result.test_accuracy``); returns its network, in eval mode.
-
-    A best trial with no readable checkpoint (lost to a kill or a full disk) is trained
-    again from its configuration for the epochs it trained: the sweep still ends with a
-    tested model, and the summary says so."""
-    assert result.best is not None
-    best = result.best
-    checkpoint = best.checkpoint
-    saved_on_leaving = result.storage_dir / MEMBERS_DIR
-    if best.pack is not None and (saved_on_leaving / MEMBER_FILE.format(index=best.index)).exists():
-        checkpoint = str(saved_on_leaving)  # a killed driver may not have journaled it
-    tensors = TensorSplits.from_splits(data, "cpu")
-    definition = get_trainable(spec.trainable)
-    state = _readable_state(checkpoint, best.index)
-    if state is not None:
-        session = definition.make_session(state["config"], tensors, "cpu")
-        session.load_state_dict(state["session"])
-    else:
-        print(
-            f"caviar: the best trial #{best.index} left no readable checkpoint; training it "
-            f"again from its configuration ({best.epochs} epochs) to test it",
-            file=stream or sys.stdout,
-            flush=True,
-        )
-        session = definition.make_session(best.config, tensors, "cpu")
-        for _ in range(best.epochs):
-            session.step()
-    result.test_loss, result.test_accuracy = session.evaluate(tensors.x_test, tensors.y_test)
-    return session.model.eval()

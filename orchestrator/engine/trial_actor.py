@@ -197,7 +197,7 @@ class EpochWatchdog:
     times per timeout; it costs the epoch loop two clock reads. The process exit is the only
     stop a hung epoch cannot ignore: the actor's task thread may be blocked in C code that no
     Python exception reaches. Tune then restarts the trial (``storage.max_failures``) or ends
-    it failed, and the driver names the timeout (``SweepObserver._timed_out``).
+    it failed, and the driver names the timeout (``StallWatch.timed_out``, engine/stalls.py).
     """
 
     EXIT_CODE = 124  # what ``timeout(1)`` exits with

@@ -8,12 +8,10 @@ parent run, status), the journal, the command file and the checkpoints. The MLfl
 
 from __future__ import annotations
 
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -34,13 +32,13 @@ from orchestrator.panda.start import initial_config
 from orchestrator.spec import SweepSpec
 from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL, Journal
-from orchestrator.store.markers import SweepMarker, read_marker, unfinished, write_marker
+from orchestrator.store.markers import SweepMarker, read_marker, unfinished
 
 if TYPE_CHECKING:  # the session, torch and MLflow load only where a session runs
     from orchestrator.panda.origin import Origin
     from orchestrator.panda.session import PandaOutcome
     from orchestrator.panda.trainer import Trainer
-    from orchestrator.store.tracking import SweepTracker
+    from orchestrator.store.lifecycle import NewParent, RunLifecycle
 
 TrainerFactory = Callable[[SweepSpec, Any, "Path | None"], "Trainer"]
 
@@ -97,8 +95,8 @@ def run_panda(
     ``keys``: read changes typed in this terminal (default: when stdin and the view are one)."""
     from orchestrator.panda.live_view import LiveView
     from orchestrator.panda.session import PandaSession
-    from orchestrator.spec.data import class_names_param, load_data
-    from orchestrator.store.tracking import SweepTracker
+    from orchestrator.spec.data import load_data
+    from orchestrator.store.lifecycle import FINISHED, KILLED, Ending, RunLifecycle, new_run_id
 
     apply_environment_defaults()
     stream = stream or sys.stdout
@@ -109,7 +107,7 @@ def run_panda(
         config: dict[str, Any] = {}
     else:
         config = origin.config if origin else initial_config(spec, sets or {}, epochs)
-        session_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        session_id = new_run_id()
         folder = root / session_id
         folder.mkdir(parents=True)
         # What `caviar panda adjust` checks changes against, from any shell.
@@ -117,41 +115,47 @@ def run_panda(
         (folder / "spec_dir").write_text(str((spec_dir or Path.cwd()).resolve()), "utf-8")
     data = load_data(spec.data, spec_dir)
     if resume:
-        tracker = SweepTracker(marker.tracking_uri, marker.experiment)
-        tracker.resume_sweep(marker.parent_run_id)
+        run = RunLifecycle.reopen(folder, marker, stream, noun="session")
     else:
-        tracker = SweepTracker(spec.tracking_uri(), spec.experiment_name)
-        run_id = tracker.start_sweep(
-            run_name=f"{spec.name}-panda-{session_id}",
-            tags=_session_tags(spec, session_id, folder, origin),
-            params=_session_params(spec, data, config, class_names_param(data)),
-            spec_text=spec_text,
-            spec_filename=spec_filename,
+        parent = _new_parent(spec, session_id, folder, origin, data, config)
+        parent = replace(parent, spec_text=spec_text, spec_filename=spec_filename)
+        run = RunLifecycle.start(
+            spec.tracking_uri(), spec.experiment_name, parent, stream, folder, noun="session"
         )
-        marker = SweepMarker(
-            session_id, "running", run_id, tracker.uri, tracker.experiment, spec.spec_hash()
-        )
-    write_marker(folder, replace(marker, status="running"))
     view = LiveView(stream, tty)
     journal = Journal(folder / JOURNAL)
     record = read_session(folder) if resume else None
     trainer: Trainer | None = None
+    outcome: PandaOutcome | None = None
     model_uri: str | None = None
-    status = "FAILED"
     if keys if keys is not None else (sys.stdin.isatty() and view.tty):
         from orchestrator.panda.keys import HELP, listen
 
         listen(folder)
         print(f"caviar: changes from here: {HELP}", file=stream, flush=True)
-    try:
-        _announce(spec, marker, tracker, stream, resume)  # the run id, before Ray's start
+
+    def ending(status: str) -> Ending:
+        """The view, journal and trainer released; a finished session's totals logged."""
+        view.close()
+        journal.close()
+        if trainer is not None:
+            trainer.close()
+        if status != FINISHED or outcome is None:
+            return Ending()
+        metrics, tags = _summary(outcome, spec.objective.metric, spec.mode)
+        if model_uri:
+            tags[layout.MODEL_URI] = model_uri
+        return Ending(summary=(metrics, tags))
+
+    with run.running(ending):
+        _announce(spec, run, stream, resume)  # the run id, before Ray's start
         trainer = make_trainer(spec, data, spec_dir)
         session = PandaSession(
             spec,
             folder,
             trainer,
             journal,
-            tracker,
+            run.tracker,
             lineage=record.lineage if record else None,
             answered=set(record.answers) if record else None,
             on_epoch=view.on_epoch,
@@ -166,39 +170,20 @@ def run_panda(
             session.start(config)
         outcome = session.run()
         if outcome.status != "diverged":
-            model_uri = _log_final_model(spec, data, trainer.snapshot(), tracker, stream)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-    finally:
-        view.close()
-        journal.close()
-        if trainer is not None:
-            trainer.close()
-        tracker.close()
-        if status == "KILLED":
-            tracker.interrupt_children()
-        elif status == "FINISHED":
-            metrics, tags = _summary(outcome, spec.objective.metric, spec.mode)
-            if model_uri:
-                tags[layout.MODEL_URI] = model_uri
-            tracker.log_summary(metrics, tags)
-        tracker.end_sweep(status)
-        final = {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed")
-        write_marker(folder, replace(marker, status=final))
-    if status == "KILLED":
+            model_uri = _log_final_model(spec, data, trainer.snapshot(), run, stream)
+    if run.status == KILLED or outcome is None:
         shown = spec_filename if spec_dir is None else str(spec_dir / spec_filename)
         raise SweepInterrupted(
-            f"panda session {marker.sweep_id} interrupted (MLflow run {marker.parent_run_id} "
+            f"panda session {run.run_id} interrupted (MLflow run {run.parent_run_id} "
             f"marked KILLED).\ncaviar: continue it with:  caviar panda {shown} --resume"
         )
     return PandaResult(
         spec.name,
-        marker.sweep_id,
+        run.run_id,
         folder,
-        marker.parent_run_id,
-        tracker.experiment,
-        tracker.uri,
+        run.parent_run_id,
+        run.tracker.experiment,
+        run.tracker.uri,
         outcome,
         spec.objective.metric,
         spec.mode,
@@ -208,12 +193,11 @@ def run_panda(
 
 
 def _log_final_model(
-    spec: SweepSpec, data: Any, snapshot: bytes, tracker: Any, stream: TextIO
+    spec: SweepSpec, data: Any, snapshot: bytes, run: RunLifecycle, stream: TextIO
 ) -> str | None:
     """The session's final model on its parent run, as a sweep logs its best one (loadable
     with ``mlflow.pytorch.load_model``). A failure costs the model, never the session."""
     from orchestrator.panda.trainer import decode
-    from orchestrator.store.tracking import model_code_paths
     from trainables import TensorSplits, get_trainable
 
     try:
@@ -221,9 +205,7 @@ def _log_final_model(
         tensors = TensorSplits.from_splits(data, "cpu")
         session = get_trainable(spec.trainable).make_session(state["config"], tensors, "cpu")
         session.load_state_dict(state["session"])
-        model = session.model.eval()
-        uri = tracker.log_model(model, data.x_test[:5], model_code_paths(model))
-        return uri
+        return run.log_model(session.model.eval(), data.x_test[:5])
     except Exception as error:  # everything trained is logged; the model is the extra
         print(f"caviar: warning: the final model could not be logged ({error})", file=stream)
         return None
@@ -242,14 +224,12 @@ def _pick_for_resume(root: Path, spec: SweepSpec) -> tuple[Path, SweepMarker]:
     return folder, marker
 
 
-def _announce(
-    spec: SweepSpec, marker: SweepMarker, tracker: SweepTracker, stream: TextIO, resume: bool
-) -> None:
+def _announce(spec: SweepSpec, run: RunLifecycle, stream: TextIO, resume: bool) -> None:
     verb = "resuming" if resume else "panda"
-    run_id = marker.parent_run_id
+    run_id = run.parent_run_id
     print(
-        f"caviar: {verb} {spec.name} ({marker.sweep_id}): MLflow run {run_id} in experiment "
-        f"{tracker.experiment!r} at {tracker.uri}\n"
+        f"caviar: {verb} {spec.name} ({run.run_id}): MLflow run {run_id} in experiment "
+        f"{run.tracker.experiment!r} at {run.tracker.uri}\n"
         f"caviar: from another shell:  caviar panda adjust {run_id} learning_rate=...  "
         f"[--rewind-to EPOCH]\n"
         f"caviar:                      caviar panda pause|resume|stop {run_id}",
@@ -258,19 +238,34 @@ def _announce(
     )
 
 
-def _session_tags(
-    spec: SweepSpec, session_id: str, folder: Path, origin: Origin | None
-) -> dict[str, str]:
+def _new_parent(
+    spec: SweepSpec,
+    session_id: str,
+    folder: Path,
+    origin: Origin | None,
+    data: Any,
+    config: Mapping[str, Any],
+) -> NewParent:
+    """A new session's parent run, but for its spec's text and file name (the caller's)."""
+    from orchestrator.spec.data import class_names_param
+    from orchestrator.store.lifecycle import NewParent
+
     from_run = {layout.PANDA_FROM_RUN: origin.from_run} if origin else {}
-    return {
-        **from_run,
-        layout.KIND: layout.PANDA,
-        layout.MODE: layout.PANDA,
-        layout.SWEEP_ID: session_id,
-        layout.SPEC_HASH: spec.spec_hash(),
-        layout.TRAINABLE: spec.trainable,
-        layout.PANDA_DIR: str(folder),
-    }
+    return NewParent(
+        kind=layout.PANDA,
+        run_id=session_id,
+        run_name=f"{spec.name}-panda-{session_id}",
+        spec_hash=spec.spec_hash(),
+        spec_text="",
+        spec_filename="",
+        tags={
+            **from_run,
+            layout.MODE: layout.PANDA,
+            layout.TRAINABLE: spec.trainable,
+            layout.PANDA_DIR: str(folder),
+        },
+        params=_session_params(spec, data, config, class_names_param(data)),
+    )
 
 
 def _session_params(
@@ -313,7 +308,7 @@ def _summary(outcome: PandaOutcome, metric: str, mode: str) -> tuple[dict[str, f
         metrics["test_loss"] = outcome.test_loss
     tags = {layout.PANDA_STATUS: outcome.status}
     if outcome.pauses:
-        from orchestrator.panda.session import pauses_tag
+        from orchestrator.panda.session_layout import pauses_tag
 
         metrics["pauses"] = float(len(outcome.pauses))
         metrics["paused_seconds"] = float(sum(p.seconds or 0.0 for p in outcome.pauses))

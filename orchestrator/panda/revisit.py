@@ -17,21 +17,20 @@ seed, same data, same code): any difference is the data's.
 from __future__ import annotations
 
 import math
-import secrets
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.panda.changes import PandaError
-from orchestrator.panda.session import epoch_metrics
+from orchestrator.panda.session_layout import epoch_metrics
 from orchestrator.panda.trainer import Trainer
 from orchestrator.search.ranking import ranked
 from orchestrator.spec import SweepSpec, parse_spec_text
 from orchestrator.store import layout
+from orchestrator.store.lifecycle import FINISHED, Ending, NewParent, RunLifecycle, new_run_id
 from orchestrator.store.panda_runs import read_spec_artifact
 from orchestrator.store.tracking import SweepTracker, read_sweep
 from orchestrator.trials import Trial, TrialState, classify_finished
@@ -111,16 +110,17 @@ def revisit(
     from orchestrator.spec.data import class_names_param, load_data
 
     data = load_data(spec.data, spec_dir)
-    tracker = SweepTracker(history.tracking_uri, history.name)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    new_run = tracker.start_sweep(
-        run_name=f"{spec.name}-revisit-{stamp}",
+    revisit_id = new_run_id()
+    parent = NewParent(
+        kind=layout.REVISIT,
+        run_id=revisit_id,
+        run_name=f"{spec.name}-revisit-{revisit_id}",
+        spec_hash=spec.spec_hash(),
+        spec_text=text,
+        spec_filename=filename,
         tags={
-            layout.KIND: layout.REVISIT,
-            layout.SWEEP_ID: stamp,
             layout.REVISITS: history.parent_run_id,
             layout.REVISIT_TOP: str(len(rows)),
-            layout.SPEC_HASH: spec.spec_hash(),
             layout.TRAINABLE: spec.trainable,
         },
         params={
@@ -134,37 +134,43 @@ def revisit(
             "search.strategy": "revisit",
             "search.num_trials": len(rows),
         },
-        spec_text=text,
-        spec_filename=filename,
     )
+    # A revisit keeps no folder: nothing resumes it, so it has no marker on disk.
+    run = RunLifecycle.start(history.tracking_uri, history.name, parent, stream)
     print(
         f"caviar: revisiting the top {len(rows)} of sweep {history.parent_run_id} on the data as "
-        f"it is now ({spec.data.source} {data.sizes()}); MLflow run {new_run}",
+        f"it is now ({spec.data.source} {data.sizes()}); MLflow run {run.parent_run_id}",
         file=stream,
         flush=True,
     )
-    trainer = make_trainer(spec, data, spec_dir)
-    status = "FAILED"
-    try:
-        for index, row in enumerate(rows):
-            _train(trainer, tracker, index, row, history.metric)
-            shown = "-" if row.new_score is None else f"{row.new_score:.4f}"
-            print(f"caviar:   config #{row.old_rank} {history.metric} {shown}", file=stream)
-        status = "FINISHED"
-    finally:
-        trainer.close()
-        tracker.close()
-        if status == "FINISHED":
-            new_ranks(rows, history.mode)
-            tracker.log_summary(
+    trainer: Trainer | None = None
+
+    def ending(status: str) -> Ending:
+        """The trainer released; a finished revisit's rank changes logged."""
+        if trainer is not None:
+            trainer.close()
+        if status != FINISHED:
+            return Ending()
+        new_ranks(rows, history.mode)
+        return Ending(
+            summary=(
                 {"revisit.rank_changes": float(sum(r.moved for r in rows))},
                 {layout.REVISIT_MOVED: ",".join(str(r.old_rank) for r in rows if r.moved)},
             )
-        tracker.end_sweep(status)
+        )
+
+    with run.running(ending):
+        trainer = make_trainer(spec, data, spec_dir)
+        for index, row in enumerate(rows):
+            _train(trainer, run.tracker, index, row, history.metric)
+            shown = "-" if row.new_score is None else f"{row.new_score:.4f}"
+            print(f"caviar:   config #{row.old_rank} {history.metric} {shown}", file=stream)
+    if run.interruption is not None:  # ended KILLED; nothing to resume: Ctrl-C goes on up
+        raise run.interruption
     return RevisitResult(
         history.name,
         history.parent_run_id,
-        new_run,
+        run.parent_run_id,
         history.metric,
         history.mode,
         rows,

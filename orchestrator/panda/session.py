@@ -25,8 +25,6 @@ newest journaled checkpoint, and MLflow is sent what it lacks.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from orchestrator.panda.checkpoints import CheckpointStore
 from orchestrator.panda.control import Command, Inbox
 from orchestrator.panda.lineage import Lineage, Pause, Segment
 from orchestrator.panda.rules import Action, decide
+from orchestrator.panda.session_layout import epoch_metrics, pauses_tag, segment_tags
 from orchestrator.spec import SweepSpec
 from orchestrator.store import layout
 from orchestrator.store.journal import Journal
@@ -47,10 +46,7 @@ if TYPE_CHECKING:  # neither torch nor MLflow to read a session back (`caviar pa
     from orchestrator.panda.trainer import Trainer
     from orchestrator.store.tracking import SweepTracker
 
-# Result keys that are not metrics (the observer's rule: numbers only, the epoch is the step).
-NOT_METRICS = frozenset({"epoch", "diverged", "ended_at", "worker_pid"})
 POLL_S = 0.2  # how often a paused (or pacing) session reads its commands
-PAUSES_TAGGED = 40  # the newest pauses in the parent run's tag (MLflow bounds a tag's length)
 
 
 @dataclass
@@ -489,47 +485,6 @@ def rewind_origin(
             f"({store.budget()}; kept now: {shown})"
         )
     return origin
-
-
-def pauses_tag(pauses: list[Pause]) -> str:
-    """The newest pauses as JSON (epoch, by, seconds; null while one lasts)."""
-    return json.dumps(
-        [{"epoch": p.epoch, "by": p.by, "seconds": p.seconds} for p in pauses[-PAUSES_TAGGED:]],
-        separators=(",", ":"),
-    )
-
-
-def segment_tags(segment: Segment, tracker: SweepTracker, lineage: Lineage) -> dict[str, str]:
-    """A segment's MLflow tags: its place in the lineage (parent segment, start epoch), why it
-    exists and who asked."""
-    tags = {
-        layout.TRIAL_INDEX: str(segment.index),
-        layout.TRIAL_ID: segment.trial.trial_id,
-        layout.PANDA_SEGMENT: str(segment.index),
-        layout.PANDA_START_EPOCH: str(segment.start_epoch),
-        layout.PANDA_REASON: segment.reason,
-        layout.PANDA_BY: segment.by,
-    }
-    if segment.changes:
-        tags[layout.PANDA_CHANGES] = json.dumps(segment.changes, sort_keys=True)
-    if segment.parent is not None:
-        tags[layout.PANDA_PARENT_SEGMENT] = str(segment.parent)
-        parent_run = tracker.child_run_id(str(segment.parent))
-        if parent_run:
-            tags[layout.PANDA_PARENT_RUN_ID] = parent_run
-    return tags
-
-
-def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """An epoch's result as MLflow metrics: finite numbers, not the epoch (the step)."""
-    return {
-        k: float(v)
-        for k, v in result.items()
-        if k not in NOT_METRICS
-        and isinstance(v, (int, float))
-        and not isinstance(v, bool)
-        and math.isfinite(float(v))
-    }
 
 
 def _short(value: Any) -> str:
