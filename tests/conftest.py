@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
     home = tempfile.mkdtemp(prefix=HOME_PREFIX)
     config.stash[_HOME] = home
     os.environ["CAVIAR_HOME"] = home
+    # A background job of a non-interactive shell (`make test &`, nohup, some CI runners)
+    # starts with SIGINT ignored, and every process started from it inherits that: the Ctrl-C
+    # tests' `caviar run` would never see its SIGINT and finish as if none came. A handler
+    # here (Python's own) is reset to the default in each child at exec, so every child
+    # starts with SIGINT at its default, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
