@@ -59,6 +59,7 @@ from bench.common import (
     load_yaml,
     machine_info,
     max_epochs_of,
+    median,
     ray_token_env,
     run_timed,
     slots,
@@ -297,11 +298,6 @@ def reached(
     return None
 
 
-def _median_present(values: Any) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def budget_epochs(spec: dict[str, Any]) -> int:
     """B: the epochs every arm of a problem is compared at (``BUDGET_FULL_TRIALS``)."""
     return BUDGET_FULL_TRIALS * max_epochs_of(spec)
@@ -340,13 +336,13 @@ def summarize(runs: list[Run], spec: dict[str, Any], arms: Sequence[str]) -> dic
             if mine
             else None,
             # first trial's start to the last trial's end: the sweep wall a user waits for
-            "wall_s_median": _median_present(
+            "wall_s_median": median(
                 max(t.end_s for t in r.trials) - min(t.start_s for t in r.trials)
                 for r in mine
                 if r.trials
             ),
             # the best at the run's end, whatever it spent (context for the best at B)
-            "end_median": _median_present(curves[id(r)][-1][2] for r in mine if curves[id(r)]),
+            "end_median": median(curves[id(r)][-1][2] for r in mine if curves[id(r)]),
             "command_s_median": statistics.median(r.command_s for r in mine) if mine else None,
         }
     return {"mode": mode, "budget_epochs": budget, "target": target, "arms": table}
