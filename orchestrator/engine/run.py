@@ -52,9 +52,15 @@ from orchestrator.store.lifecycle import (
     KILLED,
     NewParent,
     RunLifecycle,
+    discard_unstarted,
     new_run_id,
 )
-from orchestrator.store.markers import SweepMarker, pick_for_resume, refuse_if_unfinished
+from orchestrator.store.markers import (
+    SweepMarker,
+    pick_for_resume,
+    refuse_if_unfinished,
+    unfinished,
+)
 from orchestrator.store.sweep_lock import sweep_lock
 from orchestrator.sweep_result import SweepResult
 from trainables import DataSplits, get_trainable
@@ -97,7 +103,7 @@ def run_sweep(
         refuse_on_this_machine(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial)
     # One driver per sweep: held from choosing the sweep until its end is marked on disk.
     with sweep_lock(_storage_root(spec), spec.name, shown_spec):
-        place = _choose_sweep(spec, shown_spec, resume)
+        place = _choose_sweep(spec, shown_spec, resume, stream or sys.stdout)
         return _run_locked(
             spec,
             place,
@@ -106,7 +112,7 @@ def run_sweep(
             spec_filename,
             stream or sys.stdout,
             spec_dir,
-            resume,
+            place.marker is not None,  # resuming: a sweep stopped while starting starts anew
             draw_later,
             started,
         )
@@ -164,9 +170,20 @@ def _storage_root(spec: SweepSpec) -> Path:
     return (Path(spec.storage_path()) / spec.name).resolve()
 
 
-def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool) -> SweepPlace:
-    """A new sweep (never beside an unfinished one), or the interrupted one to finish."""
+def _choose_sweep(spec: SweepSpec, shown_spec: str, resume: bool, stream: TextIO) -> SweepPlace:
+    """A new sweep (never beside an unfinished one), or the interrupted one to finish.
+
+    A sweep stopped while starting (before its parent run was recorded) is discarded first; a
+    ``--resume`` that finds only such a sweep starts the sweep anew, as nothing of it ran."""
     storage_root = _storage_root(spec)
+    discarded = discard_unstarted(storage_root)
+    if resume and discarded and not unfinished(storage_root):
+        print(
+            f"caviar: sweep {discarded[0]} was stopped before it began; starting it anew",
+            file=stream,
+            flush=True,
+        )
+        resume = False
     if resume:
         run_dir, marker = pick_for_resume(storage_root, spec.spec_hash(), spec.results_fields())
         return SweepPlace(run_dir, marker.sweep_id, marker)

@@ -212,9 +212,16 @@ def _log_final_model(
 
 
 def _pick_for_resume(root: Path, spec: SweepSpec) -> tuple[Path, SweepMarker]:
+    from orchestrator.store.lifecycle import discard_unstarted
+
+    discarded = discard_unstarted(root)
     pending = unfinished(root)
     if not pending:
-        raise PandaError(f"nothing to resume: no unfinished panda session under {root}")
+        never = f" (session {discarded[0]} was stopped before it began)" if discarded else ""
+        raise PandaError(
+            f"nothing to resume: no unfinished panda session under {root}{never}; start one "
+            "without --resume"
+        )
     folder, marker = pending[0]
     if marker.spec_hash != spec.spec_hash():
         raise PandaError(

@@ -92,6 +92,11 @@ ROUND_STARTED_METRIC = "round"
 SWEEPS_FILTER = f"tags.`{KIND}` = '{SWEEP}'"  # every sweep's parent run of an experiment
 
 
+def stamped_filter(run_id: str) -> str:
+    """The search filter of the runs stamped with a sweep's (session's, revisit's) id."""
+    return f"tags.`{SWEEP_ID}` = '{run_id}'"
+
+
 def children_filter(parent_run_id: str) -> str:
     """The search filter of a parent run's children (trials, segments)."""
     return f"tags.{PARENT_RUN} = '{parent_run_id}'"

@@ -5,7 +5,9 @@ A sweep (``engine/run.py``), a panda session (``panda/command.py``) and a revisi
 as Optuna's trials share ``_run_trial`` and MLflow's runs share ``start_run``:
 
 1. open the parent (new: stamped with its kind, id and spec hash, the spec and params logged)
-   or reopen an interrupted one;
+   or reopen an interrupted one. A new run's folder is marked ``starting`` before its parent
+   is created, so a kill between the two leaves a marker that finds the orphan parent, and
+   :func:`discard_unstarted` deletes it before the name is run again;
 2. mark the run ``running`` on disk (its folder's marker, ``store/markers.py``), where the
    run keeps a folder;
 3. run the work inside :meth:`RunLifecycle.running`, which maps how the block exits to the
@@ -15,15 +17,17 @@ as Optuna's trials share ``_run_trial`` and MLflow's runs share ``start_run``:
    children (KILLED ones on an interruption), log the caller's summary, end the parent with
    the status, and mark the folder ``finished``, ``interrupted`` or ``failed``.
 
-Invariant: a run opened here is never left RUNNING by a block that exits, and its marker
+Invariants: a run opened here is never left RUNNING by a block that exits, and its marker
 always says how it ended, even when MLflow cannot be written (a full disk) on a run that did
-not finish.
+not finish. A parent run created for a folder is always named by that folder's marker (as
+``starting`` or with its id), whatever moment a kill lands: no orphan parent survives a rerun.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,12 +36,27 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.store import layout
-from orchestrator.store.markers import SweepMarker, write_marker
+from orchestrator.store.markers import STARTING, SweepMarker, unfinished, write_marker
 from orchestrator.store.tracking import SweepTracker, model_code_paths
 
 FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"  # MLflow's run statuses
 # The marker's word for each status; any other status is "failed".
 STATUS_ON_DISK = {FINISHED: "finished", KILLED: "interrupted"}
+
+
+def discard_unstarted(storage_root: Path) -> list[str]:
+    """Discard the runs under ``storage_root`` that were stopped while starting (their marker
+    still ``starting``): the parent run MLflow may hold for each is deleted (it has no child
+    and no result: nothing ran), then the run's folder. Returns their ids. Safe to repeat: a
+    kill inside it leaves a run that is discarded the next time."""
+    discarded = []
+    for folder, marker in unfinished(storage_root):
+        if marker.status != STARTING:
+            continue
+        SweepTracker(marker.tracking_uri, marker.experiment).discard_parent(marker.sweep_id)
+        shutil.rmtree(folder)
+        discarded.append(marker.sweep_id)
+    return discarded
 
 
 def new_run_id() -> str:
@@ -111,6 +130,17 @@ class RunLifecycle:
         """A new parent run, stamped; raises TrackingError before any compute if the store
         does not answer or refuses."""
         tracker = SweepTracker(tracking_uri, experiment)
+        marker = SweepMarker(
+            parent.run_id,
+            STARTING,
+            "",
+            tracker.uri,
+            tracker.experiment,
+            parent.spec_hash,
+            parent.results_fields,
+        )
+        if folder is not None:
+            write_marker(folder, marker)  # before the parent: see discard_unstarted
         stamp = {
             layout.KIND: parent.kind,
             layout.SWEEP_ID: parent.run_id,
@@ -123,15 +153,7 @@ class RunLifecycle:
             spec_text=parent.spec_text,
             spec_filename=parent.spec_filename,
         )
-        marker = SweepMarker(
-            parent.run_id,
-            "running",
-            parent_run_id,
-            tracker.uri,
-            tracker.experiment,
-            parent.spec_hash,
-            parent.results_fields,
-        )
+        marker = dataclasses.replace(marker, parent_run_id=parent_run_id)
         return cls(tracker, folder, marker, stream, noun)
 
     @classmethod

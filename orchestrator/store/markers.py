@@ -22,6 +22,10 @@ from orchestrator.errors import CaviarError
 from orchestrator.resume import resume_command, submitted
 
 MARKER = "caviar_sweep.json"
+# A run whose marker still says this was stopped after its marker was written and before its
+# parent run was recorded in it: nothing of it was trained, and MLflow may hold that parent
+# (RUNNING, never marked). store/lifecycle.py discards such a run before starting again.
+STARTING = "starting"
 
 
 class ResumeError(CaviarError):
@@ -33,8 +37,8 @@ class ResumeError(CaviarError):
 @dataclass
 class SweepMarker:
     sweep_id: str
-    status: str  # running | finished | failed | interrupted
-    parent_run_id: str
+    status: str  # starting | running | finished | failed | interrupted
+    parent_run_id: str  # "" while starting: written before the parent run is created
     tracking_uri: str
     experiment: str
     spec_hash: str

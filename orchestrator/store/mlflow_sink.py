@@ -211,6 +211,20 @@ class MlflowSink:
             ) from None
         return last_steps
 
+    def delete_stamped(self, run_id: str) -> int:
+        """Delete every run stamped with this sweep's (session's) id; returns how many."""
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id], filter_string=layout.stamped_filter(run_id)
+            )
+            for run in runs:
+                self.client.delete_run(run.info.run_id)
+        except MlflowException as error:
+            raise TrackingError(
+                f"cannot discard run {run_id}'s parent in {self.uri}: {error.message}"
+            ) from None
+        return len(runs)
+
     def children(self) -> list[ChildRun]:
         """Every run the store holds under the parent, duplicates included."""
         return [

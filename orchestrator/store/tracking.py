@@ -143,6 +143,12 @@ class SweepTracker:
         self._last_step.update(self._sink.resume(parent_run_id))
         self._writer.start()
 
+    def discard_parent(self, run_id: str) -> int:
+        """Delete the parent run(s) stamped with ``run_id`` (a run stopped before its marker
+        recorded its parent, so nothing else refers to it); returns how many."""
+        self.open()
+        return self._sink.delete_stamped(run_id)
+
     def finalize_children(self, outcomes: Mapping[str, str]) -> None:
         """After the last write: no duplicate and no RUNNING child is left behind.
 

@@ -23,7 +23,9 @@ from conftest import CAVIAR, clean_env, run_caviar
 from mlflow import MlflowClient
 from ray_head import PlainHead, plain_ray_head
 
+from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL
+from orchestrator.store.markers import STARTING, SweepMarker, write_marker
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +54,12 @@ def _interrupted(folder: Path, name: str) -> bool:
     """A sweep of this name has started (its marker exists) and not finished."""
     markers = (folder / "caviar_runs" / name).glob("*/caviar_sweep.json")
     return any('"finished"' not in marker.read_text() for marker in markers)
+
+
+def _finished(folder: Path, name: str) -> bool:
+    """The sweep of this name has ended and says so on disk (a plain run would start another)."""
+    markers = list((folder / "caviar_runs" / name).glob("*/caviar_sweep.json"))
+    return bool(markers) and all('"finished"' in marker.read_text() for marker in markers)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +165,10 @@ def test_sigkill_anywhere_then_resume_always_finishes(tmp_path: Path, ray_head: 
                 for journal in (tmp_path / "caviar_runs" / name).glob(f"*/{JOURNAL}"):
                     _tear_last_line(journal, rng)
             resume = _interrupted(tmp_path, name)
+            if _finished(tmp_path, name):  # the kill landed after the sweep was marked done
+                _check_finished_sweep(tmp_path, name)
+                sweep, resume = sweep + 1, False
+                spec = _spec(tmp_path, f"kill-{sweep}", seed=sweep)
             continue
         output = log.read_text()
         assert process.returncode == 0 and "finished in" in output, output[-4000:]
@@ -169,6 +181,37 @@ def test_sigkill_anywhere_then_resume_always_finishes(tmp_path: Path, ray_head: 
         _check_finished_sweep(tmp_path, f"kill-{sweep}")
     print(f"kills by phase: {dict(landed)}; sweeps: {sweep + 1}")
     assert all(landed[phase] >= max(1, kills // 8) for phase in aims), landed
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "plain run"])
+def test_a_sweep_killed_while_starting_is_started_again_with_no_orphan_parent(
+    tmp_path: Path, ray_head: PlainHead, resume: bool
+) -> None:
+    """The state a kill leaves between the marker and the parent run's id in it (the window
+    kill-anywhere hit in CI once): a ``starting`` marker and a RUNNING parent nothing names.
+    Either rerun ends with that sweep's one parent, finished; the orphan is gone."""
+    name, trials = "half-started", 4
+    spec = _spec(tmp_path, name, trials=trials)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep_id = "20261207-000000-abcdef"
+    write_marker(
+        tmp_path / "caviar_runs" / name / sweep_id,
+        SweepMarker(sweep_id, STARTING, "", uri, name, "hash", None),
+    )
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(name)
+    tags = {layout.KIND: layout.SWEEP, layout.SWEEP_ID: sweep_id}
+    orphan = client.create_run(experiment_id, tags=tags).info.run_id
+
+    result = run_caviar(
+        "run", spec, *(["--resume"] if resume else []), cwd=tmp_path, **_plain(_env(ray_head))
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if resume:
+        assert f"sweep {sweep_id} was stopped before it began; starting it anew" in result.stdout
+    _check_finished_sweep(tmp_path, name, trials=trials)
+    assert client.get_run(orphan).info.lifecycle_stage == "deleted"
+    assert not (tmp_path / "caviar_runs" / name / sweep_id).exists()
 
 
 def _journal_size(folder: Path, name: str) -> int:

@@ -11,8 +11,15 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.store import layout
-from orchestrator.store.lifecycle import Ending, NewParent, RunLifecycle, new_run_id
-from orchestrator.store.markers import read_marker
+from orchestrator.store.lifecycle import (
+    Ending,
+    NewParent,
+    RunLifecycle,
+    discard_unstarted,
+    new_run_id,
+)
+from orchestrator.store.markers import STARTING, read_marker
+from orchestrator.store.tracking import SweepTracker
 
 
 def _start(tmp_path: Path, stream: io.StringIO) -> RunLifecycle:
@@ -124,3 +131,41 @@ def test_a_failing_end_of_an_interrupted_run_still_marks_it(tmp_path: Path) -> N
         raise KeyboardInterrupt
     assert "MLflow could not be updated (No space left on device)" in stream.getvalue()
     assert _marker_status(run) == "interrupted"
+
+
+class _Killed(BaseException):
+    """What a SIGKILL is to the code it lands in: nothing after it runs."""
+
+
+def test_a_kill_after_the_parent_is_created_leaves_a_marker_that_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = SweepTracker.start_sweep
+
+    def create_then_die(self: SweepTracker, *args: object, **kwargs: object) -> str:
+        created(self, *args, **kwargs)  # type: ignore[arg-type]
+        raise _Killed
+
+    monkeypatch.setattr(SweepTracker, "start_sweep", create_then_die)
+    with pytest.raises(_Killed):
+        _start(tmp_path, io.StringIO())
+    (folder,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    marker = read_marker(folder)
+    assert marker is not None and (marker.status, marker.parent_run_id) == (STARTING, "")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("life")
+    orphan = client.search_runs([experiment.experiment_id])
+    assert [run.data.tags[layout.SWEEP_ID] for run in orphan] == [marker.sweep_id]
+
+    assert discard_unstarted(tmp_path) == [marker.sweep_id]
+    assert client.search_runs([experiment.experiment_id]) == []
+    assert not folder.exists()
+    assert discard_unstarted(tmp_path) == []
+
+
+def test_discarding_leaves_runs_that_started_alone(tmp_path: Path) -> None:
+    run = _start(tmp_path, io.StringIO())
+    assert discard_unstarted(tmp_path) == []
+    assert _parent(run)[0] == "RUNNING" and _marker_status(run) == "running"
+    with run.running(_summary):
+        pass
