@@ -79,6 +79,9 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "tpe_univariate": ("tpe", {"tpe": {"multivariate": False}}, {}),
     "tpe_pack4": ("tpe", {}, {"resources": {"pack_size": 4}}),
     "tpe_lookahead2": ("tpe", {"max_concurrent": 2}, {}),
+    "tpe_lookahead2_pack4": ("tpe", {"max_concurrent": 2}, {"resources": {"pack_size": 4}}),
+    # tpe as it was before 2026-12-08: proposes whenever Tune asks, ahead of the results
+    "tpe_nowait": ("tpe", {"tpe": {"wait_for_results": False}}, {}),
     # zoom as it was before 2026-12-07: the last round's best, no exploration share
     "zoom_round": ("zoom", {"keep_from": "round", "explore": 0.0}, {}),
     "zoom_noexplore": ("zoom", {"explore": 0.0}, {}),  # kept from the sweep, no exploration

@@ -44,7 +44,11 @@ def build_searcher(
     The limit is :func:`live_trials` (a trial waiting per slot), not ``slots``: see there.
     """
     searcher = RoundSearcher(
-        spec.search_space(), round_plan(spec, milestones), sweep_id=sweep_id, packer=packer
+        spec.search_space(),
+        round_plan(spec, milestones),
+        sweep_id=sweep_id,
+        packer=packer,
+        slots=slots,
     )
     limit = spec.search.max_concurrent or live_trials(slots)
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, limit)), searcher

@@ -60,8 +60,10 @@ class RoundSearcher(Searcher):
         on_round: RoundListener | None = None,
         sweep_id: str | None = None,
         packer: Packer | None = None,
+        slots: int = 1,
     ) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
+        self.slots = slots  # trials (packs) the cluster trains at once
         self.sweep_id = (
             sweep_id  # a pickled copy finds its listener through orchestrator.engine.live
         )
@@ -121,6 +123,8 @@ class RoundSearcher(Searcher):
         if self.proposer is not None:
             if self.next_index >= self.total:
                 return Searcher.FINISHED
+            if not self.proposer.may_propose(self.next_index, self.slots):
+                return None  # Tune asks again after the next trial event
             self._queue = [self._propose_unit(self.total - self.next_index)]
         if not self._queue:
             if self.round >= self.plan.rounds:

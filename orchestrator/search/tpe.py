@@ -80,6 +80,7 @@ class TpeSettings:
     n_ei_candidates: int = 24
     multivariate: bool = True
     ranking: Literal["asha", "bohb"] = "bohb"  # measured: bench/search_bench.py
+    wait_for_results: bool = True  # see TpeProposer.may_propose
 
 
 @dataclass
@@ -274,6 +275,30 @@ class TpeProposer:
         a pack shares one shape among its members, so a random start of packs would show the
         model only a few shapes, and it would settle on the best of those."""
         return index < self.settings.n_startup_trials
+
+    def may_propose(self, index: int, slots: int) -> bool:
+        """Whether trial ``index`` is to be proposed now rather than when more results are in
+        (``wait_for_results``). The random start never waits. After it, a proposal waits while
+        fewer than ``n_startup_trials`` trials have a result (Optuna's TPE would still draw at
+        random) or while ``slots`` units (fused packs or lone trials) already wait for their
+        first one: Tune asks for a waiting trial per slot as soon as one starts, and a pack
+        proposed then would be decided on what was known a whole pack earlier. Never waits
+        when nothing is pending, so a sweep cannot stall."""
+        if not self.settings.wait_for_results or self.alone(index):
+            return True
+        blind = self.blind_units()
+        if blind == 0:
+            return True
+        told = sum(1 for record in self.records.values() if _has_result(record))
+        return told >= self.settings.n_startup_trials and blind < max(1, slots)
+
+    def blind_units(self) -> int:
+        """Units proposed (a pack counts once) none of whose trials has a result yet."""
+        seen: dict[int, bool] = {}
+        for index, record in self.records.items():
+            unit = record.pack if record.pack is not None else index
+            seen[unit] = seen.get(unit, False) or _has_result(record)
+        return sum(1 for known in seen.values() if not known)
 
     def misfit(self, config: Mapping[str, Any]) -> str | None:
         """Why ``config`` is not a configuration of this space (None when it is)."""
@@ -482,6 +507,11 @@ def _frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, flo
 
 def _plain(values: Mapping[str, Any]) -> str:
     return repr(sorted((k, repr(v)) for k, v in values.items()))
+
+
+def _has_result(record: _Record) -> bool:
+    """Something the sampler can learn from: a value at a milestone, or an end."""
+    return bool(record.rungs) or record.ended is not None or record.diverged
 
 
 def _is_bad(record: _Record) -> bool:

@@ -67,10 +67,26 @@ class TpeSpec(StrictModel):
             )
         ),
     ] = "bohb"
+    wait_for_results: Annotated[
+        bool,
+        Field(
+            description=(
+                "Propose a trial only when results can inform it: after the random start, "
+                "once n_startup_trials trials have a result, and then with at most one trial "
+                "(or fused pack) per slot still waiting for its first result. false proposes "
+                "whenever Ray Tune asks, up to a waiting trial per slot ahead, as earlier "
+                "caviar did: the same sweep, decided on less (see docs/performance.md)."
+            )
+        ),
+    ] = True
 
     def settings(self) -> TpeSettings:
         return TpeSettings(
-            self.n_startup_trials, self.n_ei_candidates, self.multivariate, self.ranking
+            self.n_startup_trials,
+            self.n_ei_candidates,
+            self.multivariate,
+            self.ranking,
+            self.wait_for_results,
         )
 
 

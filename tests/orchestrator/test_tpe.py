@@ -334,10 +334,15 @@ def _spec(pack_size: Any = 4, **search: Any) -> SweepSpec:
     )
 
 
-def _searcher(spec: SweepSpec, sweep_id: str | None = None) -> RoundSearcher:
+def _searcher(spec: SweepSpec, sweep_id: str | None = None, slots: int = 4) -> RoundSearcher:
+    """Four slots: four packs may wait for their first result at once."""
     packer = packer_for(spec, n_features=64, n_classes=10, slots=2)
     return RoundSearcher(
-        spec.search_space(), round_plan(spec, list(MILESTONES)), sweep_id=sweep_id, packer=packer
+        spec.search_space(),
+        round_plan(spec, list(MILESTONES)),
+        sweep_id=sweep_id,
+        packer=packer,
+        slots=slots,
     )
 
 
@@ -604,7 +609,7 @@ def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> Non
     def quality(config: dict[str, Any]) -> float:
         return 1 / (1 + abs(math.log10(config["learning_rate"]) + 2)) - config["hidden_units"] / 1e3
 
-    killed = RoundSearcher(space, plan, packer=packer)
+    killed = RoundSearcher(space, plan, packer=packer, slots=4)  # 3 wait for results at once
     sizes = []
     for number in range(12):
         suggested = killed.suggest(f"k{number}")
@@ -626,7 +631,7 @@ def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> Non
         copy_.state = trial.state
         copy_.history = list(trial.history)
         journal[index] = copy_
-    resumed = RoundSearcher(space, plan, packer=packer)
+    resumed = RoundSearcher(space, plan, packer=packer, slots=4)
     resumed.replay(journal)
     for unit in resumed.continuations[:]:
         resumed.suggest(f"r{unit[0].index}")
@@ -651,3 +656,49 @@ def test_a_packs_shape_is_told_its_median_member_once_every_member_has_ended() -
     assert proposer.pack_encoding(0, 9) == ("complete", 0.5)  # not the best member's 0.9
     (told,) = [t for t in _shown(proposer).values() if set(t.params) == {"hidden_units"}]
     assert told.state == OptunaState.COMPLETE and told.value == 0.5
+
+
+def _report_first_rung(searcher: RoundSearcher, trial_id: str, value: float) -> None:
+    """Every member of Tune trial ``trial_id`` reaches rung 1 (and runs on)."""
+    members = searcher.members_of.get(trial_id, (searcher.index_of[trial_id],))
+    epochs = {index: [1] for index in members}
+    if trial_id in searcher.members_of:
+        searcher.on_trial_result(trial_id, _pack_step(searcher, trial_id, epochs))
+    else:
+        searcher.on_trial_result(trial_id, {"epoch": 1, "val_accuracy": value})
+
+
+def test_after_the_random_start_tpe_waits_for_results_then_keeps_one_blind_pack_per_slot() -> None:
+    spec = _spec(tpe={"n_startup_trials": 4})
+    searcher = _searcher(spec, slots=2)
+    for number in range(4):  # the random start never waits
+        assert isinstance(searcher.suggest(f"t{number}"), dict)
+    # No start trial has a result: TPE would draw at random, so the first pack waits.
+    assert searcher.suggest("p0") is None
+    for number in range(3):
+        _report_first_rung(searcher, f"t{number}", 0.1 * number)
+    assert searcher.suggest("p0") is None  # 3 of 4 results
+    _report_first_rung(searcher, "t3", 0.3)
+    assert PACK_MEMBERS in searcher.suggest("p0")
+    assert PACK_MEMBERS in searcher.suggest("p1")
+    assert searcher.suggest("p2") is None  # two packs (one per slot) wait for a result
+    _report_first_rung(searcher, "p0", 0.5)
+    assert PACK_MEMBERS in searcher.suggest("p2")
+    assert searcher.suggest("p3") is None
+
+
+def test_waiting_for_results_never_stalls_a_sweep_with_nothing_pending() -> None:
+    spec = _spec(tpe={"n_startup_trials": 4})
+    searcher = _searcher(spec, slots=2)
+    for number in range(4):
+        searcher.suggest(f"t{number}")
+        searcher.on_trial_complete(f"t{number}", {"epoch": 0})  # ended with no value at all
+    assert searcher.proposer is not None and searcher.proposer.blind_units() == 0
+    assert isinstance(searcher.suggest("p0"), dict)
+
+
+def test_without_waiting_tpe_proposes_whenever_tune_asks() -> None:
+    spec = _spec(tpe={"n_startup_trials": 4, "wait_for_results": False})
+    searcher = _searcher(spec, slots=2)
+    proposed = [searcher.suggest(f"t{number}") for number in range(8)]
+    assert all(isinstance(config, dict) for config in proposed)
