@@ -9,6 +9,7 @@ MLflow holds the trial) and how much of ``history`` is filled differ between tho
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -101,6 +102,28 @@ class Trial:
             for entry in self.history
             if entry.get(name) is not None
         ]
+
+
+def member_epochs(records: Sequence[Trial]) -> tuple[int, int]:
+    """(fused, alone): the epochs trained with at least one other member in the same fused
+    model, and those trained as the only one (a lone trial, or a pack's last member left).
+    A pack's members train in lockstep from its first epoch, so at epoch k the pack trains
+    every member that reached k."""
+    fused = alone = 0
+    packs: dict[int, list[int]] = {}
+    for record in records:
+        if record.pack is None:
+            alone += record.epochs
+        else:
+            packs.setdefault(record.pack, []).append(record.epochs)
+    for epochs in packs.values():
+        for epoch in range(1, max(epochs) + 1):
+            training = sum(1 for reached in epochs if reached >= epoch)
+            if training > 1:
+                fused += training
+            else:
+                alone += training
+    return fused, alone
 
 
 def trial_key(sweep_id: str, index: int) -> str:

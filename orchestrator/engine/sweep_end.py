@@ -17,7 +17,7 @@ from orchestrator.store import layout
 from orchestrator.store.lifecycle import FINISHED, KILLED, Ending, RunLifecycle
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.sweep_result import SweepResult
-from orchestrator.trials import FINAL_STATES, trial_key
+from orchestrator.trials import FINAL_STATES, member_epochs, trial_key
 
 INTERRUPTED_NOTE = (
     "\ncaviar: interrupted: stopping the trials and saving what finished "
@@ -134,6 +134,8 @@ def _summary_metrics(result: SweepResult) -> dict[str, float]:
     }
     metrics["epochs_trained"] = float(result.epochs_trained)
     metrics["fused_packs"] = float(len({r.pack for r in result.records if r.pack is not None}))
+    fused, alone = member_epochs(result.records)
+    metrics["epochs_fused"], metrics["epochs_alone"] = float(fused), float(alone)
     metrics["wall_seconds"] = result.wall_seconds
     if result.best is not None:
         value = result.best.metric(result.metric)

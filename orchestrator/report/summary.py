@@ -9,7 +9,7 @@ from orchestrator.report.page import format_value
 from orchestrator.report.ui_links import sweep_links, text_lines, ui_base
 from orchestrator.store.uri import ui_command
 from orchestrator.sweep_result import SweepResult
-from orchestrator.trials import Trial, trial_key
+from orchestrator.trials import Trial, member_epochs, trial_key
 
 
 def pack_sizes(records: Sequence[Trial]) -> list[int]:
@@ -40,6 +40,11 @@ def format_summary(result: SweepResult) -> str:
         alone = len(result.records) - sum(packs)
         text = f"  fused packs:     {len(packs)} packs of {_sizes_text(packs)} trials"
         lines.append(text + (f", {alone} trials alone" if alone else ""))
+        fused_epochs, alone_epochs = member_epochs(result.records)
+        lines.append(
+            f"  trial epochs:    {fused_epochs} trained fused, {alone_epochs} alone "
+            "(a lone trial, or a pack's last member)"
+        )
     if result.best is None:
         lines.append("  best trial:      none (every trial diverged or failed)")
     else:

@@ -86,6 +86,9 @@ def test_every_member_is_its_own_trial_and_run(sweep: dict[str, Any]) -> None:
     for outcome, count in outcomes.items():
         assert parent.data.metrics[f"trials_{outcome}"] == count
     assert parent.data.metrics["fused_packs"] == N_TRIALS // PACK
+    fused, alone = parent.data.metrics["epochs_fused"], parent.data.metrics["epochs_alone"]
+    assert fused + alone == parent.data.metrics["epochs_trained"] and fused >= N_TRIALS
+    assert f"trial epochs:    {int(fused)} trained fused, {int(alone)} alone" in sweep["stdout"]
     assert parent.data.params["resources.pack_size"] == str(PACK)
     assert "test_accuracy" in parent.data.metrics  # the best member's checkpoint loaded
     assert (

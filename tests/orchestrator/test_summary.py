@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from orchestrator.report.summary import format_summary
 from orchestrator.sweep_result import SweepResult
-from orchestrator.trials import Trial, TrialState
+from orchestrator.trials import Trial, TrialState, member_epochs
 
 RUN_IDS = [f"{i:x}" * 32 for i in (10, 3, 7)]  # best first, as run_sweep ranks them
 
@@ -89,3 +89,21 @@ def test_a_sweep_without_ranked_trials_still_links_its_runs() -> None:
     summary = format_summary(result)
     assert _line(summary, "runs table") == "http://127.0.0.1:5000/#/experiments/42/runs"
     assert "compare-runs" not in summary
+
+
+def _member(index: int, epochs: int, pack: int | None) -> Trial:
+    history = [{"epoch": epoch} for epoch in range(1, epochs + 1)]
+    return Trial(index, {}, state=TrialState.COMPLETED, history=history, pack=pack)
+
+
+def test_member_epochs_count_an_epoch_fused_while_another_member_trains_beside_it() -> None:
+    records = [
+        _member(0, 9, pack=0),  # with 1 to epoch 3, then alone to 9
+        _member(1, 3, pack=0),
+        _member(2, 3, pack=2),  # a pack of three in lockstep to 1, two of them to 3
+        _member(3, 3, pack=2),
+        _member(4, 1, pack=2),
+        _member(5, 4, pack=None),  # a lone trial
+    ]
+    assert member_epochs(records) == (3 * 2 + 3 + 2 * 2, 6 + 4)
+    assert sum(member_epochs(records)) == sum(r.epochs for r in records)
