@@ -86,6 +86,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "zoom_round": ("zoom", {"keep_from": "round", "explore": 0.0}, {}),
     "zoom_noexplore": ("zoom", {"explore": 0.0}, {}),  # kept from the sweep, no exploration
     "zoom_roundexplore": ("zoom", {"keep_from": "round"}, {}),  # exploration, the round's best
+    "zoom_tpe": ("zoom", {"sampler": "tpe"}, {}),  # TPE draws each later round's box share
 }
 REFERENCE = "random"  # the target is the median of its best at the budget
 # The epoch budget B every arm is compared at: this many full trials' worth of epochs. Fixed

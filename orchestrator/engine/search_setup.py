@@ -25,6 +25,7 @@ def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
         tpe=search.tpe_settings(),
         explore=search.explore_value(),
         keep_from=search.keep_from_value(),
+        round_sampler=search.round_sampler_settings(),
     )
 
 

@@ -28,3 +28,5 @@ class RoundPlan:
     tpe: TpeSettings | None = None  # strategy tpe: proposed one by one, not planned
     explore: float = 0.0  # zoom: the share of a later round sampled from the whole region
     keep_from: Literal["sweep", "round"] = "round"  # zoom: where the kept trials are ranked
+    # zoom with sampler tpe: TPE draws a later round's box share (None: at random)
+    round_sampler: TpeSettings | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -188,12 +189,26 @@ class SearchSpec(StrictModel):
             json_schema_extra={"default": DEFAULT_KEEP_FROM},
         ),
     ] = None
+    sampler: Annotated[
+        Literal["random", "tpe"] | None,
+        Field(
+            description=(
+                "zoom: how each round after the first draws its share in the zoomed box. "
+                "random: at random on each parameter's scale. tpe: Optuna's TPE, modelling "
+                "every trial of the sweep so far that lies in the box (ranked at the full "
+                "budget, deeper rungs first) with the search.tpe settings. The exploration "
+                "share is always random over the whole region. Default random."
+            ),
+            json_schema_extra={"default": "random"},
+        ),
+    ] = None
     tpe: Annotated[
         TpeSpec | None,
         Field(
             description=(
-                "tpe: the sampler's settings (n_startup_trials, n_ei_candidates, "
-                "multivariate, ranking); the seed is search.seed."
+                "tpe (and zoom with sampler: tpe): the sampler's settings (n_startup_trials, "
+                "n_ei_candidates, multivariate, ranking, wait_for_results); the seed is "
+                "search.seed."
             ),
             json_schema_extra={"default": TpeSpec().model_dump()},
         ),
@@ -208,6 +223,7 @@ class SearchSpec(StrictModel):
             "margin",
             "explore",
             "keep_from",
+            "sampler",
         } & self.model_fields_set
         if self.strategy != "zoom" and zoom_fields:
             raise ValueError(
@@ -222,10 +238,10 @@ class SearchSpec(StrictModel):
             )
         if self.keep_top is not None and self.keep_top >= 1 and self.keep_top != int(self.keep_top):
             raise ValueError(f"keep_top >= 1 is a count and must be whole, got {self.keep_top:g}")
-        if self.tpe is not None and self.strategy != "tpe":
+        if self.tpe is not None and self.strategy != "tpe" and not self._zoom_tpe():
             raise ValueError(
-                f"tpe settings only apply to strategy: tpe (this spec uses strategy: "
-                f"{self.strategy}); set strategy: tpe or remove tpe"
+                f"tpe settings only apply to strategy: tpe or to zoom with sampler: tpe (this "
+                f"spec uses strategy: {self.strategy}); set one of them or remove tpe"
             )
         return self
 
@@ -250,6 +266,17 @@ class SearchSpec(StrictModel):
 
     def keep_from_value(self) -> Literal["sweep", "round"]:
         return self.keep_from if self.keep_from is not None else DEFAULT_KEEP_FROM
+
+    def _zoom_tpe(self) -> bool:
+        return self.strategy == "zoom" and self.sampler == "tpe"
+
+    def round_sampler_settings(self) -> TpeSettings | None:
+        """zoom with sampler: tpe: the settings TPE draws each later round's box share with
+        (ranked at the full budget: a round starts once every earlier trial has ended, and its
+        records keep each trial's last epoch); else None."""
+        if not self._zoom_tpe():
+            return None
+        return dataclasses.replace((self.tpe or TpeSpec()).settings(), ranking="asha")
 
     def tpe_settings(self) -> TpeSettings | None:
         """The TPE sampler's settings under strategy tpe (defaults where unset), else None."""

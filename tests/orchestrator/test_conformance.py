@@ -67,12 +67,23 @@ SPACES = {
         ),
         {"epochs": BUDGET},
     ),
+    # zoom whose later rounds TPE draws in the box: with a categorical and a grid, as tpe.
+    "zoom_tpe": SearchSpace(
+        (
+            RangeDomain("learning_rate", "log", 1e-4, 1.0),
+            RangeDomain("momentum", "log1m", 0.5, 0.99),
+            ChoiceDomain("activation", ("relu", "tanh")),
+            GridDomain("batch_size", (16, 32)),
+        ),
+        {"epochs": BUDGET},
+    ),
 }
 PLANS = {  # rounds, samples per point
     "random": (1, 12),
     "grid": (1, 2),
     "zoom": (3, 6),
     "tpe": (1, 12),  # 24 trials, the first 6 at random: most are proposed by TPE
+    "zoom_tpe": (3, 6),  # 36 trials (2 grid points), rounds 2 and 3 mostly from TPE
 }
 
 
@@ -80,7 +91,11 @@ def _plan(strategy: str) -> RoundPlan:
     rounds, per_point = PLANS[strategy]
     tpe = TpeSettings(n_startup_trials=6) if strategy == "tpe" else None
     # zoom as a spec sets it by default: a share explored, the best kept from the whole sweep
-    zoom = {"explore": 0.34, "keep_from": "sweep"} if strategy == "zoom" else {}
+    zoom: dict[str, Any] = {}
+    if strategy in ("zoom", "zoom_tpe"):
+        zoom = {"explore": 0.34, "keep_from": "sweep"}
+    if strategy == "zoom_tpe":
+        zoom["round_sampler"] = TpeSettings(n_startup_trials=4, ranking="asha")
     return RoundPlan(
         rounds, per_point, 5, 0.34, 0.1, "val_accuracy", "max", MILESTONES, BUDGET, tpe, **zoom
     )
