@@ -512,6 +512,23 @@ def test_tpe_settings_are_documented_defaulted_and_only_for_tpe() -> None:
         parse_spec({**_spec().model_dump(mode="json"), "search": {"strategy": "random", "tpe": {}}})
 
 
+def test_zoom_takes_tpe_settings_only_with_the_tpe_sampler() -> None:
+    base = _spec().model_dump(mode="json")
+    zoom = parse_spec(
+        {**base, "search": {"strategy": "zoom", "sampler": "tpe", "tpe": {"n_startup_trials": 3}}}
+    )
+    plan = round_plan(zoom, [9])
+    assert plan.tpe is None  # rounds are planned; only the box share is TPE's
+    assert plan.round_sampler == TpeSettings(n_startup_trials=3, ranking="asha")
+    assert (
+        round_plan(parse_spec({**base, "search": {"strategy": "zoom"}}), [9]).round_sampler is None
+    )
+    with pytest.raises(Exception, match="or to zoom with sampler: tpe"):
+        parse_spec({**base, "search": {"strategy": "zoom", "tpe": {}}})
+    with pytest.raises(Exception, match="sampler only applies to strategy: zoom"):
+        parse_spec({**base, "search": {"strategy": "tpe", "sampler": "tpe"}})
+
+
 # --- a real sweep: Ray, MLflow, packs, ASHA, Ctrl-C and --resume -----------------------------
 
 SWEEP = """
