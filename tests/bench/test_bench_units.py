@@ -237,3 +237,19 @@ def test_overhead_minimum_and_numbers() -> None:
     assert numbers["reports_per_s"] == pytest.approx(10.0)
     # (2 s x 2 slots - 0.2 s in steps) / 20 reports = 190 ms of slot time per report
     assert numbers["overhead_per_report_ms"] == pytest.approx(190.0)
+
+
+def test_driver_cpu_per_trial_reads_the_sweep_window_off_the_samples() -> None:
+    from bench.overhead_bench import driver_cpu_numbers
+
+    # [wall clock s, process CPU s]: 1 s of CPU before the sweep, 2 s in it, 1 s after.
+    samples = [[0.0, 0.0], [10.0, 1.0], [12.0, 2.0], [14.0, 3.0], [20.0, 4.0]]
+    numbers = driver_cpu_numbers(samples, 4.5, first_start_s=10.0, last_end_s=14.0, trials=4)
+    assert numbers["driver_cpu_sweep_s"] == pytest.approx(2.0)
+    assert numbers["driver_cpu_per_trial_ms"] == pytest.approx(500.0)
+    assert numbers["driver_cpu_total_per_trial_ms"] == pytest.approx(1125.0)
+    # Between two samples the CPU is interpolated; outside them it is the nearest sample's.
+    inside = driver_cpu_numbers(samples, 4.5, first_start_s=11.0, last_end_s=13.0, trials=1)
+    assert inside["driver_cpu_sweep_s"] == pytest.approx(1.0)
+    outside = driver_cpu_numbers(samples, 4.5, first_start_s=-5.0, last_end_s=25.0, trials=1)
+    assert outside["driver_cpu_sweep_s"] == pytest.approx(4.0)
