@@ -144,6 +144,19 @@ def driver_cpu_numbers(
     }
 
 
+def threads_in_window(
+    thread_samples: list[list[Any]], first_start_s: float, last_end_s: float
+) -> dict[str, float]:
+    """Each thread's CPU seconds between the sweep's two ends (by thread name; linear
+    between the samples around each end, a thread absent from a sample counting 0)."""
+    names = {name for _, by_name in thread_samples for name in by_name}
+    spent = {}
+    for name in names:
+        series = [[t, by_name.get(name, 0.0)] for t, by_name in thread_samples]
+        spent[name] = _cpu_at(series, last_end_s) - _cpu_at(series, first_start_s)
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+
 def _cpu_at(samples: list[list[float]], at: float) -> float:
     """The process CPU time at wall-clock ``at``, linear between the samples around it."""
     if not samples:
@@ -166,6 +179,7 @@ class _CpuSampler:
     def __init__(self) -> None:
         self.samples: list[list[float]] = []
         self.threads: dict[str, tuple[str, float]] = {}  # tid -> (name, CPU seconds)
+        self.thread_samples: list[list[Any]] = []  # [wall clock s, {name: CPU seconds}]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-cpu", daemon=True)
 
@@ -191,6 +205,13 @@ class _CpuSampler:
             name = python_names.get(tid) or stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
             self.threads[tid] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        self.thread_samples.append([time.time(), self._by_name()])
+
+    def _by_name(self) -> dict[str, float]:
+        by_name: dict[str, float] = {}
+        for name, seconds in self.threads.values():
+            by_name[name] = by_name.get(name, 0.0) + seconds
+        return by_name
 
     def _run(self) -> None:
         count = 0
@@ -205,14 +226,13 @@ class _CpuSampler:
         self._thread.join()
         self._sample()
         self._sample_threads()
-        by_name: dict[str, float] = {}
-        for name, seconds in self.threads.values():
-            by_name[name] = by_name.get(name, 0.0) + seconds
+        by_name = self._by_name()
         times = os.times()
         record = {
             "samples": self.samples,
             "total_s": times.user + times.system,
             "threads": dict(sorted(by_name.items(), key=lambda item: -item[1])),
+            "thread_samples": self.thread_samples,
         }
         path.write_text(json.dumps(record))
 
@@ -297,6 +317,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     len(read.trials),
                 ),
                 "driver_cpu_threads_s": cpu.get("threads", {}),
+                "driver_cpu_sweep_threads_s": threads_in_window(
+                    cpu.get("thread_samples", []),
+                    min(t.start_s for t in read.trials),
+                    max(t.end_s for t in read.trials),
+                ),
             }
             result["runs"].append(run)
             write_json(result, args.out)  # a long run that fails later keeps what it measured

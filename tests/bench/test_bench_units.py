@@ -253,3 +253,15 @@ def test_driver_cpu_per_trial_reads_the_sweep_window_off_the_samples() -> None:
     assert inside["driver_cpu_sweep_s"] == pytest.approx(1.0)
     outside = driver_cpu_numbers(samples, 4.5, first_start_s=-5.0, last_end_s=25.0, trials=1)
     assert outside["driver_cpu_sweep_s"] == pytest.approx(4.0)
+
+
+def test_each_threads_cpu_in_the_sweep_window() -> None:
+    from bench.overhead_bench import threads_in_window
+
+    samples = [
+        [0.0, {"MainThread": 1.0}],
+        [10.0, {"MainThread": 2.0, "caviar-mlflow": 0.0}],
+        [20.0, {"MainThread": 4.0, "caviar-mlflow": 3.0}],
+    ]
+    spent = threads_in_window(samples, first_start_s=10.0, last_end_s=15.0)
+    assert spent == {"MainThread": pytest.approx(1.0), "caviar-mlflow": pytest.approx(1.5)}
