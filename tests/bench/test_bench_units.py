@@ -7,6 +7,7 @@ and that every system searches the space the spec describes, which a smoke run c
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -265,3 +266,23 @@ def test_each_threads_cpu_in_the_sweep_window() -> None:
     ]
     spent = threads_in_window(samples, first_start_s=10.0, last_end_s=15.0)
     assert spent == {"MainThread": pytest.approx(1.0), "caviar-mlflow": pytest.approx(1.5)}
+
+
+def test_sink_bench_writes_the_same_runs_on_both_arms(tmp_path: Path) -> None:
+    """Its two arms must write the same trials, or their CPU would not compare."""
+    from mlflow import MlflowClient
+
+    from bench.sink_bench import ARMS, main
+
+    for arm, write in ARMS.items():
+        folder = tmp_path / arm
+        folder.mkdir()
+        write(folder, 3, 2)
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        (experiment,) = [e for e in client.search_experiments() if e.name == "sink-bench"]
+        runs = client.search_runs([experiment.experiment_id], "tags.caviar.round = '1'")
+        assert sorted(r.info.run_name for r in runs) == ["trial-000", "trial-001", "trial-002"]
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        assert all(r.data.metrics["val_accuracy"] == 0.5 for r in runs)
+        assert all(r.data.tags["caviar.outcome"] == "completed" for r in runs)
+    assert main(["--trials", "2", "--reps", "1", "--out", str(tmp_path / "out.json")]) == 0
