@@ -75,17 +75,29 @@ class StallWatch:
         """A line, once per trial, for each trial silent for far longer than its reports
         usually take: before its epoch timeout ends it, a person can look."""
         now = time.monotonic()
-        everyone = [gap for gaps in self._gaps.values() for gap in gaps]
+        # No threshold is below this one: a trial silent for less needs no median. Called at
+        # every step of Tune's loop, so only the running trials are looked at unless one is
+        # that silent (the others' gaps, every trial's since the start, are read only then).
+        floor = NOTICE_MIN_S
+        if self.epoch_timeout_s is not None:
+            floor = min(floor, self.epoch_timeout_s / 2)
+        everyone: list[float] | None = None
         lines = []
         for index, heard in self._heard.items():
-            gaps = self._gaps.get(index) or everyone  # not heard from yet: the others' pace
-            if index in self._noticed or not gaps:
+            silent = now - heard
+            if silent < floor or index in self._noticed:
+                continue
+            gaps = self._gaps.get(index)
+            if not gaps:  # not heard from yet: the others' pace
+                if everyone is None:
+                    everyone = [gap for gaps in self._gaps.values() for gap in gaps]
+                gaps = everyone
+            if not gaps:
                 continue
             usual = statistics.median(gaps)
             threshold = max(NOTICE_FACTOR * usual, NOTICE_MIN_S)
             if self.epoch_timeout_s is not None:
                 threshold = min(threshold, self.epoch_timeout_s / 2)
-            silent = now - heard
             if silent < threshold:
                 continue
             self._noticed.add(index)

@@ -50,7 +50,7 @@ class NewestPendingFirst:
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if not speedups.enabled():  # Tune's own choice: the oldest waiting trial
             return FIFOScheduler.choose_trial_to_run(self, tune_controller)  # type: ignore[arg-type]
-        trials = tune_controller.get_trials()
+        trials = self._not_terminated(tune_controller.get_trials())
         pending = [trial for trial in trials if trial.status == Trial.PENDING]
         if pending:
             oldest = pending[0]
@@ -61,6 +61,24 @@ class NewestPendingFirst:
             if trial.status == Trial.PAUSED:
                 return trial
         return None
+
+    def _not_terminated(self, trials: list[Trial]) -> list[Trial]:
+        """``trials`` (Tune's, oldest first) without the TERMINATED ones, in the same order.
+
+        Tune calls this choice at every step of its loop, and its list holds every trial of
+        the sweep: read whole, each step would cost O(trials). So the trials still to end
+        are kept here, and each call reads those and the ones Tune appended since the last
+        call. A TERMINATED trial is dropped for good: it never waits again (Tune requeues a
+        trial only after an error, from ERROR, which is kept). Kept per list (by identity);
+        state made on first use, as ``_pending_since``.
+        """
+        seen = self.__dict__.setdefault("_unended", {"list": None, "read": 0, "trials": []})
+        if seen["list"] != id(trials) or seen["read"] > len(trials):
+            seen.update(list=id(trials), read=0, trials=[])
+        kept = [t for t in seen["trials"] if t.status != Trial.TERMINATED]
+        kept += [t for t in trials[seen["read"] :] if t.status != Trial.TERMINATED]
+        seen["read"], seen["trials"] = len(trials), kept
+        return kept
 
     def _waited(self, pending: list[Trial], now: float) -> float:
         """How long the oldest of ``pending`` has been waiting (first seen here)."""

@@ -303,9 +303,19 @@ class MlflowSink:
         assert self.parent_run_id is not None
         client = self.client
         starts = [op for op in ops if isinstance(op, StartRun)]
+        ends = [op for op in ops if isinstance(op, EndRun)]
+        reopens = [op for op in ops if isinstance(op, ReopenRun)]
+        end_tags_written = False
         if starts and trial not in self.child_runs:
             first = starts[0]
             tags = {layout.PARENT_RUN: self.parent_run_id, **first.tags}
+            if not reopens:
+                # A trial that starts and ends in one batch gets its end tags with its run:
+                # the store ends up the same, and log_batch skips a transaction. A retry
+                # after the run exists logs them with log_batch again (end_tags_written is
+                # only true for the call that created the run).
+                tags.update((k, str(v)) for end in ends for k, v in end.tags.items())
+                end_tags_written = True
             run = client.create_run(
                 self.experiment_id, start_time=first.started_ms, tags=tags, run_name=first.name
             )
@@ -313,16 +323,15 @@ class MlflowSink:
         run_id = self.child_runs.get(trial)
         if run_id is None:
             raise MlflowException(f"no run for trial {trial}", error_code="INVALID_STATE")
-        ends = [op for op in ops if isinstance(op, EndRun)]
-        reopened = any(isinstance(op, ReopenRun) for op in ops)
+        reopened = bool(reopens)
         if reopened and not ends:
             client.update_run(run_id, status="RUNNING")
-        reopens = [op for op in ops if isinstance(op, ReopenRun)]
         params = [_param(k, v) for op in [*starts, *reopens] for k, v in op.params.items()]
         metrics = [
             _metric(point) for op in ops if isinstance(op, LogMetrics) for point in op.metrics
         ]
-        tags = [RunTag(k, str(v)) for op in [*reopens, *ends] for k, v in op.tags.items()]
+        tagged = [*reopens] if end_tags_written else [*reopens, *ends]
+        tags = [RunTag(k, str(v)) for op in tagged for k, v in op.tags.items()]
         for call in _batches(params, metrics, tags):
             client.log_batch(run_id, **call)
         if ends:

@@ -128,6 +128,11 @@ def test_overhead_benchmark_runs_noop_trials_through_caviar(tmp_path: Path) -> N
     assert math.isfinite(run["overhead_per_report_ms"])
     assert result["medians"]["sweep_wall_s"] == pytest.approx(run["sweep_wall_s"])
     assert "theoretical minimum" in stdout and "overhead per report" in stdout
+    # The driver's CPU: some of it in the sweep, more in all (imports, Ray's start), per trial.
+    assert 0 < run["driver_cpu_sweep_s"] < run["driver_cpu_total_s"]
+    assert run["driver_cpu_per_trial_ms"] < run["driver_cpu_total_per_trial_ms"]
+    assert run["driver_cpu_threads_s"]["MainThread"] > 0
+    assert "driver CPU per trial" in stdout
 
 
 def test_search_benchmark_runs_every_arm_and_reports_the_budget_and_target(

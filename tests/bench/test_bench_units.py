@@ -7,6 +7,7 @@ and that every system searches the space the spec describes, which a smoke run c
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +238,51 @@ def test_overhead_minimum_and_numbers() -> None:
     assert numbers["reports_per_s"] == pytest.approx(10.0)
     # (2 s x 2 slots - 0.2 s in steps) / 20 reports = 190 ms of slot time per report
     assert numbers["overhead_per_report_ms"] == pytest.approx(190.0)
+
+
+def test_driver_cpu_per_trial_reads_the_sweep_window_off_the_samples() -> None:
+    from bench.overhead_bench import driver_cpu_numbers
+
+    # [wall clock s, process CPU s]: 1 s of CPU before the sweep, 2 s in it, 1 s after.
+    samples = [[0.0, 0.0], [10.0, 1.0], [12.0, 2.0], [14.0, 3.0], [20.0, 4.0]]
+    numbers = driver_cpu_numbers(samples, 4.5, first_start_s=10.0, last_end_s=14.0, trials=4)
+    assert numbers["driver_cpu_sweep_s"] == pytest.approx(2.0)
+    assert numbers["driver_cpu_per_trial_ms"] == pytest.approx(500.0)
+    assert numbers["driver_cpu_total_per_trial_ms"] == pytest.approx(1125.0)
+    # Between two samples the CPU is interpolated; outside them it is the nearest sample's.
+    inside = driver_cpu_numbers(samples, 4.5, first_start_s=11.0, last_end_s=13.0, trials=1)
+    assert inside["driver_cpu_sweep_s"] == pytest.approx(1.0)
+    outside = driver_cpu_numbers(samples, 4.5, first_start_s=-5.0, last_end_s=25.0, trials=1)
+    assert outside["driver_cpu_sweep_s"] == pytest.approx(4.0)
+
+
+def test_each_threads_cpu_in_the_sweep_window() -> None:
+    from bench.overhead_bench import threads_in_window
+
+    samples = [
+        [0.0, {"MainThread": 1.0}],
+        [10.0, {"MainThread": 2.0, "caviar-mlflow": 0.0}],
+        [20.0, {"MainThread": 4.0, "caviar-mlflow": 3.0}],
+    ]
+    spent = threads_in_window(samples, first_start_s=10.0, last_end_s=15.0)
+    assert spent == {"MainThread": pytest.approx(1.0), "caviar-mlflow": pytest.approx(1.5)}
+
+
+def test_sink_bench_writes_the_same_runs_on_both_arms(tmp_path: Path) -> None:
+    """Its two arms must write the same trials, or their CPU would not compare."""
+    from mlflow import MlflowClient
+
+    from bench.sink_bench import ARMS, main
+
+    for arm, write in ARMS.items():
+        folder = tmp_path / arm
+        folder.mkdir()
+        write(folder, 3, 2)
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        (experiment,) = [e for e in client.search_experiments() if e.name == "sink-bench"]
+        runs = client.search_runs([experiment.experiment_id], "tags.caviar.round = '1'")
+        assert sorted(r.info.run_name for r in runs) == ["trial-000", "trial-001", "trial-002"]
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        assert all(r.data.metrics["val_accuracy"] == 0.5 for r in runs)
+        assert all(r.data.tags["caviar.outcome"] == "completed" for r in runs)
+    assert main(["--trials", "2", "--reps", "1", "--out", str(tmp_path / "out.json")]) == 0

@@ -90,3 +90,36 @@ def test_with_speedups_off_tunes_own_choice_decides(monkeypatch: pytest.MonkeyPa
     for scheduler in _schedulers():
         assert scheduler.choose_trial_to_run(controller).name == "b"
         assert scheduler.choose_trial_to_run(paused).name == "a"
+
+
+class _CountingTrial(_Trial):
+    """A trial that counts how often its status is read."""
+
+    reads = 0
+
+    def __getattribute__(self, name: str) -> object:
+        if name == "status":
+            _CountingTrial.reads += 1
+        return super().__getattribute__(name)
+
+
+def test_ended_trials_are_read_once_not_at_every_step() -> None:
+    """Tune asks at every step of its loop; its list holds every trial of the sweep."""
+    for scheduler in _schedulers():
+        ended = [_CountingTrial(f"t{i}", Trial.TERMINATED) for i in range(1000)]
+        running = _CountingTrial("r", Trial.RUNNING)
+        controller = _Controller(*ended, running)
+        assert scheduler.choose_trial_to_run(controller) is None
+        _CountingTrial.reads = 0
+        for _ in range(10):
+            assert scheduler.choose_trial_to_run(controller) is None
+        assert _CountingTrial.reads <= 10 * 3  # the running trial's, not the ended ones'
+        # Trials appended since, and one that errored and waits again, are still seen.
+        failed = _CountingTrial("f", Trial.ERROR)
+        controller.trials += [failed, _CountingTrial("p", Trial.PAUSED)]
+        assert scheduler.choose_trial_to_run(controller).name == "p"
+        failed.status = Trial.PENDING  # Tune requeues it after its error
+        assert scheduler.choose_trial_to_run(controller) is failed
+        running.status = Trial.TERMINATED
+        controller.trials.append(_CountingTrial("n", Trial.PENDING))
+        assert scheduler.choose_trial_to_run(controller).name == "n"
