@@ -48,6 +48,18 @@ ENVIRONMENT_DEFAULTS = {
 }
 
 
+# Ray's switch for a node on loopback alone: off ("0"), every server of a Ray started here
+# (GCS, raylet, agents, workers) listens on 127.0.0.1 only, and a driver reaches such a node by
+# 127.0.0.1. Ray reads it when it is imported, so it is set before that.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def apply_environment_defaults() -> None:
     for name, value in ENVIRONMENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if not os.environ.get("RAY_ADDRESS"):
+        # No cluster named: Ray is the one `caviar run` starts (or `caviar up`'s, on loopback
+        # too), and is reachable from this machine only. With the switch on, the embedded
+        # Ray's servers listened on every interface. A cluster in RAY_ADDRESS is left as is:
+        # its nodes must reach the driver at the machine's address.
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from orchestrator import environment
 from orchestrator.errors import CaviarError
 
 ENTRYPOINT = ("python", "-m", "orchestrator.cluster.services")
@@ -55,7 +56,7 @@ SECRET_ENV = ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD", "MLFLOW_BACKEND_STORE_URI")
 # A process that connects to such a node by 127.0.0.1 needs it off too (else Ray dials the
 # machine's address, where nothing listens): caviar up's driver and the jobs the head starts
 # have it; a Ray client of your own says RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0.
-LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOCAL_ONLY_ENV = environment.LOCAL_ONLY_ENV
 _LOOPBACK_NAMES = (LOOPBACK, "localhost")
 # `ray start ARGS` for a worker node on 127.0.0.1 alone (`python -c JOIN_ON_LOOPBACK ARGS`).
 # With LOCAL_ONLY_ENV=0, Ray 2.60's `ray start --address` refuses to join any cluster ("Multi-node
