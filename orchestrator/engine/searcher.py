@@ -26,7 +26,8 @@ from orchestrator.errors import CaviarError
 from orchestrator.search.packing import Packer, pack_round
 from orchestrator.search.plan import RoundPlan
 from orchestrator.search.ranking import ranked
-from orchestrator.search.space import Scalar, SearchSpace, sample_configs
+from orchestrator.search.round_configs import round_configs
+from orchestrator.search.space import Scalar, SearchSpace
 from orchestrator.search.tpe import TpeProposer
 from orchestrator.search.zoom import keep_count, next_region
 from orchestrator.store.journal import RESUME_FROM
@@ -437,47 +438,9 @@ class RoundSearcher(Searcher):
         return self.original.grid_size() * self.plan.samples_per_point
 
     def _round_configs(self, space: SearchSpace) -> list[dict[str, Any]]:
-        """The round's configurations: round 1 uses the sweep seed itself (a one-round sweep
-        is plain seeded random search); a later round draws ``explore`` of its trials from
-        the whole region, the rest from the zoomed one (the same share at each grid point)."""
-        seed = self.plan.seed + (self.round - 1) * 7919
-        count = self.plan.samples_per_point
-        explored = 0 if self.round == 1 else round(self.plan.explore * count)
-        if self.plan.round_sampler is not None and self.round > 1:
-            configs = self._tpe_round_configs(space, count - explored, seed)
-        else:
-            configs = sample_configs(space, count - explored, seed)
-        if not explored:
-            return configs
-        wide = sample_configs(self.original, explored, seed + 104729)
-        per_point, wide_per_point = count - explored, explored
-        merged: list[dict[str, Any]] = []
-        for point in range(max(1, self.original.grid_size())):
-            merged += configs[point * per_point : (point + 1) * per_point]
-            merged += wide[point * wide_per_point : (point + 1) * wide_per_point]
-        return merged
-
-    def _tpe_round_configs(self, space: SearchSpace, count: int, seed: int) -> list[dict[str, Any]]:
-        """``count`` configurations per grid point in the round's box, proposed one after the
-        other by TPE from every ended trial of the sweep that lies in the box (the running
-        liar keeps them apart). A round starts once every earlier trial has ended, so the
-        proposals are a function of the journal's records: a resumed sweep draws the same."""
-        settings = self.plan.round_sampler
-        assert settings is not None
-        proposer = TpeProposer(
-            space, settings, seed, self.plan.metric, self.plan.mode, self.plan.milestones
+        return round_configs(
+            self.plan, self.round, space, self.original, self.trials, self.next_index
         )
-        for index, trial in sorted(self.trials.items()):
-            if trial.state.ended and proposer.misfit(trial.config) is None:
-                proposer.adopt(index, trial.config)
-                proposer.observe(index, trial.history)
-                proposer.end(index, trial.state)
-        points = space.grid_points() or [{}]
-        configs: list[dict[str, Any]] = []
-        for point in points:
-            for _ in range(count):
-                configs.append(proposer.propose(self.next_index + len(configs), point))
-        return configs
 
     def _round_has_ended(self) -> bool:
         return all(t.state.ended for t in self.trials.values() if t.round == self.round)

@@ -46,10 +46,9 @@ order.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -58,18 +57,18 @@ from orchestrator.search.space import (
     Scalar,
     SearchSpace,
 )
+from orchestrator.search.tpe_records import (
+    BAD,
+    RUNNING,
+    Encoding,
+    Record,
+    finite,
+    frozen_fields,
+    has_result,
+    is_bad,
+)
 from orchestrator.search.tpe_space import TpeCoordinates, single_valued
 from orchestrator.trials import TrialState
-
-# How a trial is shown to the sampler at the chosen milestone (see the module docstring).
-Encoding = (
-    tuple[Literal["running"]]
-    | tuple[Literal["complete"], float]
-    | tuple[Literal["pruned"], int, float]
-    | tuple[Literal["bad"]]
-)
-RUNNING: Encoding = ("running",)
-BAD: Encoding = ("bad",)
 
 
 @dataclass(frozen=True)
@@ -81,18 +80,6 @@ class TpeSettings:
     multivariate: bool = True
     ranking: Literal["asha", "bohb"] = "bohb"  # measured: bench/search_bench.py
     wait_for_results: bool = True  # see TpeProposer.may_propose
-
-
-@dataclass
-class _Record:
-    """What the sampler may know of one trial: all of it is in the sweep's journal."""
-
-    config: dict[str, Any]
-    ended: TrialState | None = None
-    diverged: bool = False
-    rungs: dict[int, float] = field(default_factory=dict)  # milestone -> value first there
-    last: tuple[int, float] | None = None  # (epoch, value) of its newest finite value
-    pack: int | None = None  # a pack member: its pack's first index (its shape trial's key)
 
 
 class TpeProposer:
@@ -129,7 +116,7 @@ class TpeProposer:
         self.shape = tuple(name for name in self.distributions if name in set(shape) & sampled)
         searched = sum(1 for d in space.sampled if not single_valued(d))
         self.n_min = max(settings.n_startup_trials, searched + 1)
-        self.records: dict[int, _Record] = {}
+        self.records: dict[int, Record] = {}
         self.packs: dict[int, dict[str, Any]] = {}  # first index -> the pack's shape values
         self._reset_study()
 
@@ -250,7 +237,7 @@ class TpeProposer:
             epoch = int(entry.get("epoch", 0))
             if entry.get("diverged") and not record.diverged:
                 record.diverged, changed = True, True
-            value = _finite(entry.get(self.metric))
+            value = finite(entry.get(self.metric))
             if value is None:
                 continue
             if record.last is None or epoch >= record.last[0]:
@@ -289,7 +276,7 @@ class TpeProposer:
         blind = self.blind_units()
         if blind == 0:
             return True
-        told = sum(1 for record in self.records.values() if _has_result(record))
+        told = sum(1 for record in self.records.values() if has_result(record))
         return told >= self.settings.n_startup_trials and blind < max(1, slots)
 
     def blind_units(self) -> int:
@@ -297,7 +284,7 @@ class TpeProposer:
         seen: dict[int, bool] = {}
         for index, record in self.records.items():
             unit = record.pack if record.pack is not None else index
-            seen[unit] = seen.get(unit, False) or _has_result(record)
+            seen[unit] = seen.get(unit, False) or has_result(record)
         return sum(1 for known in seen.values() if not known)
 
     def misfit(self, config: Mapping[str, Any]) -> str | None:
@@ -320,14 +307,14 @@ class TpeProposer:
             return self.milestones[-1]
         chosen = self.milestones[0]
         for milestone in self.milestones:
-            count = sum(1 for r in self.records.values() if milestone in r.rungs and not _is_bad(r))
+            count = sum(1 for r in self.records.values() if milestone in r.rungs and not is_bad(r))
             if count >= self.n_min:
                 chosen = milestone
         return chosen
 
-    def encoding(self, record: _Record, milestone: int) -> Encoding:
+    def encoding(self, record: Record, milestone: int) -> Encoding:
         """How ``record`` is told at ``milestone`` (see the module docstring)."""
-        if _is_bad(record):
+        if is_bad(record):
             return BAD
         if milestone in record.rungs:
             return ("complete", record.rungs[milestone])
@@ -438,7 +425,7 @@ class TpeProposer:
             raise ValueError(f"trial {index} is already known to the sampler")
         if self.records and index < max(self.records):
             self._study = None  # the study lists trials in index order: rebuilt when next used
-        self.records[index] = _Record(config, pack=pack)
+        self.records[index] = Record(config, pack=pack)
         if self._study is not None:
             self._shown[index] = RUNNING
             self._handles[index] = self._enter(self._trial_params(index), RUNNING)
@@ -465,7 +452,7 @@ class TpeProposer:
             study.sampler = optuna.samplers.RandomSampler(seed=0)  # every value is fixed
             study.enqueue_trial(params)
             return study.ask(distributions)
-        state, value, intermediate = _frozen_fields(encoding)
+        state, value, intermediate = frozen_fields(encoding)
         self._study.add_trial(
             optuna.trial.create_trial(
                 state=state,
@@ -495,34 +482,5 @@ def proposal_seed(seed: int, index: int, kind: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def _frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, float] | None]:
-    from optuna.trial import TrialState as OptunaState
-
-    if encoding[0] == "complete":
-        return OptunaState.COMPLETE, encoding[1], None
-    if encoding[0] == "pruned":
-        return OptunaState.PRUNED, None, {int(encoding[1]): float(encoding[2])}
-    return OptunaState.PRUNED, None, None
-
-
 def _plain(values: Mapping[str, Any]) -> str:
     return repr(sorted((k, repr(v)) for k, v in values.items()))
-
-
-def _has_result(record: _Record) -> bool:
-    """Something the sampler can learn from: a value at a milestone, or an end."""
-    return bool(record.rungs) or record.ended is not None or record.diverged
-
-
-def _is_bad(record: _Record) -> bool:
-    return record.diverged or record.ended in (TrialState.DIVERGED, TrialState.FAILED)
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

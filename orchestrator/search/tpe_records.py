@@ -1,0 +1,63 @@
+"""One trial as TPE knows it (:class:`Record`) and how it is shown to the sampler
+(:data:`Encoding`): the data ``tpe.py`` keeps for each trial, all of it in the sweep's journal,
+and the pure rules on it. See ``tpe.py``'s docstring for why each trial is shown as it is."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.trials import TrialState
+
+# How a trial is shown to the sampler at the chosen milestone.
+Encoding = (
+    tuple[Literal["running"]]
+    | tuple[Literal["complete"], float]
+    | tuple[Literal["pruned"], int, float]
+    | tuple[Literal["bad"]]
+)
+RUNNING: Encoding = ("running",)
+BAD: Encoding = ("bad",)
+
+
+@dataclass
+class Record:
+    """What the sampler may know of one trial: all of it is in the sweep's journal."""
+
+    config: dict[str, Any]
+    ended: TrialState | None = None
+    diverged: bool = False
+    rungs: dict[int, float] = field(default_factory=dict)  # milestone -> value first there
+    last: tuple[int, float] | None = None  # (epoch, value) of its newest finite value
+    pack: int | None = None  # a pack member: its pack's first index (its shape trial's key)
+
+
+def frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, float] | None]:
+    """Optuna's (state, value, intermediate values) for a finished study trial."""
+    from optuna.trial import TrialState as OptunaState
+
+    if encoding[0] == "complete":
+        return OptunaState.COMPLETE, encoding[1], None
+    if encoding[0] == "pruned":
+        return OptunaState.PRUNED, None, {int(encoding[1]): float(encoding[2])}
+    return OptunaState.PRUNED, None, None
+
+
+def has_result(record: Record) -> bool:
+    """Something the sampler can learn from: a value at a milestone, or an end."""
+    return bool(record.rungs) or record.ended is not None or record.diverged
+
+
+def is_bad(record: Record) -> bool:
+    return record.diverged or record.ended in (TrialState.DIVERGED, TrialState.FAILED)
+
+
+def finite(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
