@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,9 +139,17 @@ def test_overhead_benchmark_runs_noop_trials_through_caviar(tmp_path: Path) -> N
 def test_search_benchmark_runs_every_arm_and_reports_the_budget_and_target(
     tmp_path: Path,
 ) -> None:
-    """bench/search_bench.py --smoke: one problem, one seed of each arm, 6 trials of 3 epochs."""
-    result, stdout = run_harness("search_bench", "--smoke", tmp_path=tmp_path)
-    arms = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random", "ray_optuna")
+    """bench/search_bench.py --smoke: one problem, one seed of each arm, 6 trials of 3 epochs.
+
+    CI runs every arm (``CAVIAR_TEST_ALL_ARMS=1``); ``make test`` leaves out `zoom` (its sweeps
+    run in tests/integration/test_zoom_sweep.py) and `optuna_random` (the `optuna_tpe` arm's
+    code with another sampler), which keeps it under its time budget."""
+    arms: tuple[str, ...] = ("random", "zoom", "tpe", "optuna_tpe", "optuna_random", "ray_optuna")
+    if os.environ.get("CAVIAR_TEST_ALL_ARMS") != "1":
+        arms = tuple(a for a in arms if a not in ("zoom", "optuna_random"))
+    result, stdout = run_harness(
+        "search_bench", "--smoke", "--arms", ",".join(arms), tmp_path=tmp_path
+    )
     assert result["settings"]["arms"] == list(arms) and not result["partial"]
     (problem,) = result["summary"]
     summary = result["summary"][problem]
