@@ -424,7 +424,10 @@ class RoundSearcher(Searcher):
         self.regions.append(self.space)
         self.notes.append(notes)
         if self.proposer is None:
-            self._queue = pack_round(self._round_configs(self.space), self.packer)
+            configs = round_configs(
+                self.plan, self.round, self.space, self.original, self.trials, self.next_index
+            )
+            self._queue = pack_round(configs, self.packer)
         listener = self.on_round
         if listener is None:
             found = live.lookup(self.sweep_id)
@@ -436,11 +439,6 @@ class RoundSearcher(Searcher):
     def _round_size(self) -> int:
         """Trials per round: every grid point, ``samples_per_point`` times (any region)."""
         return self.original.grid_size() * self.plan.samples_per_point
-
-    def _round_configs(self, space: SearchSpace) -> list[dict[str, Any]]:
-        return round_configs(
-            self.plan, self.round, space, self.original, self.trials, self.next_index
-        )
 
     def _round_has_ended(self) -> bool:
         return all(t.state.ended for t in self.trials.values() if t.round == self.round)

@@ -273,19 +273,26 @@ class TpeProposer:
         when nothing is pending, so a sweep cannot stall."""
         if not self.settings.wait_for_results or self.alone(index):
             return True
-        blind = self.blind_units()
+        told, blind = self._results_so_far()
         if blind == 0:
             return True
-        told = sum(1 for record in self.records.values() if has_result(record))
         return told >= self.settings.n_startup_trials and blind < max(1, slots)
 
     def blind_units(self) -> int:
         """Units proposed (a pack counts once) none of whose trials has a result yet."""
+        return self._results_so_far()[1]
+
+    def _results_so_far(self) -> tuple[int, int]:
+        """(trials with a result, blind units), in one pass: Tune asks again at every step
+        of its loop while a proposal waits."""
+        told = 0
         seen: dict[int, bool] = {}
         for index, record in self.records.items():
+            known = has_result(record)
+            told += known
             unit = record.pack if record.pack is not None else index
-            seen[unit] = seen.get(unit, False) or has_result(record)
-        return sum(1 for known in seen.values() if not known)
+            seen[unit] = seen.get(unit, False) or known
+        return told, sum(1 for known in seen.values() if not known)
 
     def misfit(self, config: Mapping[str, Any]) -> str | None:
         """Why ``config`` is not a configuration of this space (None when it is)."""
