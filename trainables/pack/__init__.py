@@ -10,7 +10,8 @@
 Like the rest of ``trainables`` this imports torch but no orchestrator, Ray or MLflow code.
 """
 
-from trainables.pack.session import SHAPE_FIELDS, PackSession, shape_key
+from trainables.pack.session import SHAPE_FIELDS, PackSession
+from trainables.pack.shape import shape_key
 from trainables.pack.sizing import auto_pack_size, member_step_flops
 
 __all__ = ["SHAPE_FIELDS", "PackSession", "auto_pack_size", "member_step_flops", "shape_key"]

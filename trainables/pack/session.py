@@ -25,35 +25,16 @@ import torch.nn.functional as F
 
 from trainables.config import SHAPE_FIELDS, MlpConfig
 from trainables.model import BnSoftmaxMLP
+from trainables.pack.chunks import contiguous, member_chunks
 from trainables.pack.model import FusedMLP, MlpShape
 from trainables.pack.optim import PackOptimizer
+from trainables.pack.shape import shape_key, validated
 from trainables.train import TensorSplits, _stream_seeds, build_optimizer, learning_rate_at
 
 __all__ = ["SHAPE_FIELDS", "PackSession", "shape_key"]
 
 
 _STATE_FORMAT = "caviar.pack/1"
-_EVAL_ELEMENTS = 1 << 24
-"""Evaluation and the population pass run members in chunks whose widest activation holds at
-most this many elements (64 MiB in float32), so a big pack over a big split fits in memory."""
-
-
-def _validated(config: MlpConfig | Mapping[str, Any]) -> MlpConfig:
-    return config if isinstance(config, MlpConfig) else MlpConfig.model_validate(dict(config))
-
-
-def shape_key(config: MlpConfig | Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """Which configs can share a pack: equal keys, same pack. A hashable tuple of
-    ``(field, value)`` over SHAPE_FIELDS; with ``layers == 0`` (softmax regression) the
-    hidden-layer fields do not change the network and are left out."""
-    cfg = _validated(config)
-    key = []
-    for name in SHAPE_FIELDS:
-        value = getattr(cfg, name)
-        if cfg.layers == 0 and name in ("hidden_units", "activation", "batch_norm"):
-            value = None
-        key.append((name, value))
-    return tuple(key)
 
 
 class PackSession:
@@ -70,7 +51,7 @@ class PackSession:
         tensors: TensorSplits,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.configs: tuple[MlpConfig, ...] = tuple(_validated(c) for c in configs)
+        self.configs: tuple[MlpConfig, ...] = tuple(validated(c) for c in configs)
         if not self.configs:
             raise ValueError("a pack needs at least one member config")
         first = shape_key(self.configs[0])
@@ -312,9 +293,9 @@ class PackSession:
         if not positions:
             return
         x = self.data.x_train
-        for chunk in self._chunks(positions, int(x.shape[0])):
+        for chunk in member_chunks(self.fused.shape, positions, int(x.shape[0])):
             index = torch.tensor(chunk, dtype=torch.int64, device=self.device)
-            sub = self.fused.narrow(chunk[0], len(chunk)) if _contiguous(chunk) else None
+            sub = self.fused.narrow(chunk[0], len(chunk)) if contiguous(chunk) else None
             if sub is None:
                 with torch.no_grad():
                     sub = self.fused.select(index)
@@ -324,13 +305,6 @@ class PackSession:
                     bn = f"hidden.{layer}.1"
                     self.fused.tensors[f"{bn}.running_mean"].index_copy_(0, index, mean)
                     self.fused.tensors[f"{bn}.running_var"].index_copy_(0, index, var)
-
-    def _chunks(self, positions: Sequence[int], rows: int) -> Iterable[list[int]]:
-        shape = self.fused.shape
-        widest = max(shape.n_features, shape.n_classes, shape.hidden_units if shape.layers else 0)
-        size = max(1, _EVAL_ELEMENTS // max(1, rows * widest))
-        for start in range(0, len(positions), size):
-            yield list(positions[start : start + size])
 
     def _evaluate_fused(
         self, fused: FusedMLP, x: torch.Tensor, y: torch.Tensor
@@ -350,7 +324,7 @@ class PackSession:
     def _evaluate_live(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
         losses: list[float] = []
         accuracies: list[float] = []
-        for chunk in self._chunks(range(len(self._live)), int(x.shape[0])):
+        for chunk in member_chunks(self.fused.shape, range(len(self._live)), int(x.shape[0])):
             loss, accuracy = self._evaluate_fused(self.fused.narrow(chunk[0], len(chunk)), x, y)
             losses += loss
             accuracies += accuracy
@@ -516,7 +490,3 @@ class PackSession:
         self._install(fused)
         for position, member in enumerate(live):
             self.optimizer.load_member_state(position, members[member]["optimizer"]["state"])
-
-
-def _contiguous(positions: Sequence[int]) -> bool:
-    return all(b == a + 1 for a, b in zip(positions, positions[1:], strict=False))
