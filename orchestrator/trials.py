@@ -52,6 +52,14 @@ EPOCH_RESULTS = "epoch_results"
 PACK_MEMBERS = "pack_members"
 MEMBER_RESULTS = "member_results"
 MEMBER_LAST = "member_last"
+# Population-based training (scheduler kind pbt): Tune's config of a trial holds
+# ``TRIAL_INDEX`` (its caviar index, which names its saved states and its decisions); each
+# step result holds ``PBT_VALUES``: [[name, value], ...], the trial's current values of the
+# sampled parameters (after a copy, its donor's, perturbed); and each epoch ``hp.NAME``, the
+# value of each perturbed parameter it trained with (logged per epoch: the schedule).
+TRIAL_INDEX = "_caviar_trial_index"
+PBT_VALUES = "pbt_values"
+HP_PREFIX = "hp."
 
 
 @dataclass

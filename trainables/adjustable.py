@@ -6,7 +6,9 @@ in another shell) answers without importing torch.
 
 from __future__ import annotations
 
-__all__ = ["ADJUSTABLE"]
+from typing import Any
+
+__all__ = ["ADJUSTABLE", "adjustable_of"]
 
 ADJUSTABLE: frozenset[str] = frozenset(
     {
@@ -25,3 +27,13 @@ ADJUSTABLE: frozenset[str] = frozenset(
 numbers, the batch size, BN's averaging weight and the epoch budget. Everything else fixes the
 network's shape, the optimizer's kind or the random streams, so a checkpoint would no longer
 describe the same training."""
+
+
+def adjustable_of(definition: Any) -> frozenset[str]:
+    """What a trainable's session can change between epochs: :data:`ADJUSTABLE` for the
+    built-in MLP, else the definition's ``adjustable`` (none when it has no ``adjust``)."""
+    from trainables.config import MlpConfig
+
+    if getattr(definition, "config_model", None) is MlpConfig:
+        return ADJUSTABLE
+    return frozenset(getattr(definition, "adjustable", frozenset()))

@@ -23,6 +23,7 @@ class LiveSweep:
     progress: ProgressLine
     on_round: Callable[..., Any] | None = None
     observer: Any = None  # the SweepObserver Tune actually calls
+    pbt: Any = None  # a PBT sweep's GenerationLog (engine/pbt_setup.py)
 
 
 # Process-wide on purpose: Tune restores its pickled callbacks and searcher wherever it likes

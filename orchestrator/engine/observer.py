@@ -30,6 +30,7 @@ from orchestrator.trials import (
     EPOCH_RESULTS,
     MEMBER_LAST,
     MEMBER_RESULTS,
+    TRIAL_INDEX,
     Trial,
     TrialState,
     classify_finished,
@@ -194,10 +195,11 @@ class SweepObserver(Callback):
         if index is None:
             return
         known = self.records.get(index)
-        if known is not None:  # restarted after a failure, or continued after a resume
+        if known is not None:  # restarted, continued after a resume, or unpaused (PBT)
             known.trial_id = trial.trial_id
+            self.stalls.restarted(index)
             return
-        config = {k: v for k, v in trial.config.items() if k != RESUME_FROM}
+        config = {k: v for k, v in trial.config.items() if k not in (RESUME_FROM, TRIAL_INDEX)}
         planned = self.searcher.trials.get(index)
         round_number = planned.round if planned is not None else 1
         self._journal("trial", i=index, id=trial.trial_id, round=round_number, config=config)
@@ -426,6 +428,9 @@ class SweepObserver(Callback):
             tags[layout.NODE_ID] = record.node_id
         if record.error:
             tags[layout.ERROR] = record.error
+        found = live.lookup(self.sweep_id)
+        if found is not None and found.pbt is not None:  # its copies, in a PBT sweep
+            tags.update(found.pbt.end_tags(record))
         self.tracker.trial_ended(str(record.index), tags=tags, status=status, ended_at=ended_at)
         self.progress.update(self.records.values())
         best = self.best_so_far.ended(

@@ -25,7 +25,7 @@ import ray
 
 from orchestrator import speedups
 from orchestrator.search.packing import Packer
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import PbtScheduler, SweepSpec
 from trainables import get_trainable
 
 # A pack waits this long for the scheduler's post before training on as if nothing had been
@@ -53,8 +53,8 @@ def packer_for(
     caps it so that every slot of the cluster gets at least ``PACKS_PER_SLOT`` packs a round.
     """
     requested = spec.resources.pack_size
-    if requested == 1:
-        return None
+    if requested == 1 or isinstance(spec.scheduler, PbtScheduler):
+        return None  # PBT's copies move whole trials: its trials are not packed (yet)
     packing = get_trainable(spec.trainable, search_path).packing
     if packing is None:
         return None  # validation refuses an integer pack size for such a trainable

@@ -33,6 +33,7 @@ from orchestrator.engine.best_model import rank_and_test
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
 from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
+from orchestrator.engine.pbt_setup import PbtSweep, ended_at, hp_metrics, uses_pbt
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.search_setup import build_searcher, concurrent_slots
@@ -44,7 +45,7 @@ from orchestrator.errors import SweepHalted, SweepInterrupted
 from orchestrator.resume import resume_command
 from orchestrator.search.space import SearchSpace
 from orchestrator.search.zoom import region_as_dict
-from orchestrator.spec import AshaScheduler, SweepSpec
+from orchestrator.spec import AshaScheduler, PbtScheduler, SweepSpec
 from orchestrator.spec.data import class_names_param, load_data
 from orchestrator.store import layout
 from orchestrator.store.journal import JOURNAL, Journal, read_journal
@@ -308,12 +309,17 @@ def _fit(sweep: Sweep) -> None:
     # Packs whose members the scheduler may stop need its stops delivered between steps.
     mailbox = start_mailbox(sweep.sweep_id) if packer is not None and uses_halving(spec) else None
     scheduler = scheduler_for(spec, searcher.index_of, searcher.members_of, mailbox)
+    metrics = tuple(get_trainable(spec.trainable, trainable_path(sweep)).metrics)
+    pbt = PbtSweep(sweep) if uses_pbt(spec) else None
+    if pbt is not None:
+        metrics += hp_metrics(pbt.plan)
+        registered.pbt = pbt.log
     observer = SweepObserver(
         sweep.sweep_id,
         searcher,
         spec.max_epochs,
         set(spec.search_space().fixed),
-        metrics=tuple(get_trainable(spec.trainable, trainable_path(sweep)).metrics),
+        metrics=metrics,
         left_at=scheduler.left_at if isinstance(scheduler, HalvingScheduler) else None,
         epoch_timeout_s=spec.resources.epoch_timeout_s,
         timeouts_dir=sweep.run_dir / TIMEOUTS_DIR,
@@ -322,17 +328,24 @@ def _fit(sweep: Sweep) -> None:
     registered.observer = observer
     journal = Journal(sweep.run_dir / JOURNAL)
     try:
+        ended: dict[int, int] = {}
         if sweep.resume:  # resuming is loading the journal
             state = read_journal(journal.path)
             searcher.replay(state.trials)
             if isinstance(scheduler, HalvingScheduler):
                 scheduler.replay(state.scheduler_calls)
+            ended = ended_at(state.trials)
             observer.replay(state.trials)
         observer.journal = journal
         if isinstance(scheduler, HalvingScheduler):
             scheduler.journal = journal
+        if pbt is not None:
+            scheduler = pbt.scheduler(searcher.index_of, ended, observer, journal)
         if searcher.remaining > 0:
-            tuner = build_tuner(sweep, search_alg, scheduler, observer, searcher.remaining, mailbox)
+            worker = pbt.worker if pbt is not None else None
+            tuner = build_tuner(
+                sweep, search_alg, scheduler, observer, searcher.remaining, mailbox, worker
+            )
             tuner.fit()  # outcomes come from the observer; Ray's ResultGrid is not needed
         live_observer = registered.observer or observer  # Tune's setup() may swap in a copy
         halted = live_observer.halted()
@@ -407,6 +420,13 @@ def _sweep_params(spec: SweepSpec, data: DataSplits) -> dict[str, Any]:
         "resources.gpus_per_trial": spec.resources.gpus_per_trial,
         "resources.pack_size": spec.resources.pack_size,
     }
+    if isinstance(spec.scheduler, PbtScheduler):
+        params["scheduler.interval"] = spec.scheduler.interval
+        params["scheduler.quantile"] = spec.scheduler.quantile
+        params["scheduler.perturbation.factors"] = list(spec.scheduler.perturbation.factors)
+        params["scheduler.perturbation.resample_probability"] = (
+            spec.scheduler.perturbation.resample_probability
+        )
     if isinstance(spec.scheduler, AshaScheduler):
         params[layout.GRACE_PERIOD_PARAM] = spec.scheduler.grace_period
         params[layout.REDUCTION_FACTOR_PARAM] = spec.scheduler.reduction_factor

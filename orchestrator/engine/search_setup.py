@@ -7,7 +7,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.search.packing import Packer
 from orchestrator.search.plan import RoundPlan
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import PbtScheduler, SweepSpec
 
 
 def round_plan(spec: SweepSpec, milestones: list[int]) -> RoundPlan:
@@ -50,8 +50,13 @@ def build_searcher(
         sweep_id=sweep_id,
         packer=packer,
         slots=slots,
+        index_in_config=isinstance(spec.scheduler, PbtScheduler),
     )
     limit = spec.search.max_concurrent or live_trials(slots)
+    if isinstance(spec.scheduler, PbtScheduler):
+        # The whole population is in flight: its trials wait for each other, paused, at
+        # every boundary (resources still cap how many train at once).
+        limit = max(limit, spec.num_trials())
     return ConcurrencyLimiter(searcher, max_concurrent=max(1, limit)), searcher
 
 

@@ -36,6 +36,7 @@ from orchestrator.trials import (
     MEMBER_LAST,
     MEMBER_RESULTS,
     PACK_MEMBERS,
+    TRIAL_INDEX,
     Trial,
     TrialState,
     classify_last,
@@ -62,8 +63,11 @@ class RoundSearcher(Searcher):
         sweep_id: str | None = None,
         packer: Packer | None = None,
         slots: int = 1,
+        index_in_config: bool = False,
     ) -> None:
         super().__init__(metric=plan.metric, mode=plan.mode)
+        # Tell each trial its index (population-based training names its files by it).
+        self.index_in_config = index_in_config
         self.slots = slots  # trials (packs) the cluster trains at once
         self.sweep_id = (
             sweep_id  # a pickled copy finds its listener through orchestrator.engine.live
@@ -145,7 +149,8 @@ class RoundSearcher(Searcher):
             self.trials[index] = Trial(index, config, self.round, trial_id=trial_id, pack=pack)
         self.next_index += len(unit)
         self._assign(trial_id, indices, packed=pack is not None)
-        return tune_config(list(zip(indices, unit, strict=True)), packed=pack is not None)
+        members = list(zip(indices, unit, strict=True))
+        return tune_config(members, packed=pack is not None, with_index=self.index_in_config)
 
     def _propose_unit(self, limit: int) -> list[dict[str, Any]]:
         """The next Tune trial's configurations, proposed now (strategy tpe): at most
@@ -330,7 +335,8 @@ class RoundSearcher(Searcher):
         self._assign(trial_id, tuple(trial.index for trial in unit), packed)
         for trial in unit:
             trial.trial_id = trial_id
-        config = tune_config([(t.index, t.config) for t in unit], packed=packed)
+        members = [(t.index, t.config) for t in unit]
+        config = tune_config(members, packed=packed, with_index=self.index_in_config)
         checkpoints = {str(t.index): t.checkpoint for t in unit if t.checkpoint}
         if packed and checkpoints:
             config[RESUME_FROM] = checkpoints
@@ -461,10 +467,14 @@ class RoundSearcher(Searcher):
         never from Tune's snapshot, so pickling it at every snapshot would be wasted time."""
 
 
-def tune_config(members: list[tuple[int, dict[str, Any]]], packed: bool) -> dict[str, Any]:
-    """What Tune hands the trial actor: a trial's own config, or a pack's members."""
+def tune_config(
+    members: list[tuple[int, dict[str, Any]]], packed: bool, with_index: bool = False
+) -> dict[str, Any]:
+    """What Tune hands the trial actor: a trial's own config (with its index under
+    ``TRIAL_INDEX`` if asked), or a pack's members."""
     if not packed:
-        return dict(members[0][1])
+        index, config = members[0]
+        return {**config, TRIAL_INDEX: index} if with_index else dict(config)
     return {PACK_MEMBERS: [[index, dict(config)] for index, config in members]}
 
 

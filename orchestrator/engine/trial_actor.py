@@ -40,8 +40,18 @@ import torch
 from ray import tune
 
 from orchestrator.engine.packs import MAILBOX_WAIT_S
+from orchestrator.engine.pbt_files import PbtWorkerPlan
+from orchestrator.search.pbt import Exploit
 from orchestrator.store.journal import RESUME_FROM
-from orchestrator.trials import EPOCH_RESULTS, MEMBER_LAST, MEMBER_RESULTS, PACK_MEMBERS
+from orchestrator.trials import (
+    EPOCH_RESULTS,
+    HP_PREFIX,
+    MEMBER_LAST,
+    MEMBER_RESULTS,
+    PACK_MEMBERS,
+    PBT_VALUES,
+    TRIAL_INDEX,
+)
 from trainables import DataSplits, TensorSplits, TrainingSession, get_trainable
 from trainables.registry import TrainableDefinition
 
@@ -66,6 +76,7 @@ class CaviarTrainable(tune.Trainable):
         member_dir: str | None = None,
         epoch_timeout_s: float | None = None,
         timeout_dir: str | None = None,
+        pbt: PbtWorkerPlan | None = None,
     ) -> None:
         # The spec's folder where it exists on this node, else the job's working directory.
         search = [p for p in trainable_path if Path(p).is_dir()] + [os.getcwd()]
@@ -88,6 +99,7 @@ class CaviarTrainable(tune.Trainable):
         self._pack: _PackRun | None = None
         self._timeout_dir = Path(timeout_dir) if timeout_dir else None
         self._watchdog = EpochWatchdog(epoch_timeout_s)
+        self._pbt = pbt  # a population-based training sweep's files and boundaries
         self._start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -100,6 +112,10 @@ class CaviarTrainable(tune.Trainable):
         """A new trial, or one a resumed sweep continues from the checkpoint it names."""
         config = dict(config)
         resume_from = config.pop(RESUME_FROM, None)
+        self._index = config.pop(TRIAL_INDEX, None)
+        # The trial's configuration as it trains now: a PBT copy replaces it with its donor's.
+        self._current = config
+        self._pbt_applied = -1  # the boundary whose decision this session has taken
         if self._timeout_dir is not None:  # a reused actor runs a trial of another id
             self._watchdog.note = self._timeout_dir / TIMEOUT_NOTE.format(trial_id=self.trial_id)
         members = config.get(PACK_MEMBERS)
@@ -121,6 +137,10 @@ class CaviarTrainable(tune.Trainable):
             # journaling the end): report the last epoch again and stop; the driver does not
             # log an epoch twice.
             return {**self._last_result, EPOCH_RESULTS: [self._last_result], "done": True}
+        if self._pbt is not None:
+            held = self._take_decision(self._pbt)
+            if held is not None:
+                return held
         deadline = time.monotonic() + self._report_every_s
         epochs: list[dict[str, Any]] = []
         while True:
@@ -133,8 +153,12 @@ class CaviarTrainable(tune.Trainable):
             epochs.append(epoch)
             if self._must_report(epoch) or time.monotonic() >= deadline:
                 break
+        if self._pbt is not None:
+            self._note_values(self._pbt, epochs)
         self._last_result = epochs[-1]
         result: dict[str, Any] = {**epochs[-1], EPOCH_RESULTS: epochs}
+        if self._pbt is not None:
+            result[PBT_VALUES] = [[n, self._current.get(n)] for n in self._pbt.sampled]
         if self._session.finished:
             result["done"] = True
         interval = self._checkpoint_every_s
@@ -156,6 +180,51 @@ class CaviarTrainable(tune.Trainable):
             result["should_checkpoint"] = True
         return result
 
+    def _take_decision(self, pbt: PbtWorkerPlan) -> dict[str, Any] | None:
+        """At a generation's boundary, before training on: copy the donor this trial's
+        decision names (if any). While the generation is undecided (a trial continued from a
+        checkpoint at the boundary), report the boundary epoch again instead of training:
+        the scheduler then holds the trial until it is decided."""
+        epoch = int(self._last_result.get("epoch", 0))
+        if not pbt.is_boundary(epoch) or self._pbt_applied == epoch or self._index is None:
+            return None
+        found = pbt.files.exploit_for(epoch, int(self._index))
+        if found is False:
+            values = [[n, self._current.get(n)] for n in pbt.sampled]
+            return {**self._last_result, EPOCH_RESULTS: [self._last_result], PBT_VALUES: values}
+        self._pbt_applied = epoch
+        if isinstance(found, Exploit):
+            self._copy(pbt, found)
+        return None
+
+    def _copy(self, pbt: PbtWorkerPlan, exploit: Exploit) -> None:
+        """Continue from the donor's state at the boundary (weights, optimizer, BN
+        statistics, batch order), with its configuration and the explored values."""
+        path = pbt.files.state_path(exploit.from_trial, exploit.epoch)
+        state = torch.load(path, map_location=self._device, weights_only=False)
+        self._current = {**state["config"], **exploit.after}
+        self._session = self._new_session(self._current)
+        self._session.load_state_dict(state["session"])
+
+    def _note_values(self, pbt: PbtWorkerPlan, epochs: list[dict[str, Any]]) -> None:
+        """Each epoch's perturbed values (the schedule); at a boundary, the state a
+        generation's decision may name, saved before the epoch is reported."""
+        values = {
+            f"{HP_PREFIX}{name}": float(value)
+            for name in pbt.perturbed
+            if isinstance(value := self._current.get(name), (int, float))
+            and not isinstance(value, bool)
+        }
+        for epoch in epochs:
+            epoch.update(values)
+        last = int(epochs[-1].get("epoch", 0))
+        if pbt.is_boundary(last) and self._index is not None and not self._session.finished:
+            path = pbt.files.state_path(int(self._index), last)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".tmp")
+            torch.save({"config": self._current, "session": self._session.state_dict()}, partial)
+            os.replace(partial, path)
+
     def _must_report(self, epoch: dict[str, Any]) -> bool:
         """An epoch the driver must see before the next one trains: a rung (ASHA decides
         there whether the trial goes on), or the trial's end."""
@@ -168,7 +237,9 @@ class CaviarTrainable(tune.Trainable):
             return
         torch.save(
             {
-                "config": {k: v for k, v in self.config.items() if k != RESUME_FROM},
+                # The configuration it trains with now (a PBT copy's is its donor's): what
+                # rebuilds it (the best model's test, ``panda --from``, a resume).
+                "config": self._current,
                 "session": self._session.state_dict(),
                 "last_result": self._last_result,
             },
@@ -183,6 +254,10 @@ class CaviarTrainable(tune.Trainable):
         state = torch.load(
             Path(str(checkpoint)) / STATE_FILE, map_location=self._device, weights_only=False
         )
+        current = state.get("config")
+        if current is not None and current != self._current:  # a PBT copy's configuration
+            self._current = dict(current)
+            self._session = self._new_session(self._current)
         self._session.load_state_dict(state["session"])
         self._last_result = dict(state.get("last_result", {}))
 

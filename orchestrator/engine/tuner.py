@@ -12,12 +12,13 @@ from ray.tune.schedulers import TrialScheduler
 
 from orchestrator.engine import live
 from orchestrator.engine.observer import SweepObserver
+from orchestrator.engine.pbt_files import PbtWorkerPlan
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.sweep import MEMBERS_DIR, TIMEOUTS_DIR, Sweep, trainable_path
 from orchestrator.engine.trial_actor import CaviarTrainable
 from orchestrator.engine.trial_choice import NewestFirstFIFO
 from orchestrator.search.ranking import asha_rung_epochs
-from orchestrator.spec import AshaScheduler, SweepSpec
+from orchestrator.spec import AshaScheduler, PbtScheduler, SweepSpec
 
 
 def build_tuner(
@@ -27,6 +28,7 @@ def build_tuner(
     observer: SweepObserver,
     num_samples: int,
     mailbox: Any = None,
+    pbt: PbtWorkerPlan | None = None,
 ) -> tune.Tuner:
     spec = sweep.spec
     trainable = tune.with_resources(
@@ -42,6 +44,7 @@ def build_tuner(
             member_dir=str(sweep.run_dir / MEMBERS_DIR),
             epoch_timeout_s=spec.resources.epoch_timeout_s,
             timeout_dir=str(sweep.run_dir / TIMEOUTS_DIR),
+            pbt=pbt,
         ),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
@@ -132,7 +135,10 @@ def scheduler_for(
 
 
 def _report_at(spec: SweepSpec) -> tuple[int, ...]:
-    """The epochs a trial reports at once, whatever ``report_every_s``: ASHA's rungs."""
+    """The epochs a trial reports at once, whatever ``report_every_s``: ASHA's rungs, or
+    PBT's generation boundaries."""
+    if isinstance(spec.scheduler, PbtScheduler):
+        return tuple(range(spec.scheduler.interval, spec.max_epochs, spec.scheduler.interval))
     if isinstance(spec.scheduler, AshaScheduler):
         return asha_rung_epochs(
             spec.scheduler.grace_period, spec.scheduler.reduction_factor, spec.max_epochs

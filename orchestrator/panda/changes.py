@@ -113,15 +113,10 @@ def validated(
 
 def adjustable_parameters(trainable: str) -> frozenset[str]:
     """What the trainable's session can change between epochs (its ``adjustable``)."""
-    from trainables.config import MlpConfig
+    from trainables.adjustable import adjustable_of  # no torch: `adjust` answers at once
     from trainables.registry import get_trainable
 
-    definition = get_trainable(trainable)
-    if definition.config_model is MlpConfig:
-        from trainables.adjustable import ADJUSTABLE  # no torch: `adjust` answers at once
-
-        return ADJUSTABLE
-    return frozenset(getattr(definition, "adjustable", frozenset()))
+    return adjustable_of(get_trainable(trainable))
 
 
 def check_changes(

@@ -29,7 +29,13 @@ from orchestrator.spec.panda import PandaRules, PandaSpec
 from orchestrator.spec.parameters import ChoiceParameter, GridParameter, Parameter, RangeParameter
 from orchestrator.spec.parse import load_spec, parse_spec, parse_spec_text
 from orchestrator.spec.resources import ResourcesSpec
-from orchestrator.spec.scheduler import AshaScheduler, FifoScheduler, SchedulerSpec
+from orchestrator.spec.scheduler import (
+    AshaScheduler,
+    FifoScheduler,
+    PbtPerturbation,
+    PbtScheduler,
+    SchedulerSpec,
+)
 from orchestrator.spec.schema import json_schema, schema_for, trainable_schema
 from orchestrator.spec.search import SearchSpec, TpeSpec
 from orchestrator.spec.storage import StorageSpec
@@ -54,8 +60,10 @@ __all__ = [
     "ObjectiveSpec",
     "PandaRules",
     "PandaSpec",
-    "Parameter",
     "ParquetData",
+    "PbtPerturbation",
+    "PbtScheduler",
+    "Parameter",
     "Problem",
     "RangeParameter",
     "ResourcesSpec",

@@ -26,7 +26,7 @@ from orchestrator.spec.panda import PandaSpec
 from orchestrator.spec.parameters import Parameter, RangeParameter
 from orchestrator.spec.problems import pydantic_message
 from orchestrator.spec.resources import ResourcesSpec
-from orchestrator.spec.scheduler import AshaScheduler, SchedulerSpec
+from orchestrator.spec.scheduler import AshaScheduler, PbtScheduler, SchedulerSpec
 from orchestrator.spec.search import SearchSpec
 from orchestrator.spec.storage import StorageSpec
 from orchestrator.spec.tracking import TrackingSpec
@@ -193,6 +193,11 @@ class SweepSpec(StrictModel):
                 f"asha (grace {sched.grace_period}, reduction {sched.reduction_factor:g}, "
                 f"max {self.max_epochs} epochs)"
             )
+        elif isinstance(sched, PbtScheduler):
+            stopping = (
+                f"pbt (every {sched.interval} epochs the bottom {sched.quantile:g} copies the "
+                f"top; {self.max_epochs} epochs)"
+            )
         else:
             stopping = f"fifo ({self.max_epochs} epochs)"
         return (
@@ -260,6 +265,9 @@ def cross_section_problems(spec: SweepSpec, spec_dir: Path | None = None) -> Ite
             f"must be <= max_epochs ({spec.max_epochs}), got {spec.scheduler.grace_period}",
         )
 
+    if isinstance(spec.scheduler, PbtScheduler):
+        yield from _pbt_problems(spec, definition)
+
     if spec.objective.metric not in definition.metrics:
         yield Problem(
             "objective.metric",
@@ -285,6 +293,54 @@ def cross_section_problems(spec: SweepSpec, spec_dir: Path | None = None) -> Ite
                 )
 
     yield from _trainable_config_problems(spec, definition.config_model, known)
+
+
+def _pbt_problems(spec: SweepSpec, definition: Any) -> Iterable[Problem]:
+    """What population-based training needs of the rest of the spec."""
+    from orchestrator.search.pbt import perturbable
+    from trainables.adjustable import adjustable_of
+
+    scheduler = spec.scheduler
+    assert isinstance(scheduler, PbtScheduler)
+    if scheduler.interval >= spec.max_epochs:
+        yield Problem(
+            "scheduler.interval",
+            f"must be < max_epochs ({spec.max_epochs}), got {scheduler.interval}: "
+            "no trial would ever copy another",
+        )
+    if spec.search.strategy != "random":
+        yield Problem(
+            "search.strategy",
+            f"pbt draws its population at random and then evolves it; use strategy: random "
+            f"(got {spec.search.strategy})",
+        )
+        return
+    population = spec.num_trials()
+    if population < 2:
+        yield Problem("search.num_trials", "pbt needs a population of at least 2 trials")
+    limit = spec.search.max_concurrent
+    if limit is not None and limit < population:
+        yield Problem(
+            "search.max_concurrent",
+            f"is {limit}, but pbt keeps its whole population of {population} trials in "
+            "flight (they wait for each other at every interval); remove max_concurrent",
+        )
+    if isinstance(spec.resources.pack_size, int) and spec.resources.pack_size > 1:
+        yield Problem(
+            "resources.pack_size",
+            "pbt trials are not packed yet; use pack_size: 1 (auto runs them unpacked)",
+        )
+    adjustable = adjustable_of(definition)
+    shape = definition.packing.shape_fields if definition.packing is not None else ()
+    moved = perturbable(spec.search_space().sampled, adjustable, shape)
+    if not moved:
+        allowed = ", ".join(sorted(adjustable - {*shape, "epochs", "seed"})) or "none"
+        yield Problem(
+            "space",
+            f"pbt explores by changing values mid-training, but no parameter of space can "
+            f"change between epochs (those {spec.trainable} can: {allowed}); add one of them "
+            "to space",
+        )
 
 
 def _trainable_config_problems(

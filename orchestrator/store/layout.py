@@ -52,6 +52,12 @@ OUTCOME = "caviar.outcome"  # the trial's final TrialState
 LAST_EPOCH = "caviar.last_epoch"  # epochs the trial trained
 NODE_ID = "caviar.node_id"  # the Ray node the trial last ran on
 ERROR = "caviar.error"  # a failed trial's error, in one line
+# Population-based training: a trial's copies, "EPOCH<-FROM" each (e.g. "4<-7, 8<-2"), and
+# the trial whose weights it ended with (its own index when it never copied).
+PBT_COPIES = "caviar.pbt.copies"
+PBT_LINE_FROM = "caviar.pbt.line_from"
+# The parent's artifact: every exploit [{epoch, trial, from_trial, before, after}, ...].
+PBT_LINEAGE_ARTIFACT = "pbt/lineage.json"
 
 # --- a panda session (parent) and its segments (children) -------------------------------
 PANDA_DIR = "caviar.panda.dir"  # the session's folder, where `caviar panda` finds it
@@ -76,7 +82,7 @@ REVISIT_OLD_RUN_ID = "caviar.revisit.old_run_id"  # its trial's run in the revis
 
 # --- parameters of a sweep's parent that the reader reads back ---------------------------
 OBJECTIVE_PARAM = "objective"  # "<mode> <metric>", e.g. "max val_accuracy"
-SCHEDULER_KIND_PARAM = "scheduler.kind"  # asha | fifo
+SCHEDULER_KIND_PARAM = "scheduler.kind"  # asha | fifo | pbt
 MAX_EPOCHS_PARAM = "scheduler.max_epochs"  # a trial's epoch budget
 GRACE_PERIOD_PARAM = "scheduler.grace_period"  # asha: with the reduction factor, the rungs
 REDUCTION_FACTOR_PARAM = "scheduler.reduction_factor"  # asha
