@@ -41,6 +41,8 @@ class SweepResult:
     median_by_round: dict[int, float] = field(default_factory=dict)
     # MLflow run ids of the best-ranked trials, best first (the UI's compare view).
     ranked_run_ids: list[str] = field(default_factory=list)
+    # Lines the summary prints after the best config (PBT: the copies, the best's schedule).
+    notes: list[str] = field(default_factory=list)
     status: str = "FAILED"  # the parent run's end: FINISHED, KILLED (interrupted) or FAILED
     # run_sweep(draw_later=True): draws the report's plots and page onto the parent run
     # (its optional argument: where a failure is told, instead of the sweep's stream).

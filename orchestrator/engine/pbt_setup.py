@@ -127,6 +127,29 @@ class GenerationLog:
         }
 
 
+def pbt_summary(
+    files: PbtFiles, records: list[Trial], best: Trial | None, names: tuple[str, ...]
+) -> list[str]:
+    """The summary's PBT lines: how many copies, and the schedule that made the best trial's
+    weights (its line: the trials its weights came through, each with its ``names``)."""
+    exploits = files.lineage()
+    generations = len(files.decided_epochs())
+    lines = [f"  pbt:             {len(exploits)} copies in {generations} generations"]
+    if best is None:
+        return lines
+    initial = {r.index: r.config for r in records}
+    line = line_of(best.index, best.epochs, exploits, initial)
+    if line[0].trial != best.index:
+        lines[0] += f"; the best trial's weights come from trial {line[0].trial}'s"
+    lines.append("  best's schedule:")
+    for segment in line:
+        shown = ", ".join(f"{k} {_short(segment.values.get(k))}" for k in names)
+        lines.append(
+            f"    epochs {segment.start + 1}-{segment.end}: trial {segment.trial} ({shown})"
+        )
+    return lines
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

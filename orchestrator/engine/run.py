@@ -33,7 +33,15 @@ from orchestrator.engine.best_model import rank_and_test
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
 from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
-from orchestrator.engine.pbt_setup import PbtSweep, ended_at, hp_metrics, uses_pbt
+from orchestrator.engine.pbt_files import PbtFiles
+from orchestrator.engine.pbt_setup import (
+    PbtSweep,
+    ended_at,
+    hp_metrics,
+    pbt_plan,
+    pbt_summary,
+    uses_pbt,
+)
 from orchestrator.engine.progress import ProgressLine
 from orchestrator.engine.scheduler import HalvingScheduler
 from orchestrator.engine.search_setup import build_searcher, concurrent_slots
@@ -146,6 +154,10 @@ def _run_locked(
                     _fit(sweep)
                     result.records = records(sweep.sweep_id)
                     rank_and_test(sweep, run, result)
+                    if uses_pbt(spec):
+                        names = pbt_plan(spec, trainable_path(sweep)).names
+                        files = PbtFiles(sweep.run_dir)
+                        result.notes = pbt_summary(files, result.records, result.best, names)
         finally:
             live.unregister(sweep.sweep_id)
     result.undelivered = run.tracker.undelivered

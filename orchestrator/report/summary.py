@@ -61,8 +61,10 @@ def format_summary(result: SweepResult) -> str:
                 f"  test accuracy:   {result.test_accuracy:.4f} (held-out split, evaluated once)"
             )
         sampled = {k: v for k, v in best.config.items()}
-        lines.append("  best config:")
+        # Under pbt the trial's values changed as it trained: its schedule follows (notes).
+        lines.append("  best config:" if not result.notes else "  best config (as it started):")
         lines += [f"    {k}: {format_value(v, digits=6)}" for k, v in sorted(sampled.items())]
+    lines += result.notes
     if len(result.best_by_round) > 1:
         for round_number, (index, value) in sorted(result.best_by_round.items()):
             shown = f"{value:.4f}" if value is not None else "-"
