@@ -195,3 +195,113 @@ def test_pbt_spec_problems_name_the_fix(change: str, path: str, words: str) -> N
     problems = {p.path: p.message for p in raised.value.problems}
     assert path in problems, problems
     assert words in problems[path]
+
+
+# --- the scheduler's generations, arrival order and resume (no Ray: a driver plays Tune) ---
+
+
+class _Population:
+    """Trials whose objective follows their values and weights (a number ``w`` that grows by
+    the learning rate each epoch), driven in a seeded random order over ``slots``."""
+
+    def __init__(self, files: PbtFiles, pbt_plan: PbtPlan, size: int, order_seed: int) -> None:
+        from types import SimpleNamespace
+
+        from orchestrator.engine.pbt_scheduler import PbtTrialScheduler
+
+        self.plan, self.files, self.size = pbt_plan, files, size
+        self.rng = np.random.default_rng(order_seed)
+        self.index_of = {f"t{i}": i for i in range(size)}
+        self.trials = [SimpleNamespace(trial_id=f"t{i}", last_result={}) for i in range(size)]
+        self.values = {i: {"learning_rate": 0.01 * (i + 1), "momentum": 0.9} for i in range(size)}
+        self.w = dict.fromkeys(range(size), 0.0)
+        self.epoch = dict.fromkeys(range(size), 0)
+        self.saved: dict[tuple[int, int], tuple[float, dict]] = {}  # the boundary states
+        self.paused: dict[int, int] = {}
+        self.applied: dict[int, int] = {}  # the boundary whose decision each trial took
+        self.ended: set[int] = set()
+        self.make = lambda ended: PbtTrialScheduler(
+            self.index_of, pbt_plan, size, files, metric="score", mode="max", ended=ended
+        )
+        self.scheduler = self.make({})
+
+    def tick(self) -> bool:
+        """One epoch of one trial that may train; False once every trial has ended."""
+        runnable = [
+            i
+            for i in range(self.size)
+            if i not in self.ended
+            and (i not in self.paused or self.paused[i] in self.scheduler.decided)
+        ]
+        if not runnable:
+            assert len(self.ended) == self.size, "stalled: every trial waits"
+            return False
+        index = int(self.rng.choice(runnable))
+        self.paused.pop(index, None)
+        epoch = self.epoch[index]
+        exploit = self.files.exploit_for(epoch, index) if self.plan.is_boundary(epoch) else None
+        if exploit is False:  # continued at an undecided boundary: it reports it again
+            return self._report(index, epoch)
+        if isinstance(exploit, Exploit) and self.applied.get(index) != epoch:
+            self.w[index], _ = self.saved[(exploit.from_trial, epoch)]
+            self.values[index] = dict(exploit.after)
+        self.applied[index] = epoch
+        self.epoch[index] = epoch = epoch + 1
+        self.w[index] += float(self.values[index]["learning_rate"]) * (1 - epoch / 20)
+        if self.plan.is_boundary(epoch):
+            self.saved[(index, epoch)] = (self.w[index], dict(self.values[index]))
+        if epoch >= self.plan.max_epochs:
+            self.ended.add(index)
+            self.scheduler.on_trial_complete(None, self.trials[index], {"epoch": epoch})
+            return True
+        return self._report(index, epoch)
+
+    def _report(self, index: int, epoch: int) -> bool:
+        result = {
+            "epoch": epoch,
+            "score": self.w[index],
+            "pbt_values": [[k, v] for k, v in self.values[index].items()],
+        }
+        if self.scheduler.on_trial_result(None, self.trials[index], result) == "PAUSE":
+            self.paused[index] = epoch
+        return True
+
+    def kill_and_resume(self) -> None:
+        """The driver dies: each unended trial goes back to its newest boundary state (its
+        pause checkpoint) and a new scheduler starts from the files and the ended trials."""
+        self.applied = {}
+        for index in range(self.size):
+            if index in self.ended:
+                continue
+            reached = [e for (i, e) in self.saved if i == index]
+            back = max(reached, default=0)
+            self.epoch[index] = back
+            if back:
+                self.w[index], self.values[index] = self.saved[(index, back)]
+            else:
+                self.w[index] = 0.0
+                self.values[index] = {"learning_rate": 0.01 * (index + 1), "momentum": 0.9}
+        self.paused = {}
+        self.scheduler = self.make({i: self.plan.max_epochs for i in self.ended})
+
+
+@pytest.mark.parametrize("order_seed", [0, 1, 2])
+def test_pbt_generations_do_not_depend_on_arrival_order_or_a_kill(
+    tmp_path: Path, order_seed: int
+) -> None:
+    pbt_plan = plan(interval=2, max_epochs=8, resample_probability=0.0)
+    reference = _Population(PbtFiles(tmp_path / "reference"), pbt_plan, 6, order_seed=99)
+    while reference.tick():
+        pass
+    expected = reference.files.lineage()
+    assert len(expected) == 3 * 2  # 3 generations x ceil(6 x 0.25) copies
+    for kill_at in (5, 17, 30):
+        files = PbtFiles(tmp_path / f"run-{order_seed}-{kill_at}")
+        population = _Population(files, pbt_plan, 6, order_seed)
+        for _ in range(kill_at):
+            population.tick()
+        population.kill_and_resume()
+        while population.tick():
+            pass
+        assert files.lineage() == expected, (order_seed, kill_at)
+        assert population.w == reference.w
