@@ -157,6 +157,7 @@ def _add_panda(commands: argparse._SubParsersAction) -> None:
         "(adjust/pause/resume/stop it from another shell)",
         usage="caviar panda SPEC [--set NAME=VALUE ...] [--epochs N] [--resume]\n"
         "       caviar panda --from RUN_ID [--epochs N] [--tracking-uri URI]\n"
+        "       caviar panda --replay RUN_ID [--tracking-uri URI]\n"
         "       caviar panda adjust RUN_ID [NAME=VALUE ...] [--rewind-to EPOCH] [--wait S]\n"
         "       caviar panda pause|resume|stop RUN_ID [--wait S]",
     )
@@ -169,6 +170,13 @@ def _add_panda(commands: argparse._SubParsersAction) -> None:
         metavar="RUN_ID",
         help="continue a sweep trial (or a sweep's best) from its checkpoint; "
         "--epochs then counts the epochs added",
+    )
+    panda.add_argument(
+        "--replay",
+        dest="replay_run",
+        metavar="RUN_ID",
+        help="train a PBT trial's schedule (or a PBT sweep's best) again from scratch, as "
+        "one model",
     )
     panda.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
     panda.add_argument("--tracking-uri", help=argparse.SUPPRESS)
@@ -210,6 +218,10 @@ def _panda_form(target: str) -> argparse.ArgumentParser:
 def _panda(args: argparse.Namespace) -> int:
     from orchestrator.panda.changes import PandaError, parse_assignments
 
+    if args.replay_run is not None:
+        if args.target is not None or args.from_run is not None:
+            raise PandaError("--replay takes the PBT trial's run id alone; drop the rest")
+        return _panda_from(args, replay=True)
     if args.from_run is not None:
         if args.target is not None:
             raise PandaError("--from takes the trial's run id instead of a spec; give one")
@@ -260,15 +272,24 @@ def _panda(args: argparse.Namespace) -> int:
     return 0
 
 
-def _panda_from(args: argparse.Namespace) -> int:
-    """``caviar panda --from RUN_ID``: a sweep's trial continued as a panda session."""
+def _panda_from(args: argparse.Namespace, replay: bool = False) -> int:
+    """``caviar panda --from RUN_ID``: a sweep's trial continued as a panda session
+    (``--replay RUN_ID``: a PBT trial's schedule trained again from scratch)."""
     speedups.exit_without_final_collection()  # before the heavy imports (its docstring)
     from orchestrator.engine.on_ray import run_on_ray
     from orchestrator.panda.origin import continue_from
+    from orchestrator.panda.replay import replay_from
 
     if args.tracking_uri:  # where the trial is, and (unless its spec names one) the session
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    origin = continue_from(args.from_run, args.tracking_uri, args.epochs, Path.cwd())
+    if replay:
+        if args.epochs is not None:
+            from orchestrator.panda.changes import PandaError
+
+            raise PandaError("--replay trains the trial's own epochs; drop --epochs")
+        origin = replay_from(args.replay_run, args.tracking_uri, Path.cwd())
+    else:
+        origin = continue_from(args.from_run, args.tracking_uri, args.epochs, Path.cwd())
 
     def session() -> PandaResult:
         from orchestrator.panda.command import run_panda

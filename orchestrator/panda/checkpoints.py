@@ -29,7 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.panda.changes import PandaError
+
 if TYPE_CHECKING:
+    from orchestrator.panda.lineage import Lineage, Segment
     from orchestrator.spec.panda import PandaSpec
 
 _NAME = re.compile(r"^s(\d+)-e(\d+)\.pt$")
@@ -179,3 +182,24 @@ class CheckpointStore:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def rewind_origin(
+    lineage: Lineage, store: CheckpointStore, epoch: int, pin: str | None = None
+) -> Segment:
+    """The current branch's segment holding ``epoch``'s checkpoint; a PandaError when the
+    branch has no such epoch or its checkpoint is no longer kept (with the epochs that are).
+    With ``pin`` (a command's id) the checkpoint is also held until that command is answered."""
+    try:
+        origin = lineage.owner(epoch)
+    except ValueError as error:
+        raise PandaError(f"cannot rewind to epoch {epoch}: {error}") from None
+    held = store.pin(pin, origin.index, epoch) if pin else store.has(origin.index, epoch)
+    if not held:
+        kept = store.kept_epochs(lineage.checkpoint_keys())
+        shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
+        raise PandaError(
+            f"cannot rewind to epoch {epoch}: its checkpoint is no longer kept "
+            f"({store.budget()}; kept now: {shown})"
+        )
+    return origin

@@ -8,6 +8,7 @@ parent run, status), the journal, the command file and the checkpoints. The MLfl
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,8 @@ class PandaResult:
     mode: str
     wall_seconds: float
     model_uri: str | None = None  # the final model, logged on the session's parent run
+    replay_of: int | None = None  # --replay: the PBT trial replayed
+    target: float | None = None  # and its final objective
 
 
 def ray_trainer(spec: SweepSpec, data: Any, spec_dir: Path | None) -> Trainer:
@@ -113,6 +116,8 @@ def run_panda(
         # What `caviar panda adjust` checks changes against, from any shell.
         (folder / "spec.yaml").write_text(spec_text, encoding="utf-8")
         (folder / "spec_dir").write_text(str((spec_dir or Path.cwd()).resolve()), "utf-8")
+        if origin is not None and origin.replay_of is not None:
+            save_schedule(folder, origin.schedule)
     data = load_data(spec.data, spec_dir)
     if resume:
         run = RunLifecycle.reopen(folder, marker, stream, noun="session")
@@ -161,6 +166,7 @@ def run_panda(
             on_epoch=view.on_epoch,
             on_event=view.on_event,
             pauses=record.pauses if record else None,
+            schedule=load_schedule(folder),
         )
         if record is not None:
             session.resume()
@@ -189,7 +195,25 @@ def run_panda(
         spec.mode,
         time.monotonic() - started,
         model_uri,
+        origin.replay_of if origin else None,
+        origin.target if origin else None,
     )
+
+
+SCHEDULE_FILE = "replay.json"  # --replay: {epoch: changes}, for a resumed session too
+
+
+def save_schedule(folder: Path, schedule: Mapping[int, Mapping[str, Any]]) -> None:
+    body = {str(epoch): dict(changes) for epoch, changes in sorted(schedule.items())}
+    (folder / SCHEDULE_FILE).write_text(json.dumps(body, indent=1), encoding="utf-8")
+
+
+def load_schedule(folder: Path) -> dict[int, dict[str, Any]] | None:
+    """A replay's schedule; None for a session that is not a replay."""
+    path = folder / SCHEDULE_FILE
+    if not path.is_file():
+        return None
+    return {int(epoch): dict(changes) for epoch, changes in json.loads(path.read_text()).items()}
 
 
 def _log_final_model(
@@ -258,6 +282,8 @@ def _new_parent(
     from orchestrator.store.lifecycle import NewParent
 
     from_run = {layout.PANDA_FROM_RUN: origin.from_run} if origin else {}
+    if origin is not None and origin.replay_of is not None:
+        from_run = {layout.PANDA_REPLAY_OF: origin.from_run}
     return NewParent(
         kind=layout.PANDA,
         run_id=session_id,
@@ -362,7 +388,7 @@ def adjust_command(
     stream: TextIO | None = None,
 ) -> int:
     """Check the changes against the session as it stands, send them, wait for the answer."""
-    from orchestrator.panda.session import rewind_origin
+    from orchestrator.panda.checkpoints import rewind_origin
     from orchestrator.spec import parse_spec_text
     from trainables import get_trainable
 

@@ -8,7 +8,7 @@ exactly where it stopped, on the session's epoch axis (its epochs keep their num
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,20 @@ TRIAL_STATE_FILE = "state.pt"
 
 @dataclass
 class Origin:
+    """Where a session starts when it is not a spec's new model: a sweep trial continued from
+    its checkpoint (``--from``), or a PBT trial's schedule trained again (``--replay``:
+    no checkpoint; ``schedule`` maps an epoch to the changes made before training it)."""
+
     spec: SweepSpec
     spec_text: str
     spec_filename: str
     config: dict[str, Any]
-    checkpoint: bytes
+    checkpoint: bytes | None
     start_epoch: int
     from_run: str
+    schedule: dict[int, dict[str, Any]] = field(default_factory=dict)
+    replay_of: int | None = None  # the PBT trial replayed (its index)
+    target: float | None = None  # that trial's final objective
 
 
 def continue_from(

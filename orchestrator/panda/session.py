@@ -26,13 +26,13 @@ newest journaled checkpoint, and MLflow is sent what it lacks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.panda.changes import PandaError, check_changes
-from orchestrator.panda.checkpoints import CheckpointStore
+from orchestrator.panda.checkpoints import CheckpointStore, rewind_origin
 from orchestrator.panda.control import Command, Inbox
 from orchestrator.panda.lineage import Lineage, Pause, Segment
 from orchestrator.panda.rules import Action, decide
@@ -84,6 +84,7 @@ class PandaSession:
         on_epoch: Callable[[PandaSession, dict[str, Any]], None] | None = None,
         on_event: Callable[[PandaSession, SessionEvent], None] | None = None,
         pauses: list[Pause] | None = None,
+        schedule: Mapping[int, Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -99,6 +100,9 @@ class PandaSession:
         self.mode = spec.mode
         self.events: list[SessionEvent] = []
         self.pauses: list[Pause] = list(pauses or [])
+        # A replay's changes by epoch (``panda/replay.py``): made at those epochs, no rules.
+        self.schedule = {int(e): dict(c) for e, c in (schedule or {}).items()}
+        self.replaying = schedule is not None
         self._on_epoch = on_epoch
         self._on_event = on_event
         self._clock = clock
@@ -192,6 +196,9 @@ class PandaSession:
             if wait <= 0:
                 break
             self._sleep(min(POLL_S, wait))
+        if self.replaying:
+            self._follow_schedule()
+            return self._ended_on_its_own()
         branch = self.lineage.branch()
         current = self.lineage.current
         action = decide(
@@ -211,6 +218,18 @@ class PandaSession:
                 self.apply(action)
             except PandaError as error:  # e.g. a trainable whose learning rate is fixed
                 self._event(f"{action.by} could not act: {error}")
+        return self._ended_on_its_own()
+
+    def _follow_schedule(self) -> None:
+        """A replay: the changes scheduled for this epoch, made once (a resumed session that
+        trains the epoch again finds its segment already started there)."""
+        epoch = self.lineage.epoch
+        changes = self.schedule.get(epoch)
+        current = self.lineage.current
+        if changes and not (current.start_epoch == epoch and current.by == "replay"):
+            self.apply(Action("adjust", "replay", "the PBT line's next values", changes))
+
+    def _ended_on_its_own(self) -> str | None:
         branch = self.lineage.branch()
         if branch and branch[-1].get("diverged"):
             return "diverged"
@@ -464,27 +483,6 @@ class PandaSession:
         self.events.append(event)
         if self._on_event is not None:
             self._on_event(self, event)
-
-
-def rewind_origin(
-    lineage: Lineage, store: CheckpointStore, epoch: int, pin: str | None = None
-) -> Segment:
-    """The current branch's segment holding ``epoch``'s checkpoint; a PandaError when the
-    branch has no such epoch or its checkpoint is no longer kept (with the epochs that are).
-    With ``pin`` (a command's id) the checkpoint is also held until that command is answered."""
-    try:
-        origin = lineage.owner(epoch)
-    except ValueError as error:
-        raise PandaError(f"cannot rewind to epoch {epoch}: {error}") from None
-    held = store.pin(pin, origin.index, epoch) if pin else store.has(origin.index, epoch)
-    if not held:
-        kept = store.kept_epochs(lineage.checkpoint_keys())
-        shown = f"epochs {kept[0]}..{kept[-1]}" if kept else "none"
-        raise PandaError(
-            f"cannot rewind to epoch {epoch}: its checkpoint is no longer kept "
-            f"({store.budget()}; kept now: {shown})"
-        )
-    return origin
 
 
 def _short(value: Any) -> str:

@@ -37,6 +37,14 @@ def format_summary(result: PandaResult) -> str:
             lines.append(f"  last {result.metric}: {float(last[result.metric]):.4f}")
     if outcome.test_accuracy is not None:
         lines.append(f"  test accuracy:   {outcome.test_accuracy:.4f} (the final model, once)")
+    if result.replay_of is not None and result.target is not None and branch:
+        final = branch[-1].get(result.metric)
+        if final is not None:
+            lines.append(
+                f"  replay:          final {result.metric} {float(final):.4f} against PBT "
+                f"trial #{result.replay_of}'s {result.target:.4f} "
+                f"(difference {float(final) - result.target:+.4f})"
+            )
     if outcome.pauses:
         paused = sum(p.seconds or 0.0 for p in outcome.pauses)
         at = ", ".join(str(p.epoch) for p in outcome.pauses[-8:])

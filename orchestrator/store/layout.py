@@ -62,6 +62,7 @@ PBT_LINEAGE_ARTIFACT = "pbt/lineage.json"
 # --- a panda session (parent) and its segments (children) -------------------------------
 PANDA_DIR = "caviar.panda.dir"  # the session's folder, where `caviar panda` finds it
 PANDA_FROM_RUN = "caviar.panda.from_run"  # --from: the trial the session started from
+PANDA_REPLAY_OF = "caviar.panda.replay_of"  # --replay: the PBT trial whose schedule it trains
 PANDA_STATUS = "caviar.panda.status"  # how the session ended
 PANDA_PAUSES = "caviar.panda.pauses"  # the session's pauses (epoch and length)
 PANDA_SEGMENT = "caviar.panda.segment"  # the segment's index
