@@ -88,6 +88,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "zoom_roundexplore": ("zoom", {"keep_from": "round"}, {}),  # exploration, the round's best
     "zoom_tpe": ("zoom", {"sampler": "tpe"}, {}),  # TPE draws each later round's box share
 }
+# Population-based training (opt-in, --arms ...,pbt): a population of BUDGET_FULL_TRIALS
+# trials, each trained to the budget, spends exactly B; every PBT_GENERATIONS-th of the
+# budget the bottom quarter copies the top quarter (scheduler kind pbt).
+PBT_ARMS = ("pbt",)
+PBT_GENERATIONS = 9
 REFERENCE = "random"  # the target is the median of its best at the budget
 # The epoch budget B every arm is compared at: this many full trials' worth of epochs. Fixed
 # per problem (not the fewest any run spent), so runs of separate invocations compare alike
@@ -126,9 +131,21 @@ def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> 
     workdir.mkdir(parents=True)
     spec = json.loads(json.dumps(spec))
     metric = spec["objective"]["metric"]
-    if arm in ("random", "zoom", "tpe", *ABLATIONS):
+    if arm in PBT_ARMS:
+        budget = max_epochs_of(spec)
+        spec["scheduler"] = {
+            "kind": "pbt",
+            "interval": max(1, budget // PBT_GENERATIONS),
+            "quantile": 0.25,
+            "max_epochs": budget,
+        }
+        spec["search"]["num_trials"] = BUDGET_FULL_TRIALS
+        spec["resources"] = {**(spec.get("resources") or {}), "pack_size": 1}
+    if arm in ("random", "zoom", "tpe", *ABLATIONS, *PBT_ARMS):
         trials = int(spec["search"]["num_trials"])
         strategy, settings, sections = ABLATIONS.get(arm, (arm, {}, {}))
+        if arm in PBT_ARMS:
+            strategy = "random"
         search: dict[str, Any] = {"strategy": strategy, "seed": spec["search"]["seed"]}
         search.update(settings)
         for section, values in sections.items():
@@ -262,7 +279,11 @@ def _finite(value: Any) -> float | None:
 
 def curve(run: Run, budget_epochs: int, mode: str) -> list[tuple[int, float, float | None]]:
     """(epochs spent, seconds since the first start, best so far) at each trial's end, in the
-    order trials ended; the best counts only trials that trained ``budget_epochs``."""
+    order trials ended; the best counts only trials that trained ``budget_epochs``.
+
+    A trial's epochs count as spent when it ends; a PBT population trains side by side and
+    ends together, so there every trial's epochs count as spent in proportion to its time
+    trained by then (at the last end, all of them)."""
     if not run.trials:
         return []
     first = min(t.start_s for t in run.trials)
@@ -270,11 +291,21 @@ def curve(run: Run, budget_epochs: int, mode: str) -> list[tuple[int, float, flo
     points = []
     for trial in sorted(run.trials, key=lambda t: t.end_s):
         spent += trial.epochs
+        if run.arm in PBT_ARMS:
+            spent = round(sum(t.epochs * _share(t, trial.end_s) for t in run.trials))
         if trial.epochs >= budget_epochs and trial.value is not None:
             if best is None or (trial.value > best if mode == "max" else trial.value < best):
                 best = trial.value
         points.append((spent, trial.end_s - first, best))
     return points
+
+
+def _share(trial: TrialEnd, at_s: float) -> float:
+    """The share of ``trial``'s training done by ``at_s``."""
+    if at_s >= trial.end_s:
+        return 1.0
+    length = trial.end_s - trial.start_s
+    return max(0.0, (at_s - trial.start_s) / length) if length > 0 else 0.0
 
 
 def best_at(
@@ -495,9 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         problems = list(SMOKE["problems"])
         seeds, trials, max_epochs = SMOKE["seeds"], SMOKE["trials"], SMOKE["max_epochs"]
-    unknown = set(arms) - set(ARMS) - set(ABLATIONS)
+    unknown = set(arms) - set(ARMS) - set(ABLATIONS) - set(PBT_ARMS)
     if unknown:
-        known = ", ".join((*ARMS, *ABLATIONS))
+        known = ", ".join((*ARMS, *ABLATIONS, *PBT_ARMS))
         raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {known}")
     if REFERENCE not in arms + earlier_arms:
         print(f"no {REFERENCE!r} arm: the tables have no target (its median)", file=sys.stderr)
