@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.report.pbt_chart import plot_pbt
 from orchestrator.report.ui_links import SweepLinks, labelled, run_page, sweep_links
 from orchestrator.search.importance import ScoredTrial, parameter_importance, value_at_first_rung
 from orchestrator.search.ranking import ranked
 from orchestrator.search.space import ChoiceDomain, Domain, GridDomain, RangeDomain
+from orchestrator.store import layout
 from orchestrator.store.history import SweepHistory
 from orchestrator.trials import Trial, TrialState
 
@@ -69,11 +71,14 @@ def analyse(history: SweepHistory) -> Report:
 
     mode = "max" if history.mode == "max" else "min"
     rounds = sorted({t.round for t in history.trials})
-    importance = parameter_importance(scored(history.trials), domains, mode)
+    # Under PBT a trial's values change as it trains (its copies): its starting values do not
+    # explain its result, so no importance is claimed from them.
+    pbt = history.params.get(layout.SCHEDULER_KIND_PARAM) == "pbt"
+    importance = {} if pbt else parameter_importance(scored(history.trials), domains, mode)
     by_round: dict[int, dict[str, float]] = {}
     for r in rounds:
         members = [t for t in history.trials if t.round == r]
-        if len(members) == len(history.trials):
+        if len(members) == len(history.trials) or pbt:
             # One round holding every trial: the same trials in the same order with the same
             # seed, so the whole sweep's importance, already computed (the forest is the cost).
             by_round[r] = dict(importance)
@@ -119,6 +124,9 @@ def write_report(
         _plot_learning_curves(history, out_dir / "learning_curves.png"),
         _plot_search_progress(history, out_dir / "best_so_far.png"),
         _plot_importance(report, out_dir / "importance.png"),
+        plot_pbt(
+            history, next(iter(report.best_by_round.values()), None), out_dir / "pbt_lineage.png"
+        ),
     ]
     report.files = [p for p in pictures if p is not None]
     page = out_dir / "report.html"

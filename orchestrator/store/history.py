@@ -29,3 +29,5 @@ class SweepHistory:
     # began, (epochs, round): empty for a sweep logged before caviar recorded them.
     best_so_far: list[tuple[int, float]] = field(default_factory=list)
     round_starts: list[tuple[int, int]] = field(default_factory=list)
+    # A PBT sweep's copies, as its parent's pbt/lineage.json holds them (empty otherwise).
+    pbt_lineage: list[dict[str, Any]] = field(default_factory=list)

@@ -70,6 +70,15 @@ def read_sweep(
                 regions = [json.loads(f.read_text()) for f in files]
             except (MlflowException, OSError):
                 regions = []
+            pbt_lineage: list[dict[str, Any]] = []
+            if params.get(layout.SCHEDULER_KIND_PARAM) == "pbt":
+                try:
+                    path = client.download_artifacts(
+                        parent.info.run_id, layout.PBT_LINEAGE_ARTIFACT, tmp
+                    )
+                    pbt_lineage = json.loads(Path(path).read_text())
+                except (MlflowException, OSError, ValueError):
+                    pbt_lineage = []  # no generation was decided, or it is not delivered
         children = client.search_runs(
             [parent.info.experiment_id],
             filter_string=layout.children_filter(parent.info.run_id),
@@ -119,6 +128,7 @@ def read_sweep(
         metrics=dict(parent.data.metrics),
         best_so_far=best_so_far,
         round_starts=round_starts,
+        pbt_lineage=pbt_lineage,
     )
 
 

@@ -130,6 +130,11 @@ def test_the_lineage_is_on_the_parent_and_each_copy_on_its_child(
         assert child.info.status == "FINISHED"
     assert parent.data.params["scheduler.kind"] == "pbt"
     assert "test_accuracy" in parent.data.metrics
+    # the report draws the population's tree and the best line's schedule; no importance is
+    # claimed from starting values that copies replaced
+    drawn = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "pbt_lineage.png" in drawn, drawn
+    assert "importance:" not in pbt_sweep["stdout"]
 
 
 def test_killed_at_a_generation_it_resumes_to_the_same_decisions_and_results(
