@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # pyproject.toml applies (install your CUDA build of torch into $(VENV) first to keep it).
 TORCH_LOCAL ?= torch==2.13.0
 
-.PHONY: install demo test test-fast test-no-speedups lint clean
+.PHONY: install demo test test-bench test-fast test-no-speedups lint clean
 
 install: $(VENV)/.installed
 
@@ -21,9 +21,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/caviar run examples/digits.yaml
 
+# Everything but the benchmark harness's smoke tests (make test-bench; CI runs both).
 test: install
 	$(VENV)/bin/lint-imports   # the boundaries of docs/design.md ([tool.importlinter])
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not bench"
+
+# The benchmark harness (bench/) at smoke size: every system and arm runs, numbers are sane.
+test-bench: install
+	$(PY) -m pytest -m bench
 
 # The fast part while you work: no Ray or MLflow processes (a few minutes).
 test-fast: install
