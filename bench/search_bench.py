@@ -90,8 +90,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 # Population-based training (opt-in, --arms ...,pbt): a population of BUDGET_FULL_TRIALS
 # trials, each trained to the budget, spends exactly B; every PBT_GENERATIONS-th of the
-# budget the bottom quarter copies the top quarter (scheduler kind pbt).
+# budget the bottom quarter copies the top quarter (scheduler kind pbt). Its baseline of
+# fixed configurations, random_fifo: as many random trials, each trained to the budget.
 PBT_ARMS = ("pbt",)
+FULL_BUDGET_ARMS = ("pbt", "random_fifo")
 PBT_GENERATIONS = 9
 REFERENCE = "random"  # the target is the median of its best at the budget
 # The epoch budget B every arm is compared at: this many full trials' worth of epochs. Fixed
@@ -131,20 +133,22 @@ def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> 
     workdir.mkdir(parents=True)
     spec = json.loads(json.dumps(spec))
     metric = spec["objective"]["metric"]
-    if arm in PBT_ARMS:
+    if arm in FULL_BUDGET_ARMS:
         budget = max_epochs_of(spec)
-        spec["scheduler"] = {
-            "kind": "pbt",
-            "interval": max(1, budget // PBT_GENERATIONS),
-            "quantile": 0.25,
-            "max_epochs": budget,
-        }
+        spec["scheduler"] = {"kind": "fifo", "max_epochs": budget}
+        if arm in PBT_ARMS:
+            spec["scheduler"] = {
+                "kind": "pbt",
+                "interval": max(1, budget // PBT_GENERATIONS),
+                "quantile": 0.25,
+                "max_epochs": budget,
+            }
+            spec["resources"] = {**(spec.get("resources") or {}), "pack_size": 1}
         spec["search"]["num_trials"] = BUDGET_FULL_TRIALS
-        spec["resources"] = {**(spec.get("resources") or {}), "pack_size": 1}
-    if arm in ("random", "zoom", "tpe", *ABLATIONS, *PBT_ARMS):
+    if arm in ("random", "zoom", "tpe", *ABLATIONS, *FULL_BUDGET_ARMS):
         trials = int(spec["search"]["num_trials"])
         strategy, settings, sections = ABLATIONS.get(arm, (arm, {}, {}))
-        if arm in PBT_ARMS:
+        if arm in FULL_BUDGET_ARMS:
             strategy = "random"
         search: dict[str, Any] = {"strategy": strategy, "seed": spec["search"]["seed"]}
         search.update(settings)
@@ -526,9 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         problems = list(SMOKE["problems"])
         seeds, trials, max_epochs = SMOKE["seeds"], SMOKE["trials"], SMOKE["max_epochs"]
-    unknown = set(arms) - set(ARMS) - set(ABLATIONS) - set(PBT_ARMS)
+    unknown = set(arms) - set(ARMS) - set(ABLATIONS) - set(FULL_BUDGET_ARMS)
     if unknown:
-        known = ", ".join((*ARMS, *ABLATIONS, *PBT_ARMS))
+        known = ", ".join((*ARMS, *ABLATIONS, *FULL_BUDGET_ARMS))
         raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {known}")
     if REFERENCE not in arms + earlier_arms:
         print(f"no {REFERENCE!r} arm: the tables have no target (its median)", file=sys.stderr)

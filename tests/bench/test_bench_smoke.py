@@ -181,3 +181,17 @@ def test_search_benchmark_runs_every_arm_and_reports_the_budget_and_target(
     kept = {r["arm"]: r["trials"] for r in runs if r["arm"] != "random"}
     assert {r["arm"]: r["trials"] for r in merged if r["arm"] != "random"} == kept
     assert "| ray_optuna |" in stdout
+
+
+def test_search_benchmark_pbt_arm_spends_exactly_the_budget(tmp_path: Path) -> None:
+    """The opt-in pbt arm: a population of 15 (B's full trials), each trained to the budget,
+    so it spends B exactly and its best counts at B."""
+    result, stdout = run_harness("search_bench", "--smoke", "--arms", "pbt", tmp_path=tmp_path)
+    (problem,) = result["summary"]
+    (run,) = result["runs"][problem]
+    assert run["arm"] == "pbt" and len(run["trials"]) == 15
+    assert all(trial["epochs"] == 3 for trial in run["trials"])
+    summary = result["summary"][problem]
+    assert summary["budget_epochs"] == 45
+    assert summary["arms"]["pbt"]["final_median"] is not None
+    assert "| pbt |" in stdout
