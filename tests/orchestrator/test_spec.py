@@ -85,7 +85,7 @@ def test_unknown_keys_are_errors_with_a_suggestion() -> None:
 
 def test_unknown_keys_list_the_valid_keys_read_from_the_models_at_every_depth() -> None:
     """The valid keys come from the models, not a second list: a union lists every member's
-    fields (scheduler: asha's and fifo's), and a nested section its own (search.tpe)."""
+    fields (scheduler: asha's, fifo's and pbt's), and a nested section its own (search.tpe)."""
     problems = _paths(
         _minimal(
             scheduler={"grace_perod": 2},
@@ -95,7 +95,8 @@ def test_unknown_keys_list_the_valid_keys_read_from_the_models_at_every_depth() 
     )
     assert problems["scheduler.grace_perod"] == (
         "unknown key; did you mean 'grace_period'? "
-        "(valid keys: kind, grace_period, reduction_factor, max_epochs, brackets)"
+        "(valid keys: kind, grace_period, reduction_factor, max_epochs, brackets, interval, "
+        "quantile, perturbation)"
     )
     assert "did you mean 'n_startup_trials'?" in problems["search.tpe.n_startup"]
     assert "(valid keys: plateau, divergence, stop)" in problems["panda.rules.platau"]
