@@ -56,7 +56,7 @@ MEMBER_LAST = "member_last"
 # ``TRIAL_INDEX`` (its caviar index, which names its saved states and its decisions); each
 # step result holds ``PBT_VALUES``: [[name, value], ...], the trial's current values of the
 # sampled parameters (after a copy, its donor's, perturbed); and each epoch ``hp.NAME``, the
-# value of each perturbed parameter it trained with (logged per epoch: the schedule).
+# value of each numeric sampled parameter it trained with (logged per epoch: the schedule).
 TRIAL_INDEX = "_caviar_trial_index"
 PBT_VALUES = "pbt_values"
 HP_PREFIX = "hp."

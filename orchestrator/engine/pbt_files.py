@@ -97,13 +97,12 @@ class PbtFiles:
 @dataclass(frozen=True)
 class PbtWorkerPlan:
     """What a trial's worker needs of a PBT sweep: where the files are, the boundary epochs,
-    and the parameters it reports (``sampled``: its current values at each report;
-    ``perturbed``: each epoch's value, the schedule)."""
+    and the sampled parameters, whose current values it reports at each boundary and, as
+    ``hp.NAME``, with each epoch (the schedule; a copy's shape shows there too)."""
 
     files: PbtFiles
     boundaries: frozenset[int]
     sampled: tuple[str, ...]
-    perturbed: tuple[str, ...]
 
     def is_boundary(self, epoch: int) -> bool:
         return epoch in self.boundaries

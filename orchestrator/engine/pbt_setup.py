@@ -46,13 +46,12 @@ def worker_plan(spec: SweepSpec, plan: PbtPlan, files: PbtFiles) -> PbtWorkerPla
         files=files,
         boundaries=frozenset(plan.boundaries()),
         sampled=tuple(d.name for d in spec.search_space().sampled),
-        perturbed=plan.names,
     )
 
 
-def hp_metrics(plan: PbtPlan) -> tuple[str, ...]:
-    """The per-epoch metrics that show each perturbed parameter's schedule."""
-    return tuple(f"{HP_PREFIX}{name}" for name in plan.names)
+def hp_metrics(spec: SweepSpec) -> tuple[str, ...]:
+    """The per-epoch metrics that show each sampled parameter's schedule."""
+    return tuple(f"{HP_PREFIX}{domain.name}" for domain in spec.search_space().sampled)
 
 
 def pbt_scheduler(

@@ -324,7 +324,7 @@ def _fit(sweep: Sweep) -> None:
     metrics = tuple(get_trainable(spec.trainable, trainable_path(sweep)).metrics)
     pbt = PbtSweep(sweep) if uses_pbt(spec) else None
     if pbt is not None:
-        metrics += hp_metrics(pbt.plan)
+        metrics += hp_metrics(spec)
         registered.pbt = pbt.log
     observer = SweepObserver(
         sweep.sweep_id,

@@ -207,11 +207,11 @@ class CaviarTrainable(tune.Trainable):
         self._session.load_state_dict(state["session"])
 
     def _note_values(self, pbt: PbtWorkerPlan, epochs: list[dict[str, Any]]) -> None:
-        """Each epoch's perturbed values (the schedule); at a boundary, the state a
+        """Each epoch's sampled values (the schedule); at a boundary, the state a
         generation's decision may name, saved before the epoch is reported."""
         values = {
             f"{HP_PREFIX}{name}": float(value)
-            for name in pbt.perturbed
+            for name in pbt.sampled
             if isinstance(value := self._current.get(name), (int, float))
             and not isinstance(value, bool)
         }

@@ -26,7 +26,18 @@ def plot_pbt(history: SweepHistory, best: Trial | None, path: Path) -> Path | No
         return None
     exploits = [Exploit.from_json(e) for e in history.pbt_lineage]
     curves = {t.index: dict(t.curve(history.metric)) for t in history.trials}
-    names = sorted({k for e in exploits for k, v in e.after.items() if v != e.before.get(k)})
+    line = []
+    if best is not None:
+        sampled = {k for e in exploits for k in e.after}
+        initial = {
+            t.index: {k: t.config[k] for k in sampled if k in t.config} for t in history.trials
+        }
+        line = line_of(best.index, best.epochs, exploits, initial)
+    # The panels: the values that change along that line (a shape never does: a copy keeps
+    # its donor's), else every value a copy changed.
+    names = sorted({k for s in line for k in s.values if _differs(line, k)}) or sorted(
+        {k for e in exploits for k, v in e.after.items() if v != e.before.get(k)}
+    )
     rows = 1 + max(1, len(names))
     fig, axes = plt.subplots(
         rows, 1, figsize=(9, 4 + 1.6 * (rows - 1)), sharex=True, squeeze=False,
@@ -46,10 +57,7 @@ def plot_pbt(history: SweepHistory, best: Trial | None, path: Path) -> Path | No
                 xytext=(event.epoch, trial[event.epoch]),
                 arrowprops={"arrowstyle": "->", "color": "tab:orange", "alpha": 0.7, "lw": 1},
             )
-    line = []
     if best is not None:
-        initial = {t.index: t.config for t in history.trials}
-        line = line_of(best.index, best.epochs, exploits, initial)
         previous: dict[int, float] = {}
         for segment in line:
             curve = curves.get(segment.trial, {})
@@ -62,7 +70,11 @@ def plot_pbt(history: SweepHistory, best: Trial | None, path: Path) -> Path | No
                 if segment.start > 0:
                     tree.text(xs[0], ys[0], f" #{segment.trial}", fontsize=8, va="bottom")
             previous = curve
-        tree.plot([], [], color="tab:blue", lw=2.2, label=f"best trial #{best.index}'s line")
+        path_text = " -> ".join(f"#{segment.trial}" for segment in line)
+        tree.plot(
+            [], [], color="tab:blue", lw=2.2,
+            label=f"the line of best trial #{best.index}'s final weights: {path_text}",
+        )  # fmt: skip
     tree.plot([], [], color="tab:orange", label="a copy: the bottom trial takes a top one's")
     tree.set_ylabel(history.metric)
     tree.set_title(
@@ -80,12 +92,18 @@ def plot_pbt(history: SweepHistory, best: Trial | None, path: Path) -> Path | No
             if _logarithmic(history, name):
                 ax.set_yscale("log")
         ax.set_ylabel(name, fontsize=8)
+        if row == 1:
+            ax.set_title("the values that line trained with", fontsize=9)
         ax.grid(True, alpha=0.25)
     axes[-1][0].set_xlabel("epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _differs(line: list[Any], name: str) -> bool:
+    return len({repr(segment.values.get(name)) for segment in line}) > 1
 
 
 def _schedule(line: list[Any], name: str) -> list[tuple[int, float]]:
