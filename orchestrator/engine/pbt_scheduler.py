@@ -154,10 +154,11 @@ class PbtTrialScheduler(NewestPendingFirst, TrialScheduler):
                 self._decide(epoch)
 
     def _complete(self, epoch: int) -> bool:
-        """Every trial of the population reported ``epoch`` or ended before it."""
+        """Every trial of the population reported ``epoch`` or ended without reporting it
+        (before it, or at it: a trial that diverged there reports no score to rank)."""
         reached = self._scores.get(epoch, {})
         return all(
-            index in reached or (index in self.ended and self.ended[index] < epoch)
+            index in reached or (index in self.ended and self.ended[index] <= epoch)
             for index in range(self.population)
         )
 

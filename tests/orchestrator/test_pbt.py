@@ -305,3 +305,30 @@ def test_pbt_generations_do_not_depend_on_arrival_order_or_a_kill(
             pass
         assert files.lineage() == expected, (order_seed, kill_at)
         assert population.w == reference.w
+
+
+def test_a_trial_that_diverges_at_a_boundary_does_not_hold_its_generation(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from orchestrator.engine.pbt_scheduler import PbtTrialScheduler
+
+    files = PbtFiles(tmp_path)
+    index_of = {f"t{i}": i for i in range(3)}
+    scheduler = PbtTrialScheduler(index_of, plan(), 3, files, metric="score", mode="max")
+    trials = [SimpleNamespace(trial_id=f"t{i}", last_result={}) for i in range(3)]
+    values = [["learning_rate", 0.01], ["momentum", 0.9]]
+    for index in (0, 1):
+        decision = scheduler.on_trial_result(
+            None, trials[index], {"epoch": 2, "score": 0.5 + index, "pbt_values": values}
+        )
+        assert decision == "PAUSE"
+    # trial 2 diverges at epoch 2: it reports no score, and Tune completes it there
+    assert scheduler.on_trial_result(None, trials[2], {"epoch": 2, "diverged": True}) == (
+        "CONTINUE"
+    )
+    assert scheduler.decided == set()
+    scheduler.on_trial_complete(None, trials[2], {"epoch": 2, "diverged": True})
+    assert scheduler.decided == {2}
+    assert [e.trial for e in files.lineage()] == [0]  # 1 of the 2 it waited for copies
