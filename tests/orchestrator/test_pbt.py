@@ -111,6 +111,7 @@ def test_the_bottom_quantile_copies_the_top_and_takes_its_shape() -> None:
         assert exploit.after["hidden_units"] == donor["hidden_units"]  # never perturbed
         assert 1e-4 <= float(exploit.after["learning_rate"]) <= 1.0
     assert exploits == decide(plan(), 4, scores, values)  # the same scores, the same decision
+
     # a generation's draws depend on its epoch: some other epoch decides otherwise
     def choices(found: list[Exploit]) -> list[tuple[int, dict]]:
         return [(e.from_trial, dict(e.after)) for e in found]
