@@ -171,7 +171,7 @@ def _without_monitors() -> Iterator[None]:
 
     parameter.RayParams.__init__ = lean  # type: ignore[method-assign]
     try:
-        with _without_api_server():
+        with _without_api_server(), _minimal_dashboard_agent():
             yield
     finally:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
@@ -205,6 +205,34 @@ def _without_api_server() -> Iterator[None]:
         yield
     finally:
         node.Node.start_api_server = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _minimal_dashboard_agent() -> Iterator[None]:
+    """``ray.init`` with the raylet's dashboard agent in its minimal form.
+
+    The raylet always starts a dashboard agent; Ray starts it ``--minimal`` (its gRPC
+    server, without the HTTP server, metrics export and reporter modules) when the
+    dashboard's optional dependencies are missing, which it finds out by importing them
+    (aiohttp, opencensus, prometheus_client...) in the driver. An embedded sweep has no
+    dashboard to feed, so both the driver's import and the full agent's (a Python process
+    importing its web stack while the driver and the first trial workers start) are skipped:
+    the check answers "missing" for the duration of the call. If Ray stops having the check,
+    the agent starts in full, as before.
+    """
+    from ray._private import utils as ray_utils
+
+    original = getattr(ray_utils, "get_dashboard_dependency_error", None)
+    if original is None:
+        yield
+        return
+    ray_utils.get_dashboard_dependency_error = lambda: ImportError(  # type: ignore[assignment]
+        "caviar: an embedded sweep's Ray has no dashboard"
+    )
+    try:
+        yield
+    finally:
+        ray_utils.get_dashboard_dependency_error = original  # type: ignore[assignment]
 
 
 class _BackgroundStart:

@@ -37,7 +37,14 @@ def square(x):
     return x * x
 
 node = ray._private.worker._global_node
+import psutil
+# The raylet starts the agent with the command it was given (the agent renames itself).
+agent_commands = [
+    part for p in psutil.Process().children(recursive=True) for part in p.cmdline()
+    if part.startswith("--dashboard_agent_command=")
+]
 print(json.dumps({
+    "agents_minimal": [" --minimal" in command for command in agent_commands],
     "processes": sorted(node.all_processes),
     "squares": ray.get([square.remote(i) for i in range(4)]),
     "restored": parameter.RayParams.__init__ is before,
@@ -70,6 +77,7 @@ def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> Non
     assert not {"monitor", "log_monitor", "dashboard"} & set(started["processes"]), started
     assert started["dashboard_url"] is None  # Ray knows it has no dashboard
     assert started["restored"] and started["api_server_restored"]
+    assert started["agents_minimal"] == [True], started  # no dashboard: its agent is minimal
 
 
 def test_without_speedups_a_local_cluster_starts_as_ray_starts_it() -> None:
@@ -77,6 +85,7 @@ def test_without_speedups_a_local_cluster_starts_as_ray_starts_it() -> None:
     process start as Ray starts them, and the cluster works."""
     started = _start_embedded(CAVIAR_NO_SPEEDUPS="1")
     assert {"monitor", "log_monitor", "dashboard"} <= set(started["processes"]), started
+    assert started["agents_minimal"] == [False], started
 
 
 WARM_START = """
