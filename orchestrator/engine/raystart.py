@@ -18,7 +18,8 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -29,6 +30,7 @@ from orchestrator.engine import ray_orphans, warm
 from orchestrator.environment import apply_environment_defaults
 
 START_ATTEMPTS = 3  # an embedded start that timed out is tried again, this many times in all
+IDLE_WORKER = "ray::IDLE"  # the process title of a Ray worker that holds no task or actor
 
 # What the trial workers of an embedded sweep import before Tune asks for them (the service's
 # head preloads the same, ``service/topology.py``): the trial actor and, with it, torch.
@@ -101,7 +103,8 @@ def _start_embedded(trial_workers: bool = False) -> None:
                     _system_config=system_config or None,
                 )
             if system_config:
-                warm.prestart_workers()  # in Tune's runtime environment; a failure only warns
+                # In Tune's runtime environment; a failure only warns.
+                _wait_for_idle_workers(warm.prestart_workers())
             return
         except Exception as error:
             # Ray gives its raylet a fixed 30 s to register; on a machine busy with other work
@@ -133,6 +136,38 @@ def _trial_worker_config() -> dict[str, Any]:
         "prestart_worker_first_driver": False,
         "preload_python_modules": list(TRIAL_PRELOAD),
     }
+
+
+WORKERS_REGISTER_S = 5.0  # how long the start waits for its warm workers to come up
+
+
+def _wait_for_idle_workers(
+    count: int,
+    timeout_s: float = WORKERS_REGISTER_S,
+    children: Callable[[], set[Any]] = lambda: _children(),
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Wait until ``count`` of Ray's workers are up (named ``ray::IDLE``, which a worker calls
+    itself as it connects to the raylet), at most ``timeout_s``; True if they are.
+
+    The start is claimed only after this, so Tune asks for its trial actors once the warm
+    workers can take them: a lease that arrives while they are still starting makes the
+    raylet start another worker, which imports torch beside the first trials and is reaped
+    idle. Past the timeout the start goes on as it would have (the speed-up is lost, nothing
+    else).
+    """
+    deadline = clock() + timeout_s
+    while count > 0:
+        idle = 0
+        for process in children():
+            with contextlib.suppress(Exception):  # psutil.Error: it is already gone
+                idle += process.name() == IDLE_WORKER
+        if idle >= count:
+            return True
+        if clock() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _children() -> set[Any]:
