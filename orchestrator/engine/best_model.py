@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any, TextIO
 
 from ray import tune
@@ -30,55 +27,12 @@ def rank_and_test(sweep: Sweep, run: RunLifecycle, result: SweepResult) -> None:
     if not best:
         return
     result.best = best[0]
+    tracker.flush()
+    result.best_run_id = tracker.child_run_id(str(result.best.index))
+    top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
+    result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
     model = _score_best(spec, sweep.data, result, sweep.stream)
-    # The model goes to the parent run while the writer delivers the trials' last writes
-    # (the flush, which the run ids below need); the block waits for both.
-    with _in_background(lambda: run.log_model(model, sweep.data.x_test[:5])) as logged:
-        tracker.flush()
-        result.best_run_id = tracker.child_run_id(str(result.best.index))
-        top = (tracker.child_run_id(str(r.index)) for r in best[:TOP_TRIALS_COMPARED])
-        result.ranked_run_ids = [run_id for run_id in top if run_id is not None]
-    result.model_uri = logged.value
-
-
-class _Call:
-    """A call's outcome, filled in on its thread: its return value or what it raised."""
-
-    def __init__(self) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-
-@contextmanager
-def _in_background(call: Callable[[], Any]) -> Iterator[_Call]:
-    """``call()`` on a thread of its own while the block runs.
-
-    Invariant: the block is left only once the call has returned, however the block ends
-    (an interruption included: the model is then delivered whole, never cut off half-way by
-    the process's exit), and what the call raised is raised here, where a synchronous call
-    would have raised it, so the run ends as it did when the call was made inline (unless
-    the block itself raised, whose error goes on instead).
-    """
-    outcome = _Call()
-
-    def run() -> None:
-        try:
-            outcome.value = call()
-        except BaseException as error:  # handed to the block's end, on the caller's thread
-            outcome.error = error
-
-    thread = threading.Thread(target=run, name="caviar-log-model")
-    thread.start()
-    try:
-        yield outcome
-    finally:
-        try:
-            thread.join()
-        except KeyboardInterrupt:  # Ctrl-C while waiting: the model is delivered whole first
-            thread.join()  # (a second Ctrl-C here stops at once, as everywhere else)
-            raise
-    if outcome.error is not None:
-        raise outcome.error
+    result.model_uri = run.log_model(model, sweep.data.x_test[:5])
 
 
 def _score_best(
