@@ -242,7 +242,7 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("  of which rebuilt and tested (_score_best)", "_score_best+", "_score_best-"),
     ("  of which the writer's flush", "SweepTracker.flush+", "SweepTracker.flush-"),
     (
-        "  of which log_model (a thread beside the flush after the cut)",
+        "  of which log_model",
         "RunLifecycle.log_model+",
         "RunLifecycle.log_model-",
     ),
