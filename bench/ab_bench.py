@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import caviar_command, clean_env, run_timed
+from bench.common import caviar_command, clean_env, run_timed, wait_for_quiet
 from bench.readers import read_caviar_journal, sweep_wall_s
 
 SPEC = Path(__file__).parent / "specs" / "digits64.yaml"
@@ -53,18 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", type=Path, default=SPEC)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, help="write the raw runs as JSON")
+    parser.add_argument(
+        "--wait-quiet",
+        action="store_true",
+        help="before each run, wait (up to 10 min) until the machine is quiet",
+    )
     args = parser.parse_args(argv)
     runs: list[dict[str, Any]] = []
     for pair in range(args.pairs):
         order = ("a", "b") if pair % 2 == 0 else ("b", "a")
         for label in order:
             tree = args.a if label == "a" else args.b
-            run = {"tree": label, "pair": pair, **run_once(tree, args.spec, args.timeout)}
+            waited = wait_for_quiet() if args.wait_quiet else 0.0
+            timed = run_once(tree, args.spec, args.timeout)
+            run = {"tree": label, "pair": pair, "waited_s": waited, **timed}
             runs.append(run)
             print(
                 f"[pair {pair + 1}/{args.pairs}] {label}: end to end {run['end_to_end_s']:.2f} s, "
                 f"sweep {run['sweep_wall_s']:.2f} s, before first trial "
-                f"{run['before_first_trial_s']:.2f} s",
+                f"{run['before_first_trial_s']:.2f} s"
+                + (f" (waited {waited:.0f} s for quiet)" if waited >= 1 else ""),
                 flush=True,
             )
     print(f"\nA = {args.a}, B = {args.b}; {args.pairs} ABBA pairs, medians")

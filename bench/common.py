@@ -93,6 +93,36 @@ def ray_token_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores' worth of CPU the whole machine used over the next ``seconds``
+    (``/proc/stat``; 0.0 where it cannot be read)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except OSError:
+        return 0.0
+    cores = os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_for_quiet(max_busy: float = 0.3, timeout_s: float = 600.0) -> float:
+    """Wait until the machine is quiet (under ``max_busy`` cores busy over a second, nothing
+    else's work running) or ``timeout_s`` has passed; returns the seconds waited. Between two
+    timed runs, so that a burst from another user's work lands between them, not inside."""
+    started = time.monotonic()
+    while busy_cores() > max_busy and time.monotonic() - started < timeout_s:
+        time.sleep(2.0)
+    return time.monotonic() - started
+
+
 def run_timed(
     command: Sequence[str],
     *,

@@ -87,6 +87,7 @@ class Context:
     spec: dict[str, Any]
     slots: int
     timeout_s: float
+    baseline_tree: Path | None = None  # caviar_baseline's checkout (--baseline-tree)
 
     @property
     def max_epochs(self) -> int:
@@ -126,6 +127,15 @@ def run_caviar_cold_cache(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead
     """A1: caviar with an empty cache folder, as on a machine's first sweep: MLflow migrates a
     new SQLite store itself (and caviar keeps it as the template), to price the template."""
     return run_caviar(ctx, workdir, CAVIAR_CACHE_DIR=str(workdir / "empty-cache"))
+
+
+def run_caviar_baseline(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
+    """A': ``caviar run spec.yaml`` with another checkout's code first on the path (driver and
+    workers), interleaved with this one's: a change measured against the code before it under
+    the same load (``--baseline-tree``)."""
+    if ctx.baseline_tree is None:
+        raise BenchError("caviar_baseline needs --baseline-tree (a checkout of the older code)")
+    return run_caviar(ctx, workdir, PYTHONPATH=str(ctx.baseline_tree.resolve()))
 
 
 def run_caviar_untracked(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
@@ -208,6 +218,7 @@ SYSTEMS: dict[str, Runner] = {
     "caviar_unpacked": run_caviar_unpacked,
     "caviar_untracked": run_caviar_untracked,
     "caviar_cold_cache": run_caviar_cold_cache,
+    "caviar_baseline": run_caviar_baseline,
     "ray_tune_docs": run_ray_tune_docs,
     "ray_tune_reuse": run_ray_tune_reuse,
     "optuna": run_optuna,
@@ -268,6 +279,15 @@ def aggregate(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[st
                 "end_to_end": ratio(ref["end_to_end_s"], other["end_to_end_s"]),
             }
         ratios[f"{REFERENCE}/floor"] = {"sweep_wall": ratio(ref["sweep_wall_s"], ref["floor_s"])}
+    baseline = medians.get("caviar_baseline")
+    if baseline is not None:  # the older code against the same peers, in the same runs
+        for system in systems:
+            if system in (REFERENCE, "caviar_baseline"):
+                continue
+            ratios[f"caviar_baseline/{system}"] = {
+                "sweep_wall": ratio(baseline["sweep_wall_s"], medians[system]["sweep_wall_s"]),
+                "end_to_end": ratio(baseline["end_to_end_s"], medians[system]["end_to_end_s"]),
+            }
         if "caviar_untracked" in medians:  # both spans from the journal: like for like
             mine = [r for r in runs if r["system"] == REFERENCE]
             tracked = median(r.get("sweep_wall_journal_s") for r in mine)
@@ -324,7 +344,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if unknown or not systems:
         raise BenchError(f"unknown systems {unknown}; valid: {', '.join(SYSTEMS)}")
     spec = effective_spec(load_yaml(args.spec), trials=args.trials, max_epochs=args.max_epochs)
-    ctx = Context(spec=spec, slots=slots(), timeout_s=args.timeout)
+    ctx = Context(
+        spec=spec, slots=slots(), timeout_s=args.timeout, baseline_tree=args.baseline_tree
+    )
     base = fresh_workdir(args.workdir, "caviar-sweep-bench-")
     scheduler = spec.get("scheduler") or {}
     result: dict[str, Any] = {
@@ -341,6 +363,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "reps": args.reps,
             "slots": ctx.slots,
             "systems": systems,
+            "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
             "floor_timed_epochs": args.timed_epochs,
             "workdir": str(base),
         },
@@ -411,7 +434,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--systems",
         default=",".join(DEFAULT_SYSTEMS),
         help=f"comma-separated, in run order (default {','.join(DEFAULT_SYSTEMS)}; "
-        f"also: ray_tune_reuse, caviar_untracked, caviar_cold_cache)",
+        f"also: ray_tune_reuse, caviar_untracked, caviar_cold_cache, caviar_baseline)",
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="caviar_baseline's checkout: the code a change is measured against",
     )
     parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR / "sweep_bench.json", help="the JSON results"

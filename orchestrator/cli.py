@@ -397,7 +397,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return format_summary(result)
 
-    result = run_on_ray(sweep, summary)
+    result = run_on_ray(sweep, summary, trial_workers=True)
     if result.draw_report is not None:  # the plots onto the parent run, the summary already out
         result.draw_report()
     return 0 if result.best is not None else 1

@@ -18,11 +18,14 @@ from orchestrator.engine import raystart
 R = TypeVar("R")
 
 
-def run_on_ray(work: Callable[[], R], summary: Callable[[R], str]) -> R:
+def run_on_ray(
+    work: Callable[[], R], summary: Callable[[R], str], trial_workers: bool = False
+) -> R:
     """``work()`` with Ray starting beside it, then ``summary(result)`` printed; returns the
     result (for what the command does after its summary). ``work`` does its heavy imports
-    itself, so Ray's start overlaps them."""
-    raystart.start_in_background()
+    itself, so Ray's start overlaps them. ``trial_workers``: the work is a sweep, whose trial
+    workers an embedded Ray starts (and warms) at once, beside the same imports."""
+    raystart.start_in_background(trial_workers)
     try:
         result = work()
     finally:

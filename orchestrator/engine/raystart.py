@@ -18,17 +18,23 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 import ray
 
 from orchestrator import speedups
-from orchestrator.engine import ray_orphans
+from orchestrator.engine import ray_orphans, warm
 from orchestrator.environment import apply_environment_defaults
 
 START_ATTEMPTS = 3  # an embedded start that timed out is tried again, this many times in all
+IDLE_WORKER = "ray::IDLE"  # the process title of a Ray worker that holds no task or actor
+
+# What the trial workers of an embedded sweep import before Tune asks for them (the service's
+# head preloads the same, ``service/topology.py``): the trial actor and, with it, torch.
+TRIAL_PRELOAD = ("torch", "orchestrator.engine.trial_actor")
 
 # What ray.init logs when it runs off the main thread (it then skips its SIGTERM handler,
 # which start_in_background installs itself).
@@ -64,20 +70,23 @@ def refresh_ray_config() -> None:
     Config.initialize("")
 
 
-def init_ray() -> None:
+def init_ray(trial_workers: bool = False) -> None:
     """Join the cluster in ``RAY_ADDRESS`` if there is one, else start Ray on loopback.
 
-    Call :func:`prepare_environment` first.
+    With ``trial_workers`` an embedded Ray starts the sweep's trial workers at once, already
+    importing what a trial needs (:func:`_trial_worker_config`). Call
+    :func:`prepare_environment` first.
     """
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, logging_level="WARNING")
         return
     ray_orphans.end_orphans()  # of earlier caviar drivers that were killed
     with ray_orphans.marked_as_owner():  # what Ray starts now inherits the mark
-        _start_embedded()
+        _start_embedded(trial_workers)
 
 
-def _start_embedded() -> None:
+def _start_embedded(trial_workers: bool = False) -> None:
+    system_config = _trial_worker_config() if trial_workers else {}
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
         try:
@@ -91,7 +100,11 @@ def _start_embedded() -> None:
                     log_to_driver=False,
                     logging_level="WARNING",
                     _node_ip_address="127.0.0.1",
+                    _system_config=system_config or None,
                 )
+            if system_config:
+                # In Tune's runtime environment; a failure only warns.
+                _wait_for_idle_workers(warm.prestart_workers())
             return
         except Exception as error:
             # Ray gives its raylet a fixed 30 s to register; on a machine busy with other work
@@ -102,6 +115,59 @@ def _start_embedded() -> None:
             for process in _children() - before:  # what the failed start left running
                 with contextlib.suppress(Exception):  # psutil.Error: it is already gone
                     process.kill()
+
+
+def _trial_worker_config() -> dict[str, Any]:
+    """Ray's system config for a sweep's own Ray: every worker it starts imports
+    :data:`TRIAL_PRELOAD` before its first task, and it starts none of its own accord.
+
+    An embedded Ray otherwise starts one idle worker per CPU as the driver connects, in the
+    job's runtime environment; Tune's trial actors ask for another (``engine/warm.py``), so
+    those workers were started, left idle and reaped while the trials' own workers started
+    and imported torch only once the sweep had begun. Instead :func:`_start_embedded` asks
+    for one worker per CPU in Tune's runtime environment right after the start, and their
+    process start and imports overlap the driver's own imports, data and MLflow parent. A
+    speed-up on Ray's private system config: off with ``CAVIAR_NO_SPEEDUPS`` (Ray's own
+    idle workers then start as before).
+    """
+    if not speedups.enabled():
+        return {}
+    return {
+        "prestart_worker_first_driver": False,
+        "preload_python_modules": list(TRIAL_PRELOAD),
+    }
+
+
+WORKERS_REGISTER_S = 5.0  # how long the start waits for its warm workers to come up
+
+
+def _wait_for_idle_workers(
+    count: int,
+    timeout_s: float = WORKERS_REGISTER_S,
+    children: Callable[[], set[Any]] = lambda: _children(),
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Wait until ``count`` of Ray's workers are up (named ``ray::IDLE``, which a worker calls
+    itself as it connects to the raylet), at most ``timeout_s``; True if they are.
+
+    The start is claimed only after this, so Tune asks for its trial actors once the warm
+    workers can take them: a lease that arrives while they are still starting makes the
+    raylet start another worker, which imports torch beside the first trials and is reaped
+    idle. Past the timeout the start goes on as it would have (the speed-up is lost, nothing
+    else).
+    """
+    deadline = clock() + timeout_s
+    while count > 0:
+        idle = 0
+        for process in children():
+            with contextlib.suppress(Exception):  # psutil.Error: it is already gone
+                idle += process.name() == IDLE_WORKER
+        if idle >= count:
+            return True
+        if clock() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _children() -> set[Any]:
@@ -140,7 +206,7 @@ def _without_monitors() -> Iterator[None]:
 
     parameter.RayParams.__init__ = lean  # type: ignore[method-assign]
     try:
-        with _without_api_server():
+        with _without_api_server(), _minimal_dashboard_agent():
             yield
     finally:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
@@ -176,6 +242,34 @@ def _without_api_server() -> Iterator[None]:
         node.Node.start_api_server = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def _minimal_dashboard_agent() -> Iterator[None]:
+    """``ray.init`` with the raylet's dashboard agent in its minimal form.
+
+    The raylet always starts a dashboard agent; Ray starts it ``--minimal`` (its gRPC
+    server, without the HTTP server, metrics export and reporter modules) when the
+    dashboard's optional dependencies are missing, which it finds out by importing them
+    (aiohttp, opencensus, prometheus_client...) in the driver. An embedded sweep has no
+    dashboard to feed, so both the driver's import and the full agent's (a Python process
+    importing its web stack while the driver and the first trial workers start) are skipped:
+    the check answers "missing" for the duration of the call. If Ray stops having the check,
+    the agent starts in full, as before.
+    """
+    from ray._private import utils as ray_utils
+
+    original = getattr(ray_utils, "get_dashboard_dependency_error", None)
+    if original is None:
+        yield
+        return
+    ray_utils.get_dashboard_dependency_error = lambda: ImportError(  # type: ignore[assignment]
+        "caviar: an embedded sweep's Ray has no dashboard"
+    )
+    try:
+        yield
+    finally:
+        ray_utils.get_dashboard_dependency_error = original  # type: ignore[assignment]
+
+
 class _BackgroundStart:
     """``ray.init`` on a thread that then stays parked for the rest of the process.
 
@@ -185,14 +279,15 @@ class _BackgroundStart:
     process, which is what the main thread gives a synchronous start.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trial_workers: bool) -> None:
         self.error: BaseException | None = None
+        self.trial_workers = trial_workers
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="caviar-ray-init", daemon=True)
 
     def _run(self) -> None:
         try:
-            init_ray()
+            init_ray(self.trial_workers)
         except BaseException as error:  # handed to whoever claims or discards the start
             self.error = error
         finally:
@@ -224,11 +319,12 @@ _worker_log = logging.getLogger("ray._private.worker")
 _pending: _BackgroundStart | None = None
 
 
-def start_in_background() -> None:
+def start_in_background(trial_workers: bool = False) -> None:
     """Begin ``ray.init`` on a thread; :func:`claim` waits for it, :func:`discard` undoes it.
 
-    Call it on the main thread. Nothing happens when Ray is already initialized or a start is
-    already under way.
+    ``trial_workers``: the command runs a sweep, whose trial workers an embedded Ray starts
+    at once (:func:`init_ray`). Call it on the main thread. Nothing happens when Ray is
+    already initialized or a start is already under way.
     """
     global _pending
     if _pending is not None or ray.is_initialized():
@@ -239,7 +335,7 @@ def start_in_background() -> None:
     # private set_sigterm_handler is this very call on every platform caviar runs on.)
     signal.signal(signal.SIGTERM, _sigterm)
     _worker_log.addFilter(_drop_thread_warning)
-    _pending = _BackgroundStart()
+    _pending = _BackgroundStart(trial_workers)
     _pending.thread.start()
 
 

@@ -136,6 +136,22 @@ def test_medians_and_ratios() -> None:
     assert "caviar/optuna" in table and "compute floor" in table and "30.0 s" in table
 
 
+def test_the_baseline_checkout_gets_its_own_ratios_against_the_same_peers() -> None:
+    from bench.sweep_bench import aggregate
+
+    runs = [
+        {"system": system, "rep": 0, "sweep_wall_s": wall, "end_to_end_s": e2e}
+        for system, wall, e2e in (
+            ("caviar_baseline", 4.0, 20.0), ("caviar", 4.0, 16.0), ("optuna", 8.0, 16.0)
+        )
+    ]  # fmt: skip
+    ratios = aggregate(runs, ["caviar_baseline", "caviar", "optuna"])["ratios"]
+    assert ratios["caviar/caviar_baseline"]["end_to_end"] == pytest.approx(0.8)
+    assert ratios["caviar/optuna"]["end_to_end"] == pytest.approx(1.0)
+    assert ratios["caviar_baseline/optuna"]["end_to_end"] == pytest.approx(1.25)
+    assert "caviar_baseline/caviar" not in ratios
+
+
 def test_ray_tune_baseline_samples_the_specs_space() -> None:
     import numpy as np
 

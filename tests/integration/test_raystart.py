@@ -37,7 +37,14 @@ def square(x):
     return x * x
 
 node = ray._private.worker._global_node
+import psutil
+# The raylet starts the agent with the command it was given (the agent renames itself).
+agent_commands = [
+    part for p in psutil.Process().children(recursive=True) for part in p.cmdline()
+    if part.startswith("--dashboard_agent_command=")
+]
 print(json.dumps({
+    "agents_minimal": [" --minimal" in command for command in agent_commands],
     "processes": sorted(node.all_processes),
     "squares": ray.get([square.remote(i) for i in range(4)]),
     "restored": parameter.RayParams.__init__ is before,
@@ -70,6 +77,7 @@ def test_a_local_cluster_starts_without_the_monitors_and_the_api_server() -> Non
     assert not {"monitor", "log_monitor", "dashboard"} & set(started["processes"]), started
     assert started["dashboard_url"] is None  # Ray knows it has no dashboard
     assert started["restored"] and started["api_server_restored"]
+    assert started["agents_minimal"] == [True], started  # no dashboard: its agent is minimal
 
 
 def test_without_speedups_a_local_cluster_starts_as_ray_starts_it() -> None:
@@ -77,6 +85,58 @@ def test_without_speedups_a_local_cluster_starts_as_ray_starts_it() -> None:
     process start as Ray starts them, and the cluster works."""
     started = _start_embedded(CAVIAR_NO_SPEEDUPS="1")
     assert {"monitor", "log_monitor", "dashboard"} <= set(started["processes"]), started
+    assert started["agents_minimal"] == [False], started
+
+
+WARM_START = """
+import json, os, sys
+import ray
+from orchestrator.engine import raystart
+
+raystart.prepare_environment()
+raystart.init_ray(trial_workers=True)
+from ray.tune.execution import class_cache
+
+# A trial actor's runtime environment, as Tune builds it (engine/warm.py matches it).
+env_vars = dict(class_cache.DEFAULT_ENV_VARS)
+env_vars.update({k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if k in os.environ})
+
+@ray.remote(num_cpus=1, runtime_env={"env_vars": env_vars})
+class Probe:
+    def __init__(self):
+        # Before anything here imports them: what the worker had imported on its own.
+        self.found = {m: m in sys.modules for m in ("torch", "orchestrator.engine.trial_actor")}
+
+    def report(self):
+        return os.getpid(), self.found
+
+probes = [Probe.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]
+reports = ray.get([p.report.remote() for p in probes])
+print(json.dumps({"preloaded": [found for _, found in reports],
+                  "pids": sorted(pid for pid, _ in reports)}))
+ray.shutdown()
+"""
+
+
+def test_a_sweeps_own_ray_starts_its_trial_workers_with_torch_and_the_trial_actor() -> None:
+    """``caviar run`` starts its embedded Ray with the trial workers asked for at once, in
+    Tune's runtime environment, importing torch and the trial actor before the first trial
+    (``raystart._trial_worker_config``): an actor Tune creates lands on a worker that has
+    both already, one per CPU."""
+    out = subprocess.run(
+        [sys.executable, "-c", WARM_START],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    started = json.loads(out.stdout.strip().splitlines()[-1])
+    assert started["preloaded"], started
+    for found in started["preloaded"]:
+        assert found == {"torch": True, "orchestrator.engine.trial_actor": True}, started
+    assert len(set(started["pids"])) == len(started["pids"])  # one worker per actor
 
 
 SMALL_SPEC = """\
