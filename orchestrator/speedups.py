@@ -19,6 +19,14 @@ The speed-ups, and what runs instead with the switch off:
   ``ray.tune.execution.class_cache``): none prestarted; each sweep starts its workers.
 - *Preload* (``service/topology.py``: the head's ``preload_python_modules`` system config, which
   has every worker import torch and the trial actor): workers import them when a trial needs.
+- *An embedded sweep's trial workers started with Ray* (``engine/raystart.py``:
+  ``_trial_worker_config``, Ray's ``_system_config`` keys ``prestart_worker_first_driver``
+  and ``preload_python_modules``, then the warm workers above, waited for by their process
+  title ``ray::IDLE``): Ray starts its own idle workers, and the trials' workers start and
+  import torch once the sweep has begun.
+- *The embedded Ray's dashboard agent in its minimal form* (``engine/raystart.py``:
+  ``_minimal_dashboard_agent`` patches ``ray._private.utils.get_dashboard_dependency_error``):
+  the agent as Ray starts it, the driver importing the dashboard's web stack to decide.
 - *The newest waiting trial first* (``engine/trial_choice.py``, reading Tune's
   ``TuneController.get_trials``): Tune's own FIFO choice.
 - *A new SQLite store from a migrated template* (``store/sqlite_seed.py``, MLflow's
