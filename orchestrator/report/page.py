@@ -119,8 +119,13 @@ def write_report(
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = analysed if analysed is not None else analyse(history)
+    # Under PBT a trial's starting values do not explain its result (its copies replaced
+    # them): its picture is the lineage's, not the objective against starting values.
+    pbt = history.params.get(layout.SCHEDULER_KIND_PARAM) == "pbt"
     pictures = [
-        _plot_objective_vs_parameters(history, out_dir / "objective_vs_parameters.png"),
+        None
+        if pbt
+        else _plot_objective_vs_parameters(history, out_dir / "objective_vs_parameters.png"),
         _plot_learning_curves(history, out_dir / "learning_curves.png"),
         _plot_search_progress(history, out_dir / "best_so_far.png"),
         _plot_importance(report, out_dir / "importance.png"),

@@ -134,6 +134,7 @@ def test_the_lineage_is_on_the_parent_and_each_copy_on_its_child(
     # claimed from starting values that copies replaced
     drawn = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "pbt_lineage.png" in drawn, drawn
+    assert "objective_vs_parameters.png" not in drawn  # starting values explain nothing here
     assert "importance:" not in pbt_sweep["stdout"]
 
 
