@@ -106,3 +106,7 @@ class PbtWorkerPlan:
 
     def is_boundary(self, epoch: int) -> bool:
         return epoch in self.boundaries
+
+    def values_of(self, config: Mapping[str, Any]) -> list[list[Any]]:
+        """A trial's current sampled values, as its step result carries them (``PBT_VALUES``)."""
+        return [[name, config.get(name)] for name in self.sampled]

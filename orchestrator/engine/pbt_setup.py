@@ -11,6 +11,7 @@ from orchestrator.engine import live
 from orchestrator.engine.pbt_files import PbtFiles, PbtWorkerPlan
 from orchestrator.engine.pbt_scheduler import PbtTrialScheduler
 from orchestrator.engine.sweep import Sweep, trainable_path
+from orchestrator.report.page import format_value
 from orchestrator.search.pbt import Exploit, PbtPlan, line_of, perturbable
 from orchestrator.spec import PbtScheduler, SweepSpec
 from orchestrator.store import layout
@@ -103,7 +104,7 @@ class GenerationLog:
         )
         for exploit in exploits:
             changed = ", ".join(
-                f"{name} {_short(exploit.before.get(name))} -> {_short(value)}"
+                f"{name} {format_value(exploit.before.get(name))} -> {format_value(value)}"
                 for name, value in exploit.after.items()
                 if value != exploit.before.get(name)
             )
@@ -142,15 +143,11 @@ def pbt_summary(
         lines[0] += f"; the best trial's weights come from trial {line[0].trial}'s"
     lines.append("  best's schedule:")
     for segment in line:
-        shown = ", ".join(f"{k} {_short(segment.values.get(k))}" for k in names)
+        shown = ", ".join(f"{k} {format_value(segment.values.get(k))}" for k in names)
         lines.append(
             f"    epochs {segment.start + 1}-{segment.end}: trial {segment.trial} ({shown})"
         )
     return lines
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class PbtSweep:

@@ -158,7 +158,7 @@ class CaviarTrainable(tune.Trainable):
         self._last_result = epochs[-1]
         result: dict[str, Any] = {**epochs[-1], EPOCH_RESULTS: epochs}
         if self._pbt is not None:
-            result[PBT_VALUES] = [[n, self._current.get(n)] for n in self._pbt.sampled]
+            result[PBT_VALUES] = self._pbt.values_of(self._current)
         if self._session.finished:
             result["done"] = True
         interval = self._checkpoint_every_s
@@ -190,8 +190,8 @@ class CaviarTrainable(tune.Trainable):
             return None
         found = pbt.files.exploit_for(epoch, int(self._index))
         if found is False:
-            values = [[n, self._current.get(n)] for n in pbt.sampled]
-            return {**self._last_result, EPOCH_RESULTS: [self._last_result], PBT_VALUES: values}
+            again = {**self._last_result, EPOCH_RESULTS: [self._last_result]}
+            return {**again, PBT_VALUES: pbt.values_of(self._current)}
         self._pbt_applied = epoch
         if isinstance(found, Exploit):
             self._copy(pbt, found)
