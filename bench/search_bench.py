@@ -92,8 +92,10 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 # trials, each trained to the budget, spends exactly B; every PBT_GENERATIONS-th of the
 # budget the bottom quarter copies the top quarter (scheduler kind pbt). Its baseline of
 # fixed configurations, random_fifo: as many random trials, each trained to the budget.
-PBT_ARMS = ("pbt",)
-FULL_BUDGET_ARMS = ("pbt", "random_fifo")
+# `pbt` runs its trials unpacked (pack_size 1, as measured first); `pbt_packed` lets caviar
+# pack them (pack_size auto: fused packs where the population has one shape).
+PBT_ARMS = ("pbt", "pbt_packed")
+FULL_BUDGET_ARMS = (*PBT_ARMS, "random_fifo")
 PBT_GENERATIONS = 9
 REFERENCE = "random"  # the target is the median of its best at the budget
 # The epoch budget B every arm is compared at: this many full trials' worth of epochs. Fixed
@@ -143,7 +145,8 @@ def run_arm(spec: dict[str, Any], arm: str, workdir: Path, timeout_s: float) -> 
                 "quantile": 0.25,
                 "max_epochs": budget,
             }
-            spec["resources"] = {**(spec.get("resources") or {}), "pack_size": 1}
+            pack_size = "auto" if arm == "pbt_packed" else 1
+            spec["resources"] = {**(spec.get("resources") or {}), "pack_size": pack_size}
         spec["search"]["num_trials"] = BUDGET_FULL_TRIALS
     if arm in ("random", "zoom", "tpe", *ABLATIONS, *FULL_BUDGET_ARMS):
         trials = int(spec["search"]["num_trials"])

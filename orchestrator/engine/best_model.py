@@ -9,8 +9,9 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from orchestrator.engine.pack_run import MEMBER_FILE
 from orchestrator.engine.sweep import MEMBERS_DIR, Sweep, milestones
-from orchestrator.engine.trial_actor import MEMBER_FILE, load_trial_state
+from orchestrator.engine.trial_actor import load_trial_state
 from orchestrator.search.ranking import ranked
 from orchestrator.spec import SweepSpec
 from orchestrator.store.lifecycle import RunLifecycle

@@ -51,16 +51,26 @@ def packer_for(
 
     ``auto`` asks the trainable for the pack size of each shape on the trials' device, and
     caps it so that every slot of the cluster gets at least ``PACKS_PER_SLOT`` packs a round.
+
+    Population-based training packs only a population of one shape (no sampled shape field):
+    a copy takes its donor's configuration, and a member cannot change shape inside its pack.
+    Its ``auto`` cap is a pack per slot: nothing stops early, so no tail of survivors idles
+    a slot, and every member waits for the whole population at each boundary anyway.
     """
     requested = spec.resources.pack_size
-    if requested == 1 or isinstance(spec.scheduler, PbtScheduler):
-        return None  # PBT's copies move whole trials: its trials are not packed (yet)
+    if requested == 1:
+        return None
     packing = get_trainable(spec.trainable, search_path).packing
     if packing is None:
         return None  # validation refuses an integer pack size for such a trainable
+    sampled = {domain.name for domain in spec.search_space().sampled}
     device_kind = "cuda" if spec.resources.gpus_per_trial > 0 else "cpu"
     round_size = spec.search_space().grid_size() * spec.search.samples_per_point()
     cap = max(1, round_size // (PACKS_PER_SLOT * max(1, slots)))
+    if isinstance(spec.scheduler, PbtScheduler):
+        if sampled & set(packing.shape_fields):
+            return None  # validation refuses an integer pack size for such a population
+        cap = -(-round_size // max(1, slots))
 
     def size_for(config: Mapping[str, Any], waiting: int) -> int:
         if isinstance(requested, int):
@@ -68,7 +78,6 @@ def packer_for(
         chosen = packing.auto_size(config, device_kind, waiting, n_features, n_classes)
         return max(1, min(chosen, cap, waiting))
 
-    sampled = {domain.name for domain in spec.search_space().sampled}
     return Packer(
         shape_fields=packing.shape_fields,
         sampled=frozenset(sampled & set(packing.shape_fields)),

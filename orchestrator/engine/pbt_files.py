@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.search.pbt import Exploit
+from orchestrator.trials import HP_PREFIX
 
 PBT_DIR = "pbt"
 _DECISION = re.compile(r"epoch-(\d+)\.json")
@@ -41,6 +42,18 @@ class PbtFiles:
 
     def state_path(self, index: int, epoch: int) -> Path:
         return self.folder / "states" / f"trial-{index}" / f"epoch-{epoch}.pt"
+
+    def save_state(
+        self, index: int, epoch: int, config: Mapping[str, Any], session: Mapping[str, Any]
+    ) -> None:
+        """Trial ``index``'s state at boundary ``epoch``, written whole before it is reported."""
+        import torch  # the workers' side: the driver only reads decisions
+
+        path = self.state_path(index, epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        torch.save({"config": dict(config), "session": session}, partial)
+        os.replace(partial, path)
 
     def decision_path(self, epoch: int) -> Path:
         return self.folder / "decisions" / f"epoch-{epoch}.json"
@@ -106,6 +119,14 @@ class PbtWorkerPlan:
 
     def is_boundary(self, epoch: int) -> bool:
         return epoch in self.boundaries
+
+    def hp_metrics(self, config: Mapping[str, Any]) -> dict[str, float]:
+        """The ``hp.NAME`` metrics of an epoch trained with ``config``: its numeric values."""
+        return {
+            f"{HP_PREFIX}{name}": float(value)
+            for name in self.sampled
+            if isinstance(value := config.get(name), (int, float)) and not isinstance(value, bool)
+        }
 
     def values_of(self, config: Mapping[str, Any]) -> list[list[Any]]:
         """A trial's current sampled values, as its step result carries them (``PBT_VALUES``)."""

@@ -14,12 +14,16 @@ generation is decided from the same scores as the killed run would have.
 
 A trial that ends before a boundary (diverged, or failed for good) no longer holds its
 generation back. One Tune restarts after a failure counts again from its re-add.
+
+A fused pack (one Tune trial, several caviar trials: ``pack_run.py``) is judged member by
+member: its members reach each boundary in one step, each is scored there, and the pack waits
+paused until the generation is decided, as a lone trial does.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from ray.tune.experiment import Trial
@@ -28,7 +32,7 @@ from ray.tune.schedulers import TrialScheduler
 from orchestrator.engine.pbt_files import PbtFiles
 from orchestrator.engine.trial_choice import NewestPendingFirst
 from orchestrator.search.pbt import Exploit, PbtPlan, decide
-from orchestrator.trials import PBT_VALUES
+from orchestrator.trials import MEMBER_LAST, MEMBER_RESULTS, PBT_VALUES
 
 GenerationListener = Callable[[int, list[Exploit]], None]
 
@@ -46,9 +50,12 @@ class PbtTrialScheduler(NewestPendingFirst, TrialScheduler):
         metric: str,
         mode: Literal["min", "max"],
         ended: Mapping[int, int] | None = None,
+        members_of: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         self.index_of = index_of  # the searcher's live map: Ray trial id -> caviar index
+        # The searcher's live map of packs: Ray trial id -> its members' indices.
+        self.members_of: Mapping[str, Sequence[int]] = members_of if members_of is not None else {}
         self.plan = plan
         self.population = population
         self.files = files
@@ -57,6 +64,7 @@ class PbtTrialScheduler(NewestPendingFirst, TrialScheduler):
         self._scores: dict[int, dict[int, float]] = {}  # boundary -> index -> objective
         self._values: dict[int, dict[int, dict[str, Any]]] = {}  # boundary -> index -> values
         self._paused_at: dict[str, int] = {}  # Ray trial id -> the boundary it waits at
+        self._done: set[int] = set()  # trials seen to diverge or train their last epoch
         self._objective = metric
         self._mode = mode
         # Told of each generation as it is decided (the observer: journal, MLflow), and of
@@ -79,29 +87,49 @@ class PbtTrialScheduler(NewestPendingFirst, TrialScheduler):
     # --- Tune's calls ------------------------------------------------------------------
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        index = self.index_of.get(trial.trial_id)
-        if index is not None:
-            self.ended.pop(index, None)  # restarted after a failure: it counts again
+        for index in self._indices(trial):
+            if index not in self._done:
+                self.ended.pop(index, None)  # restarted after a failure: it counts again
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        index = self.index_of.get(trial.trial_id)
-        epoch = int(result.get("epoch", 0))
-        if index is None or result.get("diverged") or not self.plan.is_boundary(epoch):
+        if trial.trial_id in self.members_of:
+            members = [(int(i), epochs[-1]) for i, epochs in result.get(MEMBER_RESULTS) or ()]
+            values = {int(i): v for i, v in result.get(PBT_VALUES) or ()}
+        else:
+            index = self.index_of.get(trial.trial_id)
+            members = [] if index is None else [(index, result)]
+            values = {index: result.get(PBT_VALUES)} if index is not None else {}
+        waiting = [
+            (index, epoch)
+            for index, entry in members
+            if (epoch := self._scored(index, entry, values.get(index))) is not None
+        ]
+        self._decide_ready()
+        if not waiting or waiting[0][1] in self.decided:  # the last of its generation
             return TrialScheduler.CONTINUE
-        if epoch in self.decided:
-            return TrialScheduler.CONTINUE
-        score = result.get(self._objective)
+        self._paused_at[trial.trial_id] = waiting[0][1]
+        if self.on_pause is not None:
+            for index, _ in waiting:
+                self.on_pause(index)
+        return TrialScheduler.PAUSE
+
+    def _scored(self, index: int, entry: Mapping[str, Any], values: Any) -> int | None:
+        """Take trial ``index``'s newest epoch: the undecided boundary it now waits at, if any.
+        A trial that diverged or trained its last epoch has ended there (a pack member ends
+        while its pack goes on)."""
+        epoch = int(entry.get("epoch", 0))
+        if entry.get("diverged") or epoch >= self.plan.max_epochs:
+            self.ended[index] = epoch
+            self._done.add(index)
+            return None
+        if not self.plan.is_boundary(epoch) or epoch in self.decided:
+            return None
+        score = entry.get(self._objective)
         self._scores.setdefault(epoch, {})[index] = (
             float(score) if isinstance(score, (int, float)) else math.nan
         )
-        self._values.setdefault(epoch, {})[index] = dict(result.get(PBT_VALUES) or {})
-        self._decide_ready()
-        if epoch in self.decided:  # the last of its generation: it goes on at once
-            return TrialScheduler.CONTINUE
-        self._paused_at[trial.trial_id] = epoch
-        if self.on_pause is not None:
-            self.on_pause(index)
-        return TrialScheduler.PAUSE
+        self._values.setdefault(epoch, {})[index] = dict(values or {})
+        return epoch
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         self._ended(trial, result)
@@ -140,11 +168,21 @@ class PbtTrialScheduler(NewestPendingFirst, TrialScheduler):
         waiting_at = self._paused_at.get(trial.trial_id)
         return waiting_at is None or waiting_at in self.decided
 
-    def _ended(self, trial: Trial, result: dict | None) -> None:
+    def _indices(self, trial: Trial) -> list[int]:
+        members = self.members_of.get(trial.trial_id)
+        if members is not None:
+            return [int(i) for i in members]
         index = self.index_of.get(trial.trial_id)
-        if index is None:
-            return
-        self.ended[index] = int((result or {}).get("epoch", 0))
+        return [] if index is None else [index]
+
+    def _ended(self, trial: Trial, result: dict | None) -> None:
+        newest = {int(i): entry for i, entry in (result or {}).get(MEMBER_LAST) or ()}
+        for index in self._indices(trial):
+            if trial.trial_id in self.members_of:
+                if index not in self._done:  # a member that left earlier keeps its epoch
+                    self.ended[index] = int(newest.get(index, {}).get("epoch", 0))
+            else:
+                self.ended[index] = int((result or {}).get("epoch", 0))
         self._decide_ready()
 
     def _decide_ready(self) -> None:

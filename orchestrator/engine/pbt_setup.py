@@ -4,7 +4,7 @@ and children, terminal)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.engine import live
@@ -61,6 +61,7 @@ def pbt_scheduler(
     files: PbtFiles,
     index_of: Mapping[str, int],
     ended: Mapping[int, int] | None = None,
+    members_of: Mapping[str, Sequence[int]] | None = None,
 ) -> PbtTrialScheduler:
     return PbtTrialScheduler(
         index_of,
@@ -70,6 +71,7 @@ def pbt_scheduler(
         metric=spec.objective.metric,
         mode=spec.mode,
         ended=ended,
+        members_of=members_of,
     )
 
 
@@ -166,9 +168,10 @@ class PbtSweep:
         ended: Mapping[int, int],
         observer: Any,
         journal: Journal,
+        members_of: Mapping[str, Sequence[int]] | None = None,
     ) -> PbtTrialScheduler:
         self.log.journal = journal
-        scheduler = pbt_scheduler(self.spec, self.plan, self.files, index_of, ended)
+        scheduler = pbt_scheduler(self.spec, self.plan, self.files, index_of, ended, members_of)
         scheduler.on_generation = self.log.generation
         scheduler.on_pause = observer.stalls.ended  # a paused trial's silence is no stall
         return scheduler

@@ -352,7 +352,9 @@ def _fit(sweep: Sweep) -> None:
         if isinstance(scheduler, HalvingScheduler):
             scheduler.journal = journal
         if pbt is not None:
-            scheduler = pbt.scheduler(searcher.index_of, ended, observer, journal)
+            scheduler = pbt.scheduler(
+                searcher.index_of, ended, observer, journal, searcher.members_of
+            )
         if searcher.remaining > 0:
             worker = pbt.worker if pbt is not None else None
             tuner = build_tuner(

@@ -325,13 +325,16 @@ def _pbt_problems(spec: SweepSpec, definition: Any) -> Iterable[Problem]:
             f"is {limit}, but pbt keeps its whole population of {population} trials in "
             "flight (they wait for each other at every interval); remove max_concurrent",
         )
-    if isinstance(spec.resources.pack_size, int) and spec.resources.pack_size > 1:
-        yield Problem(
-            "resources.pack_size",
-            "pbt trials are not packed yet; use pack_size: 1 (auto runs them unpacked)",
-        )
     adjustable = adjustable_of(definition)
     shape = definition.packing.shape_fields if definition.packing is not None else ()
+    shaped = sorted({d.name for d in spec.search_space().sampled} & set(shape))
+    if isinstance(spec.resources.pack_size, int) and spec.resources.pack_size > 1 and shaped:
+        yield Problem(
+            "resources.pack_size",
+            f"a pbt population packs only when every trial has one shape, but space samples "
+            f"{', '.join(shaped)} (a copy takes its donor's shape, which a pack cannot); fix "
+            "them in fixed, or use pack_size: 1 (auto leaves such a population unpacked)",
+        )
     moved = perturbable(spec.search_space().sampled, adjustable, shape)
     if not moved:
         allowed = ", ".join(sorted(adjustable - {*shape, "epochs", "seed"})) or "none"

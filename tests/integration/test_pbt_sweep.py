@@ -101,8 +101,13 @@ def test_a_copy_trains_on_exactly_as_its_donor(pbt_sweep: dict[str, Any]) -> Non
         epoch, trial, donor = exploit["epoch"], exploit["trial"], exploit["from_trial"]
         mine, theirs = histories[trial], histories[donor]
         after = range(epoch + 1, epoch + 3)  # to the next generation
-        for key in ("val_accuracy", "val_loss", "hp.learning_rate", "hp.momentum"):
+        for key in ("val_accuracy", "hp.learning_rate", "hp.momentum"):
             assert [mine[key][e] for e in after] == [theirs[key][e] for e in after], key
+        # a fused pack reports its members' losses from one batched evaluation, summed in
+        # another order than a lone trial's (the weights are equal to the bit: test_pack.py)
+        assert [mine["val_loss"][e] for e in after] == pytest.approx(
+            [theirs["val_loss"][e] for e in after], rel=1e-6
+        )
         # before the copy it trained with its own values
         assert mine["hp.learning_rate"][epoch] == pytest.approx(exploit["before"]["learning_rate"])
         assert mine["hp.learning_rate"][epoch + 1] == pytest.approx(
@@ -136,6 +141,36 @@ def test_the_lineage_is_on_the_parent_and_each_copy_on_its_child(
     assert "pbt_lineage.png" in drawn, drawn
     assert "objective_vs_parameters.png" not in drawn  # starting values explain nothing here
     assert "importance:" not in pbt_sweep["stdout"]
+
+
+def test_packed_it_decides_and_trains_as_unpacked(
+    pbt_sweep: dict[str, Any], tmp_path: Path
+) -> None:
+    """The population of one shape runs in fused packs (pack_size auto): copies inside a pack
+    (no file read), from another pack and into a lone trial. The same population with
+    pack_size 1 must make the same decisions from the same scores and train the same curves:
+    a fused member's weights are a lone trial's to the bit (test_pack.py)."""
+    assert "fused packs:" in pbt_sweep["stdout"]
+    (tmp_path / "pbt.yaml").write_text(SPEC + "resources: {pack_size: 1}\n")
+    result = run_caviar("run", "pbt.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "fused packs:" not in result.stdout
+    unpacked = _read(tmp_path)
+    assert unpacked["decisions"] == pbt_sweep["decisions"]
+    packs = {
+        index: child.data.tags.get("caviar.pack")
+        for index, child in pbt_sweep["children"].items()
+    }
+    copies = [(e["trial"], e["from_trial"]) for e in _exploits(pbt_sweep)]
+    assert any(packs[t] is not None and packs[t] == packs[d] for t, d in copies), (packs, copies)
+    assert any(packs[t] != packs[d] for t, d in copies), (packs, copies)
+    for index in range(N_TRIALS):
+        mine, theirs = pbt_sweep["histories"][index], unpacked["histories"][index]
+        for key in ("val_accuracy", "hp.learning_rate", "hp.momentum"):
+            assert mine[key] == theirs[key], (index, key)
+        assert list(mine["val_loss"].values()) == pytest.approx(
+            list(theirs["val_loss"].values()), rel=1e-6
+        )
 
 
 def test_killed_at_a_generation_it_resumes_to_the_same_decisions_and_results(

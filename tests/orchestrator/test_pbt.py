@@ -198,6 +198,17 @@ def test_pbt_spec_problems_name_the_fix(change: str, path: str, words: str) -> N
     assert words in problems[path]
 
 
+def test_a_population_of_one_shape_may_be_packed() -> None:
+    """A copy takes its donor's configuration; inside a fused pack it must keep the pack's
+    shape, so a pack size is accepted when space samples no shape field."""
+    one_shape = PBT_SPEC.replace(
+        "hidden_units: {scale: log, low: 8, high: 32, integer: true}",
+        "momentum: {scale: log1m, low: 0.5, high: 0.99}",
+    )
+    spec = parse_spec_text(one_shape.replace("name: pbt", "name: pbt\nresources: {pack_size: 3}"))
+    assert spec.resources.pack_size == 3
+
+
 # --- the scheduler's generations, arrival order and resume (no Ray: a driver plays Tune) ---
 
 
@@ -325,11 +336,12 @@ def test_a_trial_that_diverges_at_a_boundary_does_not_hold_its_generation(
             None, trials[index], {"epoch": 2, "score": 0.5 + index, "pbt_values": values}
         )
         assert decision == "PAUSE"
-    # trial 2 diverges at epoch 2: it reports no score, and Tune completes it there
+    # trial 2 diverges at epoch 2: it reports no score and has ended there (a pack member
+    # ends so while its pack goes on), then Tune completes it
     assert scheduler.on_trial_result(None, trials[2], {"epoch": 2, "diverged": True}) == (
         "CONTINUE"
     )
-    assert scheduler.decided == set()
+    assert scheduler.decided == {2}
     scheduler.on_trial_complete(None, trials[2], {"epoch": 2, "diverged": True})
     assert scheduler.decided == {2}
     assert [e.trial for e in files.lineage()] == [0]  # 1 of the 2 it waited for copies

@@ -110,7 +110,7 @@ def test_fields_that_cannot_change_results_may_change_on_resume(tmp_path: Path) 
 WATCHED = """
 import sys, time
 from pathlib import Path
-from orchestrator.engine.trial_actor import EpochWatchdog
+from orchestrator.engine.epoch_watchdog import EpochWatchdog
 dog = EpochWatchdog(float(sys.argv[1]), Path(sys.argv[2]))
 with dog.watching(2):
     pass  # a quick epoch: disarmed in time

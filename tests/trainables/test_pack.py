@@ -350,6 +350,35 @@ def test_session_state_loads_into_a_member(digits_tensors: TensorSplits) -> None
     _assert_states_equal(target.member_state_dict(2), source.member_state_dict(2))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_member_copies_another_with_new_values(
+    optimizer: str, digits_tensors: TensorSplits
+) -> None:
+    """Population-based training's copy inside a pack: member 0 takes member 1's state with
+    member 1's config and new values (a perturbed learning rate, weight decay and lr decay);
+    from then on it trains bit for bit as a lone session of that config loaded from member
+    1's state, and the other members are untouched."""
+    configs = _configs(optimizer, epochs=4)
+    pack = PackSession(configs, digits_tensors)
+    pack.step()
+    donor = pack.member_state_dict(1)
+    new = {**configs[1], "learning_rate": configs[1]["learning_rate"] * 1.25}
+    new.update(weight_decay=2e-3, lr_decay=0.2)
+    pack.load_member_states({0: donor}, configs={0: new})
+    alone = TrainingSession(new, digits_tensors)
+    alone.load_state_dict(donor)
+    while not alone.finished:
+        alone.step()
+    untouched = TrainingSession(configs[2], digits_tensors)
+    while not untouched.finished:
+        untouched.step()
+    _run(pack)
+    _assert_states_equal(pack.member_state_dict(0), alone.state_dict())
+    _assert_states_equal(pack.member_state_dict(2), untouched.state_dict())
+    with pytest.raises(ValueError, match="another shape"):
+        pack.load_member_states({0: donor}, configs={0: {**new, "hidden_units": 16}})
+
+
 def test_evaluate_a_retired_member(small_tensors: TensorSplits) -> None:
     configs = [{**BASE, "hidden_units": 16, "epochs": e, "seed": e} for e in (1, 3)]
     pack = PackSession(configs, small_tensors)

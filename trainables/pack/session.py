@@ -438,28 +438,39 @@ class PackSession:
             )
         self._rebuild(members, removed)
 
-    def load_member_states(self, states: Mapping[int, Mapping[str, Any]]) -> None:
+    def load_member_states(
+        self,
+        states: Mapping[int, Mapping[str, Any]],
+        configs: Mapping[int, MlpConfig | Mapping[str, Any]] | None = None,
+    ) -> None:
         """Load several members at once from TrainingSession.state_dict()s (or
         member_state_dict()s), e.g. a pack continued from its members' checkpoints; members
-        not in ``states`` keep their current state, removed members come back when given."""
+        not in ``states`` keep their current state, removed members come back when given.
+
+        ``configs`` gives some of the loaded members a new configuration of the pack's shape
+        (a population-based training copy: its donor's values, perturbed): their optimizer
+        hyperparameters, lr schedule and BN momentum follow it from the next epoch."""
         for member_id in states:
             if not 0 <= member_id < len(self.configs):
                 raise KeyError(f"no member {member_id} (the pack has {len(self.configs)})")
         if not states:
             return
+        self._replace_configs({m: c for m, c in (configs or {}).items() if m in states})
         members = {m: self.member_state_dict(m) for m in self.member_ids if m not in states}
         members.update({int(m): dict(s) for m, s in states.items()})
         self._rebuild(members, self._removed - set(states))
 
     def load_member_state_dict(self, member_id: int, state: Mapping[str, Any]) -> None:
-        """Load one member from a TrainingSession.state_dict() (or member_state_dict()),
-        e.g. a trial restored or exploited by population-based training; a removed member
-        comes back. The member's own config (``self.configs``) stays in force."""
-        if not 0 <= member_id < len(self.configs):
-            raise KeyError(f"no member {member_id} (the pack has {len(self.configs)})")
-        members = {m: self.member_state_dict(m) for m in self.member_ids if m != member_id}
-        members[member_id] = dict(state)
-        self._rebuild(members, self._removed - {member_id})
+        """Load one member (see ``load_member_states``); its own config stays in force."""
+        self.load_member_states({member_id: state})
+
+    def _replace_configs(self, configs: Mapping[int, MlpConfig | Mapping[str, Any]]) -> None:
+        replaced = list(self.configs)
+        for member_id, config in configs.items():
+            replaced[member_id] = validated(config)
+            if shape_key(replaced[member_id]) != shape_key(self.configs[0]):
+                raise ValueError(f"member {member_id}'s new config has another shape")
+        self.configs = tuple(replaced)
 
     def _rebuild(self, members: Mapping[int, Mapping[str, Any]], removed: set[int]) -> None:
         required = {"model", "optimizer", "epoch", "diverged", "shuffle_rng_state"}
