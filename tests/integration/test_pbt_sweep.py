@@ -158,8 +158,7 @@ def test_packed_it_decides_and_trains_as_unpacked(
     unpacked = _read(tmp_path)
     assert unpacked["decisions"] == pbt_sweep["decisions"]
     packs = {
-        index: child.data.tags.get("caviar.pack")
-        for index, child in pbt_sweep["children"].items()
+        index: child.data.tags.get("caviar.pack") for index, child in pbt_sweep["children"].items()
     }
     copies = [(e["trial"], e["from_trial"]) for e in _exploits(pbt_sweep)]
     assert any(packs[t] is not None and packs[t] == packs[d] for t, d in copies), (packs, copies)
