@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # pyproject.toml applies (install your CUDA build of torch into $(VENV) first to keep it).
 TORCH_LOCAL ?= torch==2.13.0
 
-.PHONY: install demo test test-bench test-fast test-no-speedups lint clean
+.PHONY: install demo test test-cluster test-bench test-fast test-no-speedups lint clean
 
 install: $(VENV)/.installed
 
@@ -21,10 +21,16 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/caviar run examples/digits.yaml
 
-# Everything but the benchmark harness's smoke tests (make test-bench; CI runs both).
+# Everything but the multi-process clusters (make test-cluster) and the benchmark harness's
+# smoke tests (make test-bench); CI runs all three.
 test: install
 	$(VENV)/bin/lint-imports   # the boundaries of docs/design.md ([tool.importlinter])
-	$(PY) -m pytest -m "not bench"
+	$(PY) -m pytest -m "not bench and not cluster"
+
+# The clusters: a Ray head and worker as local processes with an MLflow server on PostgreSQL,
+# caviar up, a cluster built with plain ray start, submit and resume.
+test-cluster: install
+	$(PY) -m pytest -m cluster
 
 # The benchmark harness (bench/) at smoke size: every system and arm runs, numbers are sane.
 test-bench: install
