@@ -87,6 +87,9 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "zoom_noexplore": ("zoom", {"explore": 0.0}, {}),  # kept from the sweep, no exploration
     "zoom_roundexplore": ("zoom", {"keep_from": "round"}, {}),  # exploration, the round's best
     "zoom_tpe": ("zoom", {"sampler": "tpe"}, {}),  # TPE draws each later round's box share
+    # a share of the packs' shapes drawn at random (TPE's model of shapes has few points)
+    "tpe_shape25": ("tpe", {"tpe": {"shape_explore": 0.25}}, {}),
+    "tpe_shape50": ("tpe", {"tpe": {"shape_explore": 0.5}}, {}),
 }
 # Population-based training (opt-in, --arms ...,pbt): a population of BUDGET_FULL_TRIALS
 # trials, each trained to the budget, spends exactly B; every PBT_GENERATIONS-th of the

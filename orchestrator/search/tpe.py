@@ -80,6 +80,7 @@ class TpeSettings:
     multivariate: bool = True
     ranking: Literal["asha", "bohb"] = "bohb"  # measured: bench/search_bench.py
     wait_for_results: bool = True  # see TpeProposer.may_propose
+    shape_explore: float = 0.0  # see TpeProposer.propose_pack
 
 
 class TpeProposer:
@@ -146,11 +147,18 @@ class TpeProposer:
 
     def propose_pack(self, first: int) -> dict[str, Any]:
         """The shape of the pack whose first trial is ``first``: one proposal of the shape
-        fields, from one observation per pack; its members follow (``propose_member``)."""
+        fields, from one observation per pack; its members follow (``propose_member``).
+
+        With ``shape_explore`` (a share), that many packs draw their shape at random on
+        caviar's scales instead, a coin seeded by (seed, first): with one observation per
+        pack the model of shapes has few points, and a pack sent to a shape it misjudged
+        costs every member."""
         if first in self.packs:
             raise ValueError(f"pack {first} is already known to the sampler")
         shape_space = {name: self.distributions[name] for name in self.shape}
-        proposed = self._ask(proposal_seed(self.seed, first, 1), shape_space, {})
+        coin = np.random.default_rng(proposal_seed(self.seed, first, 2)).random()
+        explore = coin < self.settings.shape_explore
+        proposed = self._ask(proposal_seed(self.seed, first, 1), shape_space, {}, explore)
         values = {name: self.coords.value(name, proposed[name]) for name in self.shape}
         self._add_pack(first, values)
         return dict(values)
@@ -177,8 +185,15 @@ class TpeProposer:
         self.records[first].pack = None
         self._study = None  # rebuilt as the records now say, when next used
 
-    def _ask(self, seed: int, distributions: dict[str, Any], fixed: Mapping[str, Scalar]) -> Any:
-        """One proposal from TPE over ``distributions`` (``fixed`` pinned), as Optuna params.
+    def _ask(
+        self,
+        seed: int,
+        distributions: dict[str, Any],
+        fixed: Mapping[str, Scalar],
+        at_random: bool = False,
+    ) -> Any:
+        """One proposal from TPE over ``distributions`` (``fixed`` pinned), as Optuna params;
+        ``at_random``: a random draw instead, uniform in caviar's coordinates.
 
         The proposal is told FAIL (ignored by TPE) at once: the study keeps the canonical copy
         that the caller adds, recomputed from the caviar values (module docstring)."""
@@ -198,6 +213,8 @@ class TpeProposer:
                 constant_liar=True,
             )
             sampler: optuna.samplers.BaseSampler = tpe
+            if at_random:
+                sampler = optuna.samplers.RandomSampler(seed=seed)
             if pinned:
                 sampler = optuna.samplers.PartialFixedSampler(pinned, tpe)
         study.sampler = sampler

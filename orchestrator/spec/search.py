@@ -80,6 +80,20 @@ class TpeSpec(StrictModel):
             )
         ),
     ] = True
+    shape_explore: Annotated[
+        float,
+        Field(
+            ge=0.0,
+            le=1.0,
+            description=(
+                "The share of fused packs whose shape (layers, units, batch size... the fields "
+                "a pack's members share) is drawn at random, as in the random start, instead "
+                "of by TPE. TPE sees one observation of a shape per pack, so its model of "
+                "shapes has few points; a pack sent to a shape it misjudged costs every "
+                "member. 0: every pack's shape is TPE's."
+            ),
+        ),
+    ] = 0.0
 
     def settings(self) -> TpeSettings:
         return TpeSettings(
@@ -88,6 +102,7 @@ class TpeSpec(StrictModel):
             self.multivariate,
             self.ranking,
             self.wait_for_results,
+            self.shape_explore,
         )
 
 
@@ -207,8 +222,8 @@ class SearchSpec(StrictModel):
         Field(
             description=(
                 "tpe (and zoom with sampler: tpe): the sampler's settings (n_startup_trials, "
-                "n_ei_candidates, multivariate, ranking, wait_for_results); the seed is "
-                "search.seed."
+                "n_ei_candidates, multivariate, ranking, wait_for_results, shape_explore); "
+                "the seed is search.seed."
             ),
             json_schema_extra={"default": TpeSpec().model_dump()},
         ),

@@ -719,3 +719,28 @@ def test_without_waiting_tpe_proposes_whenever_tune_asks() -> None:
     searcher = _searcher(spec, slots=2)
     proposed = [searcher.suggest(f"t{number}") for number in range(8)]
     assert all(isinstance(config, dict) for config in proposed)
+
+
+def _pack_shapes(shape_explore: float, packs: int = 100) -> list[dict[str, Any]]:
+    """Pack shapes proposed after 12 lone trials that say tanh and ~32 units are good."""
+    settings = TpeSettings(n_startup_trials=8, shape_explore=shape_explore)
+    proposer = TpeProposer(
+        SPACE, settings, 3, "val_accuracy", "max", MILESTONES, shape=("hidden_units", "activation")
+    )
+    for index in range(12):
+        config = proposer.propose(index)
+        curve = [{"epoch": e, "val_accuracy": _curve(config, e)} for e in MILESTONES]
+        proposer.observe(index, curve)
+        proposer.end(index, TrialState.COMPLETED)
+    return [proposer.propose_pack(100 + 10 * i) for i in range(packs)]
+
+
+def test_shape_explore_draws_that_share_of_pack_shapes_at_random() -> None:
+    """TPE sends most packs to the shapes its few observations favour; shape_explore: 1 draws
+    every pack's shape uniformly on caviar's scales, and 0.5 lands between (the share is a
+    seeded coin per pack, so proposals stay reproducible)."""
+    tanh = {p: sum(s["activation"] == "tanh" for s in _pack_shapes(p)) for p in (0.0, 0.5, 1.0)}
+    assert tanh[0.0] >= 80, tanh  # TPE's own choice
+    assert 38 <= tanh[1.0] <= 62, tanh  # a fair coin over 100 packs
+    assert tanh[1.0] < tanh[0.5] < tanh[0.0], tanh
+    assert _pack_shapes(0.5, 10) == _pack_shapes(0.5, 10)
