@@ -512,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (1, 2, ...)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first search seed (seeds count from it)"
+    )
     parser.add_argument("--trials", type=int, help="override num_trials of every problem")
     parser.add_argument("--max-epochs", type=int, help="override the epoch budget")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
@@ -598,7 +601,7 @@ def _run_all(
     keeps what it measured); ``arms`` are all the tables show (some included from earlier)."""
     # Interleaved (every arm of a seed before the next seed, the arms' order rotating), so a
     # drift in the machine's speed or load hits every arm alike.
-    for seed in range(seeds):
+    for seed in range(args.first_seed, args.first_seed + seeds):
         for problem in problems:
             shift = seed % max(1, len(running))
             order = [*running[shift:], *running[:shift]]
