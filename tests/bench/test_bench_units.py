@@ -302,3 +302,29 @@ def test_sink_bench_writes_the_same_runs_on_both_arms(tmp_path: Path) -> None:
         assert all(r.data.metrics["val_accuracy"] == 0.5 for r in runs)
         assert all(r.data.tags["caviar.outcome"] == "completed" for r in runs)
     assert main(["--trials", "2", "--reps", "1", "--out", str(tmp_path / "out.json")]) == 0
+
+
+def test_regroup_potential_counts_alone_epochs_another_unit_of_the_shape_shares() -> None:
+    """Two lone trials of one shape training at the same time could have been one pack; a
+    pack's last member overlapping a lone trial of another width counts only if padded."""
+    from bench.regroup_potential import _overlapping, alone_epochs
+    from orchestrator.trials import Trial
+
+    def trial(index: int, units: int, start: float, epochs: int, pack: int | None = None):
+        history = [
+            {"epoch": e, "ended_at": start + e, "epoch_seconds": 1.0} for e in range(1, epochs + 1)
+        ]
+        config = {"hidden_units": units, "layers": 2, "batch_size": 64}
+        return Trial(index, config, history=history, pack=pack)
+
+    records = [
+        trial(0, 32, 0.0, 3),  # alone, epochs over [0, 3]
+        trial(1, 32, 0.5, 3),  # alone, same shape, overlapping: both regroupable
+        trial(2, 64, 10.0, 4, pack=2),  # a pack of two: its epochs 3-4 are alone
+        trial(3, 64, 10.0, 2, pack=2),
+        trial(4, 48, 12.2, 2),  # alone, another width, overlapping trial 2's epochs 3-4
+    ]
+    epochs = alone_epochs(records, {})
+    assert sorted((e.trial, round(e.end)) for e in epochs if e.trial == 2) == [(2, 13), (2, 14)]
+    assert _overlapping(epochs, "shape") == 6  # trials 0 and 1, three epochs each
+    assert _overlapping(epochs, "padded") == 6 + 2 + 2  # and trial 2 with trial 4
