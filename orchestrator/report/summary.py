@@ -39,7 +39,7 @@ def format_summary(result: SweepResult) -> str:
     if packs:
         alone = len(result.records) - sum(packs)
         text = f"  fused packs:     {len(packs)} packs of {_sizes_text(packs)} trials"
-        lines.append(text + (f", {alone} trials alone" if alone else ""))
+        lines.append(text + (f", {alone} trial{'s' * (alone != 1)} alone" if alone else ""))
         fused_epochs, alone_epochs = member_epochs(result.records)
         lines.append(
             f"  trial epochs:    {fused_epochs} trained fused, {alone_epochs} alone "
