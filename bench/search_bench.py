@@ -90,6 +90,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # a share of the packs' shapes drawn at random (TPE's model of shapes has few points)
     "tpe_shape25": ("tpe", {"tpe": {"shape_explore": 0.25}}, {}),
     "tpe_shape50": ("tpe", {"tpe": {"shape_explore": 0.5}}, {}),
+    # as Optuna's own TPE arm searches: each parameter on its own, no packs
+    "tpe_optuna_like": ("tpe", {"tpe": {"multivariate": False}}, {"resources": {"pack_size": 1}}),
 }
 # Population-based training (opt-in, --arms ...,pbt): a population of BUDGET_FULL_TRIALS
 # trials, each trained to the budget, spends exactly B; every PBT_GENERATIONS-th of the
