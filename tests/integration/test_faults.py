@@ -77,10 +77,13 @@ def _finish(process: subprocess.Popen[str], timeout: float = 300) -> str:
     return out
 
 
-def _training(folder: Path) -> set[int]:
-    """Trials that have reported epoch 3 or later, hold a checkpoint and have not ended, from
-    the sweep's journal (written as results arrive; MLflow lags it by the tracker's batching)."""
+def _training(folder: Path) -> dict[int, int]:
+    """Trials that have reported epoch 3 or later (and no later than 20: most of their epochs
+    are still to train), hold a checkpoint and have not ended, from the sweep's journal
+    (written as results arrive; MLflow lags it by the tracker's batching), with the worker
+    process their newest epoch came from."""
     epochs: dict[int, int] = {}
+    workers: dict[int, int] = {}
     checkpointed: set[int] = set()
     ended: set[int] = set()
     for journal in folder.glob("caviar_runs/*/*/journal.jsonl"):
@@ -91,11 +94,16 @@ def _training(folder: Path) -> set[int]:
                 continue  # a line still being written
             if event.get("e") == "result":
                 epochs[event["i"]] = int(event["r"].get("epoch", 0))
+                workers[event["i"]] = int(event["r"].get("worker_pid", 0))
             elif event.get("e") == "checkpoint":
                 checkpointed.add(event["i"])
             elif event.get("e") == "end":
                 ended.add(event["i"])
-    return {i for i, epoch in epochs.items() if epoch >= 3 and i in checkpointed and i not in ended}
+    return {
+        i: workers[i]
+        for i, epoch in epochs.items()
+        if 3 <= epoch <= 20 and i in checkpointed and i not in ended
+    }
 
 
 def _restarts(journal: Path) -> list[tuple[int, int, int]]:
@@ -122,9 +130,12 @@ def _restarts(journal: Path) -> list[tuple[int, int, int]]:
 def _kill_a_worker_mid_trial(folder: Path, session: int) -> int:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        workers = _trial_workers(session)
-        if workers and _training(folder):
-            for pid in workers:  # every trial actor of this sweep: an idle one may be cached
+        workers = set(_trial_workers(session))
+        # the worker a trial trains in now, by its newest epoch: killing only actors that
+        # pgrep finds could hit an idle cached one while the training one trains on
+        training = set(_training(folder).values()) & workers
+        if training:
+            for pid in workers:  # every trial actor of this sweep, the training one included
                 os.kill(pid, signal.SIGKILL)
             return len(workers)
         time.sleep(0.05)
