@@ -128,9 +128,11 @@ class PackRun:
     def live_at_boundary(self) -> list[int]:
         """The live members, when they stand at a PBT boundary whose decisions this pack has
         not taken; otherwise none."""
+        if self.pbt is None:
+            return []
         live = [self.indices[m] for m in self.session.live_ids]
         epochs = {int(self.last[i].get("epoch", 0)) for i in live if i in self.last}
-        if self.pbt is None or len(epochs) != 1:
+        if len(epochs) != 1:
             return []
         epoch = epochs.pop()
         return live if self.pbt.is_boundary(epoch) and epoch != self._applied else []
@@ -154,8 +156,7 @@ class PackRun:
                 state = self.member_state(exploit.from_trial)  # inside the fused model
                 config = self.configs[exploit.from_trial]
             else:
-                path = self.pbt.files.state_path(exploit.from_trial, epoch)
-                saved = torch.load(path, map_location="cpu", weights_only=False)
+                saved = self.pbt.files.load_state(exploit.from_trial, epoch)
                 state, config = saved["session"], saved["config"]
             states[self._id[exploit.trial]] = state
             configs[exploit.trial] = {**config, **exploit.after}

@@ -55,6 +55,13 @@ class PbtFiles:
         torch.save({"config": dict(config), "session": session}, partial)
         os.replace(partial, path)
 
+    def load_state(self, index: int, epoch: int, device: Any = "cpu") -> dict[str, Any]:
+        """What ``save_state`` wrote: ``{"config", "session"}``, tensors on ``device``."""
+        import torch
+
+        path = self.state_path(index, epoch)
+        return torch.load(path, map_location=device, weights_only=False)
+
     def decision_path(self, epoch: int) -> Path:
         return self.folder / "decisions" / f"epoch-{epoch}.json"
 

@@ -178,11 +178,8 @@ class PbtTrialScheduler(NewestPendingFirst, TrialScheduler):
     def _ended(self, trial: Trial, result: dict | None) -> None:
         newest = {int(i): entry for i, entry in (result or {}).get(MEMBER_LAST) or ()}
         for index in self._indices(trial):
-            if trial.trial_id in self.members_of:
-                if index not in self._done:  # a member that left earlier keeps its epoch
-                    self.ended[index] = int(newest.get(index, {}).get("epoch", 0))
-            else:
-                self.ended[index] = int((result or {}).get("epoch", 0))
+            if index not in self._done:  # one that ended earlier (a pack member) keeps its epoch
+                self.ended[index] = int(newest.get(index, result or {}).get("epoch", 0))
         self._decide_ready()
 
     def _decide_ready(self) -> None:

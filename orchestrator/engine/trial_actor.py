@@ -197,8 +197,7 @@ class CaviarTrainable(tune.Trainable):
     def _copy(self, pbt: PbtWorkerPlan, exploit: Exploit) -> None:
         """Continue from the donor's state at the boundary (weights, optimizer, BN
         statistics, batch order), with its configuration and the explored values."""
-        path = pbt.files.state_path(exploit.from_trial, exploit.epoch)
-        state = torch.load(path, map_location=self._device, weights_only=False)
+        state = pbt.files.load_state(exploit.from_trial, exploit.epoch, self._device)
         self._current = {**state["config"], **exploit.after}
         self._session = self._new_session(self._current)
         self._session.load_state_dict(state["session"])

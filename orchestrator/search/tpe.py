@@ -66,6 +66,7 @@ from orchestrator.search.tpe_records import (
     frozen_fields,
     has_result,
     is_bad,
+    rank_key,
 )
 from orchestrator.search.tpe_space import TpeCoordinates, single_valued
 from orchestrator.trials import TrialState
@@ -148,11 +149,8 @@ class TpeProposer:
     def propose_pack(self, first: int) -> dict[str, Any]:
         """The shape of the pack whose first trial is ``first``: one proposal of the shape
         fields, from one observation per pack; its members follow (``propose_member``).
-
-        With ``shape_explore`` (a share), that many packs draw their shape at random on
-        caviar's scales instead, a coin seeded by (seed, first): with one observation per
-        pack the model of shapes has few points, and a pack sent to a shape it misjudged
-        costs every member."""
+        A ``shape_explore`` share of packs (a coin seeded by seed and ``first``) draws it at
+        random instead: one observation per pack gives the model of shapes few points."""
         if first in self.packs:
             raise ValueError(f"pack {first} is already known to the sampler")
         shape_space = {name: self.distributions[name] for name in self.shape}
@@ -192,11 +190,10 @@ class TpeProposer:
         fixed: Mapping[str, Scalar],
         at_random: bool = False,
     ) -> Any:
-        """One proposal from TPE over ``distributions`` (``fixed`` pinned), as Optuna params;
-        ``at_random``: a random draw instead, uniform in caviar's coordinates.
-
-        The proposal is told FAIL (ignored by TPE) at once: the study keeps the canonical copy
-        that the caller adds, recomputed from the caviar values (module docstring)."""
+        """One proposal from TPE (``at_random``: a uniform draw in caviar's coordinates) over
+        ``distributions`` (``fixed`` pinned), as Optuna params. The proposal is told FAIL
+        (ignored by TPE) at once: the study keeps the canonical copy that the caller adds,
+        recomputed from the caviar values (module docstring)."""
         import optuna
 
         study = self._synced_study()
@@ -359,17 +356,9 @@ class TpeProposer:
         members = [r for r in self.records.values() if r.pack == first]
         if not members or any(r.ended is None and not r.diverged for r in members):
             return RUNNING
-        ranked = sorted((self.encoding(r, milestone) for r in members), key=self._rank)
+        encodings = (self.encoding(r, milestone) for r in members)
+        ranked = sorted(encodings, key=lambda e: rank_key(e, self.mode))
         return ranked[len(ranked) // 2]
-
-    def _rank(self, encoding: Encoding) -> tuple[int, float, float]:
-        """A sort key for encodings, larger is better (Optuna's order, for our direction)."""
-        sign = 1.0 if self.mode == "max" else -1.0
-        if encoding[0] == "complete":
-            return (2, 0.0, sign * encoding[1])
-        if encoding[0] == "pruned":
-            return (1, float(encoding[1]), sign * encoding[2])
-        return (0, 0.0, 0.0)
 
     # --- the study ------------------------------------------------------------------------
 

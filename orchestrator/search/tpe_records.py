@@ -44,6 +44,17 @@ def frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, floa
     return OptunaState.PRUNED, None, None
 
 
+def rank_key(encoding: Encoding, mode: str) -> tuple[int, float, float]:
+    """A sort key for encodings, larger is better: Optuna's order (complete, then pruned
+    deeper first, then bad), by the value in the objective's direction."""
+    sign = 1.0 if mode == "max" else -1.0
+    if encoding[0] == "complete":
+        return (2, 0.0, sign * encoding[1])
+    if encoding[0] == "pruned":
+        return (1, float(encoding[1]), sign * encoding[2])
+    return (0, 0.0, 0.0)
+
+
 def has_result(record: Record) -> bool:
     """Something the sampler can learn from: a value at a milestone, or an end."""
     return bool(record.rungs) or record.ended is not None or record.diverged

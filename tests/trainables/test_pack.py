@@ -342,7 +342,7 @@ def test_session_state_loads_into_a_member(digits_tensors: TensorSplits) -> None
     target = PackSession(configs, digits_tensors)
     target.step()
     target.step()
-    target.load_member_state_dict(2, state)
+    target.load_member_states({2: state})
     assert target.epoch(2) == 1 and target.epoch(0) == 2
     source_history = _run(source)
     target_history = _run(target)

@@ -460,10 +460,6 @@ class PackSession:
         members.update({int(m): dict(s) for m, s in states.items()})
         self._rebuild(members, self._removed - set(states))
 
-    def load_member_state_dict(self, member_id: int, state: Mapping[str, Any]) -> None:
-        """Load one member (see ``load_member_states``); its own config stays in force."""
-        self.load_member_states({member_id: state})
-
     def _replace_configs(self, configs: Mapping[int, MlpConfig | Mapping[str, Any]]) -> None:
         replaced = list(self.configs)
         for member_id, config in configs.items():
