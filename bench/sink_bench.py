@@ -1,18 +1,21 @@
 """The MLflow writer's CPU per trial: what one one-epoch trial's run costs the driver's writer
-thread, through caviar's sink, against one SQLite transaction per trial (a measurement only).
+thread, through caviar's sink one trial at a time and several at once, against MLflow's ORM
+models in one bare transaction per group (the floor).
 
 The overhead benchmark's ``--trials 1024 --reports 1`` run (issue 27, goal 4) spends about as
 much driver CPU in the MLflow writer thread as in Tune's loop (docs/performance.md). This
 times the writer's part alone, on one thread, with nothing else running in the process:
 
 - ``sink``: caviar's ``MlflowSink.write_trial`` for a trial's start, one epoch's metrics and its
-  end, as the batched writer delivers them (MLflow's public client: create the run,
-  ``log_batch``, ``set_terminated``; each call opens its own store sessions);
+  end, one trial at a time (MLflow's public client: create the run, ``log_batch``,
+  ``set_terminated``; each call opens its own store sessions): what the writer did before
+  ``write_trials``, and still does with ``CAVIAR_NO_SPEEDUPS=1``;
+- ``together``: ``MlflowSink.write_trials`` with ``--group`` trials per delivery, as the
+  batched writer now calls it (``store/bulk_sql.py``: one transaction per delivery);
 - ``one_transaction``: the same rows (run, tags, params, metrics, latest metrics, end) added
-  through MLflow's own SQLAlchemy models in one session per ``--group`` trials. Not caviar
-  code: MLflow's internals, and none of the checks its public calls make (validation, an
-  active model's metrics, NaN handling). It prices what a writer that does not go through the
-  public client could save, nothing more.
+  through MLflow's own SQLAlchemy models in one session per ``--group`` trials, with none of
+  the checks the public calls make (validation, an active model, NaN handling, existing
+  rows): the floor that ``together`` approaches.
 
 Each repetition writes ``--trials`` trials into a fresh store per arm; the arms alternate.
 
@@ -77,6 +80,16 @@ def write_with_sink(folder: Path, trials: int, group: int) -> None:
         sink.write_trial(str(index), _trial_ops(index, now))
 
 
+def write_together(folder: Path, trials: int, group: int) -> None:
+    """caviar's sink as the batched writer now calls it: ``write_trials`` with the trials of
+    one delivery (``--group`` of them), written in one transaction (store/bulk_sql.py)."""
+    sink = _sink(folder)
+    now = int(time.time() * 1000)
+    for first in range(0, trials, group):
+        indices = range(first, min(trials, first + group))
+        sink.write_trials({str(index): _trial_ops(index, now) for index in indices})
+
+
 def write_one_transaction(folder: Path, trials: int, group: int) -> None:
     from mlflow.store.tracking.dbmodels.models import (
         SqlLatestMetric,
@@ -132,6 +145,7 @@ def write_one_transaction(folder: Path, trials: int, group: int) -> None:
 
 ARMS: dict[str, Callable[[Path, int, int], None]] = {
     "sink": write_with_sink,
+    "together": write_together,
     "one_transaction": write_one_transaction,
 }
 

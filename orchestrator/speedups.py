@@ -29,6 +29,11 @@ The speed-ups, and what runs instead with the switch off:
   the agent as Ray starts it, the driver importing the dashboard's web stack to decide.
 - *The newest waiting trial first* (``engine/trial_choice.py``, reading Tune's
   ``TuneController.get_trials``): Tune's own FIFO choice.
+- *Many trials' MLflow writes in one transaction* (``store/bulk_sql.py``: MLflow's ORM models
+  ``SqlRun``, ``SqlTag``, ``SqlParam``, ``SqlMetric``, ``SqlLatestMetric``, its validators and
+  its store's session factory, reached through ``MlflowClient._tracking_client.store``): the
+  public client, six store transactions per trial (``create_run``, ``log_batch``,
+  ``set_terminated``).
 - *A new SQLite store from a migrated template* (``store/sqlite_seed.py``, MLflow's
   ``_initialize_tables`` and ``_verify_schema``): MLflow creates and migrates it itself.
 - *torch's compiler import deferred* (``trainables/compiler_import.py``, torch's

@@ -23,6 +23,7 @@ VERSION = "caviar.version"  # caviar's package version
 GIT_COMMIT = "caviar.git_commit"  # caviar's source commit, where it runs from a checkout
 NOTE = "mlflow.note.content"  # the spec's description, shown by MLflow's UI
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: a child run's parent
+RUN_NAME = "mlflow.runName"  # MLflow's own: a run's name, which create_run sets
 
 # --- a finished sweep's parent -----------------------------------------------------------
 BEST_TRIAL_ID = "caviar.best_trial_id"  # the best trial's TRIAL_ID

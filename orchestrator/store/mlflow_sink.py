@@ -24,8 +24,16 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from orchestrator import speedups
 from orchestrator.errors import TrackingError
 from orchestrator.store import layout
+from orchestrator.store.bulk_sql import (
+    BulkRefused,
+    BulkSqlWriter,
+    NewRun,
+    RunWrite,
+    active_model_set,
+)
 from orchestrator.store.sqlite_seed import seed_new_sqlite_store
 from orchestrator.store.uri import check_reachable
 from orchestrator.store.writer import (
@@ -122,6 +130,8 @@ class MlflowSink:
         self.ended: set[str] = set()
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        self._bulk: BulkSqlWriter | None = None
+        self._bulk_decided = False
 
     # --- the store and the parent run (synchronous) -----------------------------------------
 
@@ -342,6 +352,55 @@ class MlflowSink:
             self.ended.discard(trial)
 
     @_write
+    def write_trials(self, groups: Mapping[str, Sequence[TrialOp]]) -> None:
+        """Write several trials' ops: in one transaction of a SQL store those that
+        ``bulk_sql.py`` can write (a speed-up), the others one trial at a time as
+        :meth:`write_trial` does. Safe to repeat whole: a run this created is then an existing
+        run, and a start for it goes the public way, which takes repeated writes."""
+        assert self.parent_run_id is not None
+        bulk = self._bulk_writer()
+        planned: list[RunWrite] = []
+        rest: list[str] = []
+        for trial, ops in groups.items():
+            write = None
+            if bulk is not None:
+                write = _bulk_write(trial, ops, self.child_runs.get(trial), self.parent_run_id)
+            if write is None:
+                rest.append(trial)
+            else:
+                planned.append(write)
+        if planned:
+            assert bulk is not None
+            try:
+                self.child_runs.update(bulk.write(planned))
+            except BulkRefused:  # nothing written: the public calls say which trial, if any
+                rest.extend(write.trial for write in planned)
+                planned = []
+            for write in planned:
+                if write.end is not None:
+                    self.ended.add(write.trial)
+                elif write.new is not None:
+                    self.ended.discard(write.trial)
+        for trial in rest:
+            self.write_trial(trial, groups[trial])
+
+    def _bulk_writer(self) -> BulkSqlWriter | None:
+        """The one-transaction writer, where the store is one of MLflow's SQL stores and the
+        speed-ups are on; None where the public path must write (a tracking server, an active
+        model, ``CAVIAR_NO_SPEEDUPS``)."""
+        if not speedups.enabled() or active_model_set():
+            return None
+        if not self._bulk_decided:
+            store = self.client._tracking_client.store  # private: speedups.py lists it
+            try:
+                location = self.client.get_experiment(self.experiment_id).artifact_location
+                self._bulk = BulkSqlWriter.for_store(store, self.experiment_id, location)
+            except ValueError:
+                self._bulk = None
+            self._bulk_decided = True
+        return self._bulk
+
+    @_write
     def write_parent(self, update: ParentUpdate) -> None:
         """Add a parent update's params, tags, metrics and JSON artifacts to the parent run."""
         assert self.parent_run_id is not None
@@ -369,6 +428,36 @@ class MlflowSink:
                 max_results=50_000,
             )
         )
+
+
+def _bulk_write(
+    trial: str, ops: Sequence[TrialOp], run_id: str | None, parent_run_id: str
+) -> RunWrite | None:
+    """What :meth:`MlflowSink.write_trial` would write for ``ops`` (``run_id``: the trial's
+    run, if it has one), as a :class:`RunWrite`; None when it needs the public path: a
+    reopened run, a start whose run exists (a retry) or sent twice, no run to write to, or
+    the run name as a tag."""
+    if any(isinstance(op, ReopenRun) for op in ops):
+        return None
+    starts = [op for op in ops if isinstance(op, StartRun)]
+    ends = [op for op in ops if isinstance(op, EndRun)]
+    if (starts and (run_id is not None or len(starts) > 1)) or (not starts and run_id is None):
+        return None
+    end_tags = {k: str(v) for end in ends for k, v in end.tags.items()}
+    write = RunWrite(trial, run_id)
+    if starts:  # as write_trial creates it: the end tags with the run, the params after
+        first = starts[0]
+        tags = {layout.PARENT_RUN: parent_run_id, **first.tags, **end_tags}
+        write.new = NewRun(first.name, first.started_ms, tags)
+        write.params = {p.key: p.value for p in (_param(k, v) for k, v in first.params.items())}
+    else:
+        write.tags = end_tags
+    if layout.RUN_NAME in {*write.tags, *(write.new.tags if write.new else ())}:
+        return None
+    write.metrics = [point for op in ops if isinstance(op, LogMetrics) for point in op.metrics]
+    if ends:
+        write.end = (ends[-1].status, ends[-1].ended_ms)
+    return write
 
 
 def _param(key: str, value: Any) -> Param:

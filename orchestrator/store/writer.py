@@ -162,6 +162,16 @@ class Sink(Protocol):
         ...
 
 
+class ManyTrialsSink(Sink, Protocol):
+    """A sink that can also write several trials' ops in one call (one store transaction),
+    with the same contract; a refusal of the call is then tried again one trial at a time,
+    so that only the trial at fault is refused."""
+
+    def write_trials(self, groups: Mapping[str, Sequence[TrialOp]]) -> None:
+        """Write each trial's ops, in order, together."""
+        ...
+
+
 class Clock(Protocol):
     """Every wait and every reading of elapsed time the writer does goes through its clock."""
 
@@ -429,6 +439,9 @@ class BatchWriter:
             groups: dict[str, list[TrialOp]] = {}
             for op in segment:
                 groups.setdefault(op.trial, []).append(op)
+            if groups and not self._write_together(groups):
+                self._backlog.extendleft(reversed(segment))
+                return False
             for trial, ops in list(groups.items()):
                 if not self._attempt(ops, functools.partial(self._sink.write_trial, trial, ops)):
                     unwritten = [op for op in segment if op.trial in groups]
@@ -441,6 +454,25 @@ class BatchWriter:
                 if not self._attempt([update], functools.partial(self._sink.write_parent, update)):
                     return False
                 self._backlog.popleft()
+        return True
+
+    def _write_together(self, groups: dict[str, list[TrialOp]]) -> bool:
+        """Deliver every group in one sink call where the sink takes several trials at once
+        (``groups`` is then emptied); False if the store is away. A refusal leaves ``groups``
+        for the one-trial-at-a-time delivery, which refuses only the trial at fault."""
+        write_trials = getattr(self._sink, "write_trials", None)
+        if write_trials is None:
+            return True
+        try:
+            write_trials(groups)
+        except TransientSinkError as error:
+            self.had_errors = True
+            self.last_error = str(error)[:REASON_LENGTH]
+            return False
+        except Exception as error:  # refused: each trial on its own says which
+            log.debug("a delivery of %d trials was refused (%s); one at a time", len(groups), error)
+            return True
+        groups.clear()
         return True
 
     def _take_trial_segment(self) -> list[TrialOp]:
