@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.store.bulk_sql import BulkSqlWriter
 from orchestrator.store.mlflow_sink import MlflowSink
+from orchestrator.store.reader import metric_histories
 from orchestrator.store.writer import (
     BatchWriter,
     EndRun,
@@ -204,3 +205,35 @@ def test_the_public_calls_write_with_the_speed_ups_off_or_a_server(
     assert _dump(off) == _dump(public)
     with pytest.raises(ValueError, match="not a SQL store"):
         BulkSqlWriter.for_store(object(), "1", "/tmp")
+
+
+def test_the_report_reads_every_run_history_in_one_query_as_run_by_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = _sink(tmp_path / "store")
+    _write_together(sink, DELIVERIES)
+    run_ids = sorted(sink.child_runs.values())
+    sessions = _Sessions(sink, monkeypatch)
+    reads = 0
+    original = sink.client.get_metric_history
+
+    def counted(run_id: str, key: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return original(run_id, key)
+
+    monkeypatch.setattr(sink.client, "get_metric_history", counted)
+    together = metric_histories(sink.client, run_ids, "val_accuracy")
+    assert reads == 0 and sessions.count == 0
+    monkeypatch.setenv("CAVIAR_NO_SPEEDUPS", "1")
+    one_by_one = metric_histories(sink.client, run_ids, "val_accuracy")
+    assert reads == len(run_ids)
+
+    def points(histories: dict[str, list[Any]]) -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            run: sorted((m.step, m.timestamp, repr(m.value)) for m in metrics)
+            for run, metrics in histories.items()
+        }
+
+    assert points(together) == points(one_by_one)
+    assert sum(len(v) for v in together.values()) == 7  # a: 1, b: 3 (one NaN), c: 2, d: 1
