@@ -20,6 +20,11 @@ ENVIRONMENT_DEFAULTS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # caviar resumes from its journal, never with Tune's restore, so Tune's periodic snapshots
+    # of the experiment's state are written and never read: at most one an hour (Tune still
+    # writes those it forces, and its last). Its default ("auto") spends up to 5% of the
+    # driver's loop on them.
+    "TUNE_GLOBAL_CHECKPOINT_S": "3600",
     # Ctrl-C reaches caviar as KeyboardInterrupt. Tune's own handler would end the run as if
     # it had finished (and print a Tuner.restore hint a caviar user cannot follow); caviar
     # ends the sweep as interrupted, resumable with `caviar run SPEC --resume`.

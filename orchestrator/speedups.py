@@ -27,6 +27,9 @@ The speed-ups, and what runs instead with the switch off:
 - *The embedded Ray's dashboard agent in its minimal form* (``engine/raystart.py``:
   ``_minimal_dashboard_agent`` patches ``ray._private.utils.get_dashboard_dependency_error``):
   the agent as Ray starts it, the driver importing the dashboard's web stack to decide.
+- *Tune's trainable registry read once per sweep* (``engine/registry_cache.py`` patches
+  ``ray.tune.registry._Registry``'s reads, forgetting them at every write): a round trip to
+  Ray's key-value store per trial created and per trial actor started.
 - *The newest waiting trial first* (``engine/trial_choice.py``, reading Tune's
   ``TuneController.get_trials``): Tune's own FIFO choice.
 - *Many trials' MLflow writes in one transaction* (``store/bulk_sql.py``: MLflow's ORM models

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import ray
 
-from orchestrator.engine import live, raystart
+from orchestrator.engine import live, raystart, registry_cache
 from orchestrator.engine.best_model import rank_and_test
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
 from orchestrator.engine.observer import SweepObserver
@@ -356,6 +356,7 @@ def _fit(sweep: Sweep) -> None:
                 searcher.index_of, ended, observer, journal, searcher.members_of
             )
         if searcher.remaining > 0:
+            registry_cache.install()
             worker = pbt.worker if pbt is not None else None
             tuner = build_tuner(
                 sweep, search_alg, scheduler, observer, searcher.remaining, mailbox, worker
