@@ -8,6 +8,7 @@ it, ``make test`` with a service up sent the integration sweeps to that service.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +70,21 @@ def run_caviar(
         text=True,
         timeout=timeout,
     )
+
+
+def run_python_json(script: str, timeout: float = 180, **env: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter from the repository root; the JSON object its
+    last line of output prints (it must exit 0)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

@@ -3,18 +3,16 @@ API server it cannot use."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CAVIAR, clean_env
+from conftest import CAVIAR, clean_env, run_python_json
 from ray_head import PlainHead, kill_processes_naming, plain_ray_head
 
 pytestmark = pytest.mark.integration
@@ -57,16 +55,7 @@ ray.shutdown()
 
 def _start_embedded(**env: str) -> dict:
     """Start the embedded Ray in a fresh interpreter; what it started and how it went."""
-    out = subprocess.run(
-        [sys.executable, "-c", START],
-        cwd=REPO,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    started = json.loads(out.stdout.strip().splitlines()[-1])
+    started = run_python_json(START, **env)
     assert started["squares"] == [0, 1, 4, 9]  # the cluster works
     return started
 
@@ -123,16 +112,7 @@ def test_a_sweeps_own_ray_starts_its_trial_workers_with_torch_and_the_trial_acto
     Tune's runtime environment, importing torch and the trial actor before the first trial
     (``raystart._trial_worker_config``): an actor Tune creates lands on a worker that has
     both already, one per CPU."""
-    out = subprocess.run(
-        [sys.executable, "-c", WARM_START],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    started = json.loads(out.stdout.strip().splitlines()[-1])
+    started = run_python_json(WARM_START)
     assert started["preloaded"], started
     for found in started["preloaded"]:
         assert found == {"torch": True, "orchestrator.engine.trial_actor": True}, started

@@ -4,17 +4,10 @@ store again, and with the speed-ups off every read does."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from conftest import clean_env
+from conftest import run_python_json
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
 
 READS = """
 import json
@@ -50,16 +43,7 @@ ray.shutdown()
 
 
 def _reads(**env: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", READS],
-        cwd=REPO,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_python_json(READS, **env)
 
 
 def test_registry_reads_are_kept_until_the_registry_is_written() -> None:
