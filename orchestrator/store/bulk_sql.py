@@ -21,8 +21,8 @@ them (``tests/orchestrator/test_bulk_sql.py``):
   value);
 - the end as ``set_terminated``: the status checked, the end time set.
 
-What it does not do is left to the public path (the sink writes that trial with the client:
-``mlflow_sink.py``'s ``_bulk_write``): reopening a run, a start whose run already exists (a
+What it does not do is left to the public path (:func:`plan_write` returns None, and the sink
+writes that trial with the client): reopening a run, a start whose run already exists (a
 retry), a ``mlflow.runName`` tag, repeated param keys, an active model (whose metrics MLflow
 also records against the model). A run found deleted, or an experiment deleted, raises
 :class:`BulkRefused`, and the writer then writes each trial on its own, the public way, so that
@@ -49,10 +49,23 @@ from mlflow.store.tracking.dbmodels.models import (
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
+from mlflow.utils.validation import (
+    MAX_PARAM_VAL_LENGTH,
+    _validate_metric,
+    _validate_param,
+    _validate_tag,
+)
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator.store.writer import MetricPoint
+from orchestrator.store import layout
+from orchestrator.store.writer import (
+    EndRun,
+    LogMetrics,
+    MetricPoint,
+    ReopenRun,
+    StartRun,
+    TrialOp,
+)
 
 ARTIFACTS_FOLDER = SqlAlchemyStore.ARTIFACTS_FOLDER_NAME
 LARGEST_FLOAT = 1.7976931348623157e308  # what MLflow's SQL store keeps for an infinity
@@ -264,6 +277,36 @@ def _update_latest(
         elif _order(row) > _order(current):
             current.value, current.step = row.value, row.step
             current.timestamp, current.is_nan = row.timestamp, row.is_nan
+
+
+def plan_write(
+    trial: str, ops: Sequence[TrialOp], run_id: str | None, parent_run_id: str
+) -> RunWrite | None:
+    """What ``MlflowSink.write_trial`` writes for one trial's ``ops`` (``run_id``: its run, if
+    it has one), as a :class:`RunWrite`; None when it needs the public path: a reopened run, a
+    start whose run exists (a retry) or sent twice, no run to write to, or the run name as a
+    tag."""
+    if any(isinstance(op, ReopenRun) for op in ops):
+        return None
+    starts = [op for op in ops if isinstance(op, StartRun)]
+    ends = [op for op in ops if isinstance(op, EndRun)]
+    if (starts and (run_id is not None or len(starts) > 1)) or (not starts and run_id is None):
+        return None
+    end_tags = {k: str(v) for end in ends for k, v in end.tags.items()}
+    write = RunWrite(trial, run_id)
+    if starts:  # as write_trial creates it: the end tags with the run, the params after
+        first = starts[0]
+        tags = {layout.PARENT_RUN: parent_run_id, **first.tags, **end_tags}
+        write.new = NewRun(first.name, first.started_ms, tags)
+        write.params = {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in first.params.items()}
+    else:
+        write.tags = end_tags
+    if layout.RUN_NAME in {*write.tags, *(write.new.tags if write.new else ())}:
+        return None
+    write.metrics = [point for op in ops if isinstance(op, LogMetrics) for point in op.metrics]
+    if ends:
+        write.end = (ends[-1].status, ends[-1].ended_ms)
+    return write
 
 
 def active_model_set() -> bool:

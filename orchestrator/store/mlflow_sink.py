@@ -30,9 +30,9 @@ from orchestrator.store import layout
 from orchestrator.store.bulk_sql import (
     BulkRefused,
     BulkSqlWriter,
-    NewRun,
     RunWrite,
     active_model_set,
+    plan_write,
 )
 from orchestrator.store.sqlite_seed import seed_new_sqlite_store
 from orchestrator.store.uri import check_reachable
@@ -52,7 +52,7 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
-MAX_PARAM_LENGTH = 6000
+MAX_PARAM_LENGTH = 6000  # MLflow's MAX_PARAM_VAL_LENGTH (bulk_sql.py cuts at it too)
 
 TRANSIENT_HINTS = (
     "connection",
@@ -364,7 +364,7 @@ class MlflowSink:
         for trial, ops in groups.items():
             write = None
             if bulk is not None:
-                write = _bulk_write(trial, ops, self.child_runs.get(trial), self.parent_run_id)
+                write = plan_write(trial, ops, self.child_runs.get(trial), self.parent_run_id)
             if write is None:
                 rest.append(trial)
             else:
@@ -428,36 +428,6 @@ class MlflowSink:
                 max_results=50_000,
             )
         )
-
-
-def _bulk_write(
-    trial: str, ops: Sequence[TrialOp], run_id: str | None, parent_run_id: str
-) -> RunWrite | None:
-    """What :meth:`MlflowSink.write_trial` would write for ``ops`` (``run_id``: the trial's
-    run, if it has one), as a :class:`RunWrite`; None when it needs the public path: a
-    reopened run, a start whose run exists (a retry) or sent twice, no run to write to, or
-    the run name as a tag."""
-    if any(isinstance(op, ReopenRun) for op in ops):
-        return None
-    starts = [op for op in ops if isinstance(op, StartRun)]
-    ends = [op for op in ops if isinstance(op, EndRun)]
-    if (starts and (run_id is not None or len(starts) > 1)) or (not starts and run_id is None):
-        return None
-    end_tags = {k: str(v) for end in ends for k, v in end.tags.items()}
-    write = RunWrite(trial, run_id)
-    if starts:  # as write_trial creates it: the end tags with the run, the params after
-        first = starts[0]
-        tags = {layout.PARENT_RUN: parent_run_id, **first.tags, **end_tags}
-        write.new = NewRun(first.name, first.started_ms, tags)
-        write.params = {p.key: p.value for p in (_param(k, v) for k, v in first.params.items())}
-    else:
-        write.tags = end_tags
-    if layout.RUN_NAME in {*write.tags, *(write.new.tags if write.new else ())}:
-        return None
-    write.metrics = [point for op in ops if isinstance(op, LogMetrics) for point in op.metrics]
-    if ends:
-        write.end = (ends[-1].status, ends[-1].ended_ms)
-    return write
 
 
 def _param(key: str, value: Any) -> Param:

@@ -151,7 +151,9 @@ class Sink(Protocol):
     """Where ops are delivered. Each call may be repeated whole after it failed part-way (a
     retry sends the same ops again), so every call must be safe to repeat. A failure worth
     retrying raises :class:`TransientSinkError`; any other exception refuses the call's ops
-    for good."""
+    for good. A sink may also offer ``write_trials(groups)``, several trials' ops in one call
+    (one store transaction), on the same terms, except that a refusal of it is tried again a
+    trial at a time, so that only the trial at fault is refused."""
 
     def write_trial(self, trial: str, ops: Sequence[TrialOp]) -> None:
         """Write one trial's ops, in order, in as few store calls as the store allows."""
@@ -159,16 +161,6 @@ class Sink(Protocol):
 
     def write_parent(self, update: ParentUpdate) -> None:
         """Write one update of the parent run."""
-        ...
-
-
-class ManyTrialsSink(Sink, Protocol):
-    """A sink that can also write several trials' ops in one call (one store transaction),
-    with the same contract; a refusal of the call is then tried again one trial at a time,
-    so that only the trial at fault is refused."""
-
-    def write_trials(self, groups: Mapping[str, Sequence[TrialOp]]) -> None:
-        """Write each trial's ops, in order, together."""
         ...
 
 
