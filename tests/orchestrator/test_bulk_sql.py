@@ -6,12 +6,14 @@ public calls write."""
 
 from __future__ import annotations
 
-import sqlite3
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
+from postgres import postgres_server, unavailable
 
 from orchestrator.store.bulk_sql import BulkSqlWriter
 from orchestrator.store.mlflow_sink import MlflowSink
@@ -31,7 +33,11 @@ LONG = "x" * 9000  # over MLflow's param (6000) and tag (8000) lengths: cut, not
 
 def _sink(folder: Path) -> MlflowSink:
     folder.mkdir()
-    sink = MlflowSink(f"sqlite:///{folder / 'mlflow.db'}", "bulk")
+    return _sink_at(f"sqlite:///{folder / 'mlflow.db'}", "bulk")
+
+
+def _sink_at(uri: str, experiment: str) -> MlflowSink:
+    sink = MlflowSink(uri, experiment)
     sink.open()
     sink.create_parent("sweep", {}, {"x": 1}, "name: x\n", "x.yaml")
     return sink
@@ -97,32 +103,32 @@ def _write_together(sink: MlflowSink, deliveries: Sequence[Sequence[TrialOp]]) -
 
 
 def _dump(sink: MlflowSink) -> dict[str, Any]:
-    """Every row of every child run, keyed by trial, with run ids replaced by the trial."""
-    db = sink.uri.removeprefix("sqlite:///")
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        ids = {
-            row["run_uuid"]: row["value"]
-            for row in conn.execute("SELECT * FROM tags WHERE key = 'caviar.trial_index'")
-        }
-        dump: dict[str, Any] = {}
-        for table in ("runs", "tags", "params", "metrics", "latest_metrics"):
-            rows = []
-            for row in conn.execute(f"SELECT * FROM {table}"):  # noqa: S608
-                record = dict(row)
-                run_id = record.pop("run_uuid")
-                if run_id not in ids:
-                    continue  # the parent
-                record = {
-                    k: (
-                        v.replace(run_id, "RUN").replace(sink.parent_run_id or "", "PARENT")
-                        if isinstance(v, str)
-                        else v
-                    )
-                    for k, v in record.items()
-                }
-                rows.append((ids[run_id], sorted(record.items(), key=str)))
-            dump[table] = sorted(rows, key=repr)
+    """Every row of the sink's child runs, keyed by trial, with the run ids, the parent's id
+    and the experiment replaced by placeholders (two experiments of one store compare)."""
+    ids = {run_id: trial for trial, run_id in sink.child_runs.items()}
+    location = sink.client.get_experiment(sink.experiment_id).artifact_location
+    names = {sink.parent_run_id or "": "PARENT", location: "EXPERIMENT"}
+    engine = sqlalchemy.create_engine(sink.uri)
+    dump: dict[str, Any] = {}
+    try:
+        with engine.connect() as conn:
+            for table in ("runs", "tags", "params", "metrics", "latest_metrics"):
+                rows = []
+                for row in conn.execute(sqlalchemy.text(f"SELECT * FROM {table}")):  # noqa: S608
+                    record = dict(row._mapping)
+                    run_id = record.pop("run_uuid")
+                    record.pop("experiment_id", None)
+                    if run_id not in ids:
+                        continue  # the parent, or another experiment's run
+                    for key, value in record.items():
+                        if isinstance(value, str):
+                            for text, name in {**names, run_id: "RUN"}.items():
+                                value = value.replace(text, name)
+                            record[key] = value
+                    rows.append((ids[run_id], sorted(record.items(), key=str)))
+                dump[table] = sorted(rows, key=repr)
+    finally:
+        engine.dispose()
     return dump
 
 
@@ -237,3 +243,24 @@ def test_the_report_reads_every_run_history_in_one_query_as_run_by_run(
 
     assert points(together) == points(one_by_one)
     assert sum(len(v) for v in together.values()) == 7  # a: 1, b: 3 (one NaN), c: 2, d: 1
+
+
+def test_on_postgresql_the_rows_are_the_public_calls_rows_too() -> None:
+    """The same comparison on a PostgreSQL store (SQLAlchemy's other dialect, as docker-compose
+    deploys MLflow's): two experiments of one database, written each way."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres_server() as server:
+        password = urllib.parse.quote(server.password, safe="")
+        uri = (
+            f"postgresql+psycopg2://{server.user}:{password}@127.0.0.1:{server.port}"
+            f"/{server.database}"
+        )
+        public, together = _sink_at(uri, "public"), _sink_at(uri, "together")
+        _write_public(public, DELIVERIES)
+        _write_together(together, DELIVERIES)
+        expected, got = _dump(public), _dump(together)
+        assert sum(len(rows) for rows in got.values()) > 30
+        for table in expected:
+            assert got[table] == expected[table], table
