@@ -36,7 +36,9 @@ The speed-ups, and what runs instead with the switch off:
   ``SqlRun``, ``SqlTag``, ``SqlParam``, ``SqlMetric``, ``SqlLatestMetric``, its validators and
   its store's session factory, reached through ``MlflowClient._tracking_client.store``): the
   public client, six store transactions per trial (``create_run``, ``log_batch``,
-  ``set_terminated``).
+  ``set_terminated``). Beside it, the report's read of every trial's curve in one query per
+  500 runs (``store/reader.py``'s ``metric_histories``, the store's
+  ``get_metric_history_bulk``): ``get_metric_history`` per trial.
 - *A new SQLite store from a migrated template* (``store/sqlite_seed.py``, MLflow's
   ``_initialize_tables`` and ``_verify_schema``): MLflow creates and migrates it itself.
 - *torch's compiler import deferred* (``trainables/compiler_import.py``, torch's
