@@ -142,8 +142,9 @@ def metric_histories(client: MlflowClient, run_ids: list[str], key: str) -> dict
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     histories: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
-    store = client._tracking_client.store  # private: speedups.py lists it
-    if not speedups.enabled() or not isinstance(store, SqlAlchemyStore):
+    # private, so read only with the speed-ups on (speedups.py lists it)
+    store = client._tracking_client.store if speedups.enabled() else None
+    if not isinstance(store, SqlAlchemyStore):
         for run_id in run_ids:
             histories[run_id] = list(client.get_metric_history(run_id, key))
         return histories

@@ -248,9 +248,9 @@ def test_the_report_reads_every_run_history_in_one_query_as_run_by_run(
 def test_on_postgresql_the_rows_are_the_public_calls_rows_too() -> None:
     """The same comparison on a PostgreSQL store (SQLAlchemy's other dialect, as docker-compose
     deploys MLflow's): two experiments of one database, written each way."""
-    reason = unavailable()
+    reason = unavailable()  # in CI (CAVIAR_TEST_REQUIRE_POSTGRES=1) a missing server fails
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(reason)  # a developer's machine without PostgreSQL's server binaries
     with postgres_server() as server:
         password = urllib.parse.quote(server.password, safe="")
         uri = (
