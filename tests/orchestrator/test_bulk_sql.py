@@ -31,6 +31,13 @@ T0 = 1_700_000_000_000
 LONG = "x" * 9000  # over MLflow's param (6000) and tag (8000) lengths: cut, not refused
 
 
+@pytest.fixture(autouse=True)
+def _speed_ups_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with the speed-ups on, whatever the shell set; the ones about the
+    public path turn them off themselves."""
+    monkeypatch.delenv("CAVIAR_NO_SPEEDUPS", raising=False)
+
+
 def _sink(folder: Path) -> MlflowSink:
     folder.mkdir()
     return _sink_at(f"sqlite:///{folder / 'mlflow.db'}", "bulk")
