@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.report import figures
 from orchestrator.report.pbt_chart import plot_pbt
 from orchestrator.report.ui_links import SweepLinks, labelled, run_page, sweep_links
 from orchestrator.search.importance import ScoredTrial, parameter_importance, value_at_first_rung
@@ -210,10 +211,10 @@ def _plot_objective_vs_parameters(history: SweepHistory, path: Path) -> Path | N
         "(x: diverged; bars at the bottom: each round's region)",
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0, 0.93, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    # Room for each axis's y label and ticks, for the x label and ticks under each row, the
+    # title above, and the legend at the right.
+    figures.set_margins(fig, left=0.9, right=1.15, bottom=0.7, top=0.55, col_gap=0.9, row_gap=0.8)
+    return figures.save(fig, path)
 
 
 def _xs(domain: Domain, values: Sequence[Any], jitter_seed: int) -> np.ndarray:
@@ -303,10 +304,8 @@ def _plot_learning_curves(history: SweepHistory, path: Path) -> Path | None:
     )
     ax.grid(True, alpha=0.25)
     ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    figures.set_margins(fig)
+    return figures.save(fig, path)
 
 
 def _plot_search_progress(history: SweepHistory, path: Path) -> Path | None:
@@ -343,10 +342,8 @@ def _plot_search_progress(history: SweepHistory, path: Path) -> Path | None:
     ax.set_ylabel(f"best {history.metric} (trials trained in full)")
     ax.set_title(f"{history.name}: the search converging")
     ax.grid(True, alpha=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    figures.set_margins(fig)
+    return figures.save(fig, path)
 
 
 def _plot_importance(report: Report, path: Path) -> Path | None:
@@ -371,10 +368,8 @@ def _plot_importance(report: Report, path: Path) -> Path | None:
     ax.set_title("Which hyperparameters mattered")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, axis="x", alpha=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    figures.set_margins(fig, left=figures.text_width(names) + 0.3)  # the names, horizontal
+    return figures.save(fig, path)
 
 
 # --- the page ----------------------------------------------------------------------------

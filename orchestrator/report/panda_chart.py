@@ -13,6 +13,7 @@ import html
 import json
 from pathlib import Path
 
+from orchestrator.report import figures
 from orchestrator.store import layout
 from orchestrator.store.panda_runs import PandaHistory, SegmentRun
 
@@ -111,10 +112,8 @@ def plot_branches(history: PandaHistory, path: Path, metrics: tuple[str, ...]) -
     axes[-1].set_xlabel("epoch (the session's axis)")
     if len(history.segments) <= 12:
         axes[0].legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.tight_layout()  # rows of varying count and labels: measured, not fixed
+    return figures.save(fig, path)
 
 
 def _label(segment: SegmentRun) -> str:

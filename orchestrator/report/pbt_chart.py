@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from orchestrator.report import figures
 from orchestrator.search.pbt import Exploit, line_of
 from orchestrator.store.history import SweepHistory
 from orchestrator.trials import Trial
@@ -96,10 +97,8 @@ def plot_pbt(history: SweepHistory, best: Trial | None, path: Path) -> Path | No
             ax.set_title("the values that line trained with", fontsize=9)
         ax.grid(True, alpha=0.25)
     axes[-1][0].set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.tight_layout()  # rows of varying count and labels: measured, not fixed
+    return figures.save(fig, path)
 
 
 def _differs(line: list[Any], name: str) -> bool:
