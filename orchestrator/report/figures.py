@@ -21,6 +21,7 @@ DPI = 110
 CHAR_IN = 0.085
 LINE_IN = 0.2  # one line of 10-point text, with its leading
 TICK_LABEL_IN = 0.45  # room for a tick and a tick label such as "0.975" or "10^-3"
+MAX_LOG_TICKS = 8  # labels such as "0.005" side by side on a 4-inch axis
 
 
 def set_margins(
@@ -61,3 +62,23 @@ def save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return path
+
+
+def log_ticks(axis: Any, low: float, high: float) -> None:
+    """Ticks of a log axis from ``low`` to ``high`` as plain numbers (0.001, 20, 500): 1, 2
+    and 5 per decade, or 1 and 3, or 1, whichever gives at most :data:`MAX_LOG_TICKS` labels;
+    no minor ticks.
+
+    Matplotlib's default labels a short log range with minor labels that run into each other
+    ("3x10^1" beside "4x10^1"), and draws each label with its TeX-like parser."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    decades = math.log10(max(high, low) / max(min(high, low), 1e-300))
+    subs = next(
+        (s for s in ((1.0, 2.0, 5.0), (1.0, 3.0)) if decades * len(s) <= MAX_LOG_TICKS), (1.0,)
+    )
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))

@@ -231,9 +231,11 @@ def _style_axis(ax: Any, domain: Domain) -> None:
     if isinstance(domain, RangeDomain):
         if domain.scale == "log":
             ax.set_xscale("log")
+            figures.log_ticks(ax.xaxis, domain.low, domain.high)
             ax.set_xlabel(f"{domain.name} (log scale)")
         elif domain.scale == "log1m":
             ax.set_xscale("log")
+            figures.log_ticks(ax.xaxis, 1.0 - domain.high, 1.0 - domain.low)
             ax.invert_xaxis()
             ax.set_xlabel(f"1 - {domain.name} (log scale; right = closer to 1)")
         else:

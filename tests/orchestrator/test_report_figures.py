@@ -29,7 +29,7 @@ def _history(metric: str, mode: str) -> SweepHistory:
     region = {
         "learning_rate": {"scale": "log", "low": 1e-5, "high": 10.0},
         "momentum": {"scale": "log1m", "low": 0.5, "high": 0.999},
-        "hidden_units": {"scale": "log", "low": 8, "high": 512, "integer": True},
+        "hidden_units": {"scale": "log", "low": 16, "high": 256, "integer": True},
         "layers": {"values": [1, 2, 3, 4]},
         "batch_size": {"values": [16, 32, 64, 128, 256]},
         LONG_NAME: {"scale": "log", "low": 1e-6, "high": 0.1},
@@ -48,7 +48,7 @@ def _history(metric: str, mode: str) -> SweepHistory:
         config = {
             "learning_rate": 10 ** (-5 + index % 6),
             "momentum": 0.5 + 0.01 * index,
-            "hidden_units": 8 + 10 * index,
+            "hidden_units": 16 + 5 * index,
             "layers": 1 + index % 4,
             "batch_size": [16, 32, 64, 128, 256][index % 5],
             LONG_NAME: 10 ** -(1 + index % 5),
@@ -114,6 +114,14 @@ def _problems(fig: Any) -> list[str]:
     if whole.x0 < 0 or whole.y0 < 0 or whole.x1 > inches[0] or whole.y1 > inches[1]:
         problems.append(f"drawn {whole} beyond the figure's {inches} inches")
     boxes = [(ax, ax.get_tightbbox(renderer)) for ax in fig.get_axes() if ax.get_visible()]
+    for ax, _ in boxes:
+        labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+        extents = sorted(
+            ((t.get_window_extent(renderer), t.get_text()) for t in labels), key=lambda e: e[0].x0
+        )
+        for (a, a_text), (b, b_text) in zip(extents, extents[1:], strict=False):
+            if a.overlaps(b):
+                problems.append(f"{ax.get_xlabel()!r}: tick labels {a_text!r}, {b_text!r} overlap")
     for i, (a, box_a) in enumerate(boxes):
         for b, box_b in boxes[i + 1 :]:
             if box_a.overlaps(box_b):
