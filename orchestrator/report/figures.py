@@ -55,6 +55,14 @@ def text_width(labels: list[str]) -> float:
     return CHAR_IN * max((len(label) for label in labels), default=0)
 
 
+def wrap(text: str, width_in: float, points: float = 10) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``points`` points."""
+    import textwrap
+
+    per_line = max(20, int(width_in / (CHAR_IN * points / 10)))
+    return textwrap.fill(text, per_line, break_long_words=False)
+
+
 def save(fig: Any, path: Path) -> Path:
     """The figure as a PNG, drawn once; fast compression (the report's PNGs are small)."""
     import matplotlib.pyplot as plt

@@ -206,14 +206,17 @@ def _plot_objective_vs_parameters(history: SweepHistory, path: Path) -> Path | N
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=9, frameon=False)
-    fig.suptitle(
+    title = figures.wrap(
         f"{history.name}: {history.metric} by parameter "
         "(x: diverged; bars at the bottom: each round's region)",
-        fontsize=11,
+        fig.get_size_inches()[0] - 1.3,  # beside the legend
+        points=11,
     )
+    fig.suptitle(title, fontsize=11)
     # Room for each axis's y label and ticks, for the x label and ticks under each row, the
-    # title above, and the legend at the right.
-    figures.set_margins(fig, left=0.9, right=1.15, bottom=0.7, top=0.55, col_gap=0.9, row_gap=0.8)
+    # title's lines above, and the legend at the right.
+    top = 0.35 + 0.2 * (title.count("\n") + 1)
+    figures.set_margins(fig, left=0.9, right=1.15, bottom=0.7, top=top, col_gap=0.9, row_gap=0.8)
     return figures.save(fig, path)
 
 
