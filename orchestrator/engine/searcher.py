@@ -158,13 +158,23 @@ class RoundSearcher(Searcher):
         (``TpeProposer.propose_pack``); each member gets its own proposal of everything else,
         so a parameter's values stay the sampler's own and only shape values repeat within a
         pack (as ``pack_round``). TPE's random start is not packed: each of its trials gets a
-        shape of its own."""
+        shape of its own. In a space that samples no shape field, every trial (the random
+        start's too) packs, each member the sampler's own proposal of everything."""
         proposer = self.proposer
         assert proposer is not None
         first = self.next_index
         packer = self.packer
-        if packer is None or not proposer.shape or proposer.alone(first):
+        if packer is None or proposer.alone(first):
             return [proposer.propose(first, self._grid_point(first))]
+        if not proposer.shape:
+            head = proposer.propose(first, self._grid_point(first), unit=first)
+            size = min(limit, max(1, packer.size_for(head, self.total - first)))
+            key, unit = packer.shape_key(head), [head]
+            for index in range(first + 1, first + size):
+                if packer.shape_key({**head, **self._grid_point(index)}) != key:
+                    break  # its grid point gives another shape: it starts the next pack
+                unit.append(proposer.propose(index, self._grid_point(index), unit=first))
+            return unit
         shape = proposer.propose_pack(first)
         head = proposer.propose_member(first, first, self._grid_point(first))
         size = min(limit, max(1, packer.size_for(head, self.total - first)))

@@ -29,6 +29,9 @@ reimplement it. What caviar adds is what the sampler is shown:
   every other parameter. Optuna's multivariate TPE with ``group=True`` then models
   the shape fields from one observation per pack (and per lone trial) and the rest from every
   trial. Lone trials (the random start, a pack of one) are single trials with everything.
+  In a space that samples no shape field every trial has the sweep's one shape: its packs
+  (the random start's too) are members that are each a lone trial to the sampler, each with
+  its own proposal, and the pack counts once only while it waits for a result.
 
 **Reproducible and resumable.** A proposal is a function of the sweep seed, the trial's index
 and the study's contents, and the study is a function of caviar's trial records alone (each
@@ -64,9 +67,11 @@ from orchestrator.search.tpe_records import (
     Record,
     finite,
     frozen_fields,
-    has_result,
     is_bad,
+    plain,
+    proposal_seed,
     rank_key,
+    results_so_far,
 )
 from orchestrator.search.tpe_space import TpeCoordinates, single_valued
 from orchestrator.trials import TrialState
@@ -136,14 +141,17 @@ class TpeProposer:
 
     # --- the searcher's calls -----------------------------------------------------------
 
-    def propose(self, index: int, fixed: Mapping[str, Scalar] | None = None) -> dict[str, Any]:
+    def propose(
+        self, index: int, fixed: Mapping[str, Scalar] | None = None, unit: int | None = None
+    ) -> dict[str, Any]:
         """The configuration of lone trial ``index``: the sampler's, with ``fixed`` values
-        imposed (the trial's grid point). The trial is then pending."""
+        imposed (the trial's grid point). The trial is then pending. ``unit``: the first
+        index of the fused pack it trains in, in a space that samples no shape field."""
         fixed = dict(fixed or {})
         proposed = self._ask(proposal_seed(self.seed, index), self.distributions, fixed)
         config = self.coords.config(proposed)
         config.update({name: value for name, value in fixed.items() if name in config})
-        self._add(index, config)
+        self._add(index, config, unit=unit)
         return config
 
     def propose_pack(self, first: int) -> dict[str, Any]:
@@ -229,6 +237,7 @@ class TpeProposer:
         problem = self.coords.misfit(config)
         if problem:
             raise ValueError(problem)
+        unit = pack
         if pack is not None and not self.shape:
             pack = None  # no sampled shape field: its members are lone trials to the sampler
         if pack is not None and pack not in self.packs:
@@ -237,9 +246,9 @@ class TpeProposer:
             self._add_pack(pack, {name: config[name] for name in self.shape})
         if pack is not None:
             shape = {name: config[name] for name in self.shape}
-            if _plain(shape) != _plain(self.packs[pack]):
+            if plain(shape) != plain(self.packs[pack]):
                 raise ValueError(f"trial {index} has a shape other than its pack's: {shape}")
-        self._add(index, dict(config), pack)
+        self._add(index, dict(config), pack, unit)
 
     def observe(self, index: int, entries: Iterable[Mapping[str, Any]]) -> None:
         """Epoch results of trial ``index``, oldest first (repeats of known epochs are fine)."""
@@ -272,9 +281,14 @@ class TpeProposer:
         self._dirty.add(index)
 
     def alone(self, index: int) -> bool:
-        """Whether trial ``index`` is one of the random start, which fused packs leave alone:
-        a pack shares one shape among its members, so a random start of packs would show the
-        model only a few shapes, and it would settle on the best of those."""
+        """Whether trial ``index`` is one of the random start, which fused packs leave alone
+        where the space samples a shape field: a pack shares one shape among its members, so
+        a random start of packs would show the model only a few shapes, and it would settle on
+        the best of those. Where every trial has one shape, the random start packs."""
+        return bool(self.shape) and self.in_random_start(index)
+
+    def in_random_start(self, index: int) -> bool:
+        """Whether trial ``index`` is one of the first ``n_startup_trials``."""
         return index < self.settings.n_startup_trials
 
     def may_propose(self, index: int, slots: int) -> bool:
@@ -285,7 +299,7 @@ class TpeProposer:
         first one: Tune asks for a waiting trial per slot as soon as one starts, and a pack
         proposed then would be decided on what was known a whole pack earlier. Never waits
         when nothing is pending, so a sweep cannot stall."""
-        if not self.settings.wait_for_results or self.alone(index):
+        if not self.settings.wait_for_results or self.in_random_start(index):
             return True
         told, blind = self._results_so_far()
         if blind == 0:
@@ -297,16 +311,7 @@ class TpeProposer:
         return self._results_so_far()[1]
 
     def _results_so_far(self) -> tuple[int, int]:
-        """(trials with a result, blind units), in one pass: Tune asks again at every step
-        of its loop while a proposal waits."""
-        told = 0
-        seen: dict[int, bool] = {}
-        for index, record in self.records.items():
-            known = has_result(record)
-            told += known
-            unit = record.pack if record.pack is not None else index
-            seen[unit] = seen.get(unit, False) or known
-        return told, sum(1 for known in seen.values() if not known)
+        return results_so_far(self.records)
 
     def misfit(self, config: Mapping[str, Any]) -> str | None:
         """Why ``config`` is not a configuration of this space (None when it is)."""
@@ -433,12 +438,14 @@ class TpeProposer:
             self._pack_shown[first] = RUNNING
             self._pack_handles[first] = self._enter(self._shape_params(first), RUNNING)
 
-    def _add(self, index: int, config: dict[str, Any], pack: int | None = None) -> None:
+    def _add(
+        self, index: int, config: dict[str, Any], pack: int | None = None, unit: int | None = None
+    ) -> None:
         if index in self.records:
             raise ValueError(f"trial {index} is already known to the sampler")
         if self.records and index < max(self.records):
             self._study = None  # the study lists trials in index order: rebuilt when next used
-        self.records[index] = Record(config, pack=pack)
+        self.records[index] = Record(config, pack=pack, unit=pack if unit is None else unit)
         if self._study is not None:
             self._shown[index] = RUNNING
             self._handles[index] = self._enter(self._trial_params(index), RUNNING)
@@ -486,14 +493,3 @@ class TpeProposer:
             if encoding[0] == "pruned":
                 handle.report(encoding[2], encoding[1])
             self._study.tell(handle, state=optuna.trial.TrialState.PRUNED)
-
-
-def proposal_seed(seed: int, index: int, kind: int = 0) -> int:
-    """The sampler seed of trial ``index``'s proposal (``kind`` 1: its pack's shape): fixed by
-    the sweep seed and the index."""
-    entropy = [seed, index] if kind == 0 else [seed, index, kind]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-def _plain(values: Mapping[str, Any]) -> str:
-    return repr(sorted((k, repr(v)) for k, v in values.items()))

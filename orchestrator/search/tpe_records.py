@@ -5,8 +5,11 @@ and the pure rules on it. See ``tpe.py``'s docstring for why each trial is shown
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from orchestrator.trials import TrialState
 
@@ -31,6 +34,10 @@ class Record:
     rungs: dict[int, float] = field(default_factory=dict)  # milestone -> value first there
     last: tuple[int, float] | None = None  # (epoch, value) of its newest finite value
     pack: int | None = None  # a pack member: its pack's first index (its shape trial's key)
+    # The fused pack it trains in (its first index), counted as one unit while it waits for a
+    # result; set where ``pack`` is not: in a space without a sampled shape field a pack's
+    # members are lone trials to the sampler (no shape trial) but still train together.
+    unit: int | None = None
 
 
 def frozen_fields(encoding: Encoding) -> tuple[Any, float | None, dict[int, float] | None]:
@@ -72,3 +79,29 @@ def finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def results_so_far(records: Mapping[int, Record]) -> tuple[int, int]:
+    """(trials with a result, blind units: packs or lone trials none of whose trials has a
+    result yet), in one pass: Tune asks again at every step of its loop while a proposal
+    waits."""
+    told = 0
+    seen: dict[int, bool] = {}
+    for index, record in records.items():
+        known = has_result(record)
+        told += known
+        unit = record.unit if record.unit is not None else index
+        seen[unit] = seen.get(unit, False) or known
+    return told, sum(1 for known in seen.values() if not known)
+
+
+def proposal_seed(seed: int, index: int, kind: int = 0) -> int:
+    """The sampler seed of trial ``index``'s proposal (``kind`` 1: its pack's shape): fixed by
+    the sweep seed and the index."""
+    entropy = [seed, index] if kind == 0 else [seed, index, kind]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def plain(values: Mapping[str, Any]) -> str:
+    """A canonical text of ``values`` (compares configurations whatever their types)."""
+    return repr(sorted((k, repr(v)) for k, v in values.items()))

@@ -744,3 +744,76 @@ def test_shape_explore_draws_that_share_of_pack_shapes_at_random() -> None:
     assert 38 <= tanh[1.0] <= 62, tanh  # a fair coin over 100 packs
     assert tanh[1.0] < tanh[0.5] < tanh[0.0], tanh
     assert _pack_shapes(0.5, 10) == _pack_shapes(0.5, 10)
+
+
+# --- a space that samples no shape field: every trial has one shape, and packs ---------------
+
+
+def _one_shape_spec(**tpe: Any) -> SweepSpec:
+    """The optimizer's values searched for one network: no shape field is sampled."""
+    network = {"hidden_units": 32, "layers": 2, "batch_size": 64, "activation": "tanh"}
+    return parse_spec(
+        {
+            "name": "tpe-one-shape",
+            "data": {"source": "digits"},
+            "trainable": "bn_softmax_mlp",
+            "space": {
+                "learning_rate": {"scale": "log", "low": 1e-3, "high": 1.0},
+                "momentum": {"scale": "log1m", "low": 0.8, "high": 0.999},
+            },
+            "fixed": {"optimizer": "sgd", **network},
+            "search": {"strategy": "tpe", "num_trials": 40, "seed": 3,
+                       "tpe": {"n_startup_trials": 4, **tpe}},
+            "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 3,
+                          "max_epochs": 9},
+            "objective": {"metric": "val_accuracy", "mode": "max"},
+            "resources": {"pack_size": "auto"},
+        }
+    )  # fmt: skip
+
+
+def test_a_space_without_a_sampled_shape_field_packs_tpe_trials_each_its_own_proposal() -> None:
+    searcher = _searcher(_one_shape_spec(), slots=2)
+    assert searcher.proposer is not None and searcher.proposer.shape == ()
+    first = searcher.suggest("p0")  # the random start packs: every member has the one shape
+    assert isinstance(first, dict) and len(first[PACK_MEMBERS]) == 5
+    members = dict(first[PACK_MEMBERS])
+    assert len({c["learning_rate"] for c in members.values()}) == 5
+    assert {(c["hidden_units"], c["layers"], c["batch_size"]) for c in members.values()} == {
+        (32, 2, 64)
+    }
+    # To the sampler each member is a lone trial with every parameter (no shape trial), and
+    # the pack is one unit while it waits for a result.
+    for index in members:
+        record = searcher.proposer.records[index]
+        assert (record.pack, record.unit) == (None, 0)
+    shown = searcher.proposer.study().get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+    assert [set(t.params) for t in shown] == [{"learning_rate", "momentum"}] * 5
+    assert searcher.suggest("p1") is None  # past the random start: no result yet
+    _report_first_rung(searcher, "p0", 0.0)
+    second, third = searcher.suggest("p1"), searcher.suggest("p2")
+    assert isinstance(second, dict) and isinstance(third, dict)
+    assert len(second[PACK_MEMBERS]) == len(third[PACK_MEMBERS]) == 5
+    assert searcher.suggest("p3") is None  # one blind pack per slot, not one per member
+    _report_first_rung(searcher, "p1", 0.0)
+    assert PACK_MEMBERS in searcher.suggest("p3")
+
+
+def test_a_resumed_one_shape_packed_tpe_sweep_proposes_what_the_killed_one_would_have() -> None:
+    spec = _one_shape_spec(wait_for_results=False)
+    killed = _searcher(spec, slots=2)
+    for number in range(5):
+        suggested = killed.suggest(f"k{number}")
+        assert isinstance(suggested, dict) and PACK_MEMBERS in suggested
+        if number < 3:  # the last two packs stay running
+            epochs = {index: [1, 2, 3] for index, _ in suggested[PACK_MEMBERS]}
+            killed.on_trial_complete(f"k{number}", _pack_step(killed, f"k{number}", epochs))
+    resumed = _searcher(spec, slots=2)
+    resumed.replay(_journal_of(killed, stopped=set()))
+    assert resumed.proposer is not None and killed.proposer is not None
+    assert resumed.proposer.records == killed.proposer.records
+    for unit in resumed.continuations[:]:
+        resumed.suggest(f"r{unit[0].index}")
+    assert [resumed.suggest(f"n{i}") for i in range(2)] == [
+        killed.suggest(f"m{i}") for i in range(2)
+    ]
