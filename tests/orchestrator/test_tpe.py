@@ -307,20 +307,25 @@ def test_diverged_trials_count_as_bad_and_tpe_stays_out_of_where_they_diverge() 
 # --- the searcher: packs, resume, pickling --------------------------------------------------
 
 
-def _spec(pack_size: Any = 4, **search: Any) -> SweepSpec:
+SPEC_SPACE = {
+    "learning_rate": {"scale": "log", "low": 1e-3, "high": 1.0},
+    "momentum": {"scale": "log1m", "low": 0.8, "high": 0.999},
+    "hidden_units": {"scale": "log", "low": 16, "high": 256, "integer": True},
+    "layers": {"values": [1, 2, 3]},
+    "batch_size": {"values": [32, 64, 128]},
+}
+
+
+def _spec(
+    pack_size: Any = 4, space: dict | None = None, fixed: dict | None = None, **search: Any
+) -> SweepSpec:
     return parse_spec(
         {
             "name": "tpe",
             "data": {"source": "digits"},
             "trainable": "bn_softmax_mlp",
-            "space": {
-                "learning_rate": {"scale": "log", "low": 1e-3, "high": 1.0},
-                "momentum": {"scale": "log1m", "low": 0.8, "high": 0.999},
-                "hidden_units": {"scale": "log", "low": 16, "high": 256, "integer": True},
-                "layers": {"values": [1, 2, 3]},
-                "batch_size": {"values": [32, 64, 128]},
-            },
-            "fixed": {"optimizer": "sgd"},
+            "space": space or SPEC_SPACE,
+            "fixed": {"optimizer": "sgd", **(fixed or {})},
             "search": {"strategy": "tpe", "num_trials": 40, "seed": 3, **search},
             "scheduler": {
                 "kind": "asha",
@@ -751,25 +756,12 @@ def test_shape_explore_draws_that_share_of_pack_shapes_at_random() -> None:
 
 def _one_shape_spec(**tpe: Any) -> SweepSpec:
     """The optimizer's values searched for one network: no shape field is sampled."""
-    network = {"hidden_units": 32, "layers": 2, "batch_size": 64, "activation": "tanh"}
-    return parse_spec(
-        {
-            "name": "tpe-one-shape",
-            "data": {"source": "digits"},
-            "trainable": "bn_softmax_mlp",
-            "space": {
-                "learning_rate": {"scale": "log", "low": 1e-3, "high": 1.0},
-                "momentum": {"scale": "log1m", "low": 0.8, "high": 0.999},
-            },
-            "fixed": {"optimizer": "sgd", **network},
-            "search": {"strategy": "tpe", "num_trials": 40, "seed": 3,
-                       "tpe": {"n_startup_trials": 4, **tpe}},
-            "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 3,
-                          "max_epochs": 9},
-            "objective": {"metric": "val_accuracy", "mode": "max"},
-            "resources": {"pack_size": "auto"},
-        }
-    )  # fmt: skip
+    return _spec(
+        "auto",
+        space={name: SPEC_SPACE[name] for name in ("learning_rate", "momentum")},
+        fixed={"hidden_units": 32, "layers": 2, "batch_size": 64, "activation": "tanh"},
+        tpe={"n_startup_trials": 4, **tpe},
+    )
 
 
 def test_a_space_without_a_sampled_shape_field_packs_tpe_trials_each_its_own_proposal() -> None:
