@@ -131,3 +131,28 @@ def _problems(fig: Any) -> list[str]:
             if box_a.overlaps(box_b):
                 problems.append(f"{a.get_xlabel()!r} overlaps {b.get_xlabel()!r}")
     return problems
+
+
+@pytest.mark.parametrize(("low", "high"), [(60, 90), (16, 256), (1e-3, 0.2), (1e-5, 10.0)])
+def test_a_log_axis_gets_at_least_two_plain_labels_that_do_not_overlap(
+    low: float, high: float
+) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.scatter([low, high], [0, 1])
+    ax.set_xscale("log")
+    figures.log_ticks(ax.xaxis, low, high)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    view = sorted(ax.get_xlim())
+    shown = [
+        t
+        for t in ax.get_xticklabels(which="both")
+        if t.get_visible() and t.get_text() and view[0] <= t.get_position()[0] <= view[1]
+    ]
+    boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
+    plt.close(fig)
+    assert len(shown) >= 2, [t.get_text() for t in shown]
+    assert all("$" not in t.get_text() for t in shown)  # plain numbers, no TeX-like labels
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:], strict=False))
