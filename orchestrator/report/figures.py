@@ -71,9 +71,9 @@ def save(fig: Any, path: Path) -> Path:
 
 
 def log_ticks(axis: Any, low: float, high: float) -> None:
-    """Ticks of a log axis from ``low`` to ``high`` as plain numbers (0.001, 20, 500): every
-    digit within a decade, else 1, 2 and 5 per decade, or 1 and 3, or 1, whichever gives at
-    most :data:`MAX_LOG_TICKS` labels; no minor ticks.
+    """Ticks of a log axis from ``low`` to ``high`` as plain numbers (0.001, 20, 500): 1, 2
+    and 5 per decade, or 1 and 3, or 1, whichever gives at most :data:`MAX_LOG_TICKS` labels;
+    no minor ticks.
 
     Matplotlib's default labels a short log range with minor labels that run into each other
     ("3x10^1" beside "4x10^1"), and draws each label with its TeX-like parser."""
@@ -82,9 +82,8 @@ def log_ticks(axis: Any, low: float, high: float) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     decades = math.log10(max(high, low) / max(min(high, low), 1e-300))
-    choices: tuple[tuple[float, ...], ...] = ((1.0, 2.0, 5.0), (1.0, 3.0))
-    if decades < 1:  # within a decade 1, 2 and 5 may all fall outside: every digit
-        choices = (tuple(float(d) for d in range(1, 10)), *choices)
+    # Within a decade where none of 1, 2, 5 falls, matplotlib's locator picks linear ticks.
+    choices = ((1.0, 2.0, 5.0), (1.0, 3.0))
     subs = next((s for s in choices if decades * len(s) <= MAX_LOG_TICKS), (1.0,))
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_minor_locator(NullLocator())
