@@ -25,6 +25,7 @@ Each repetition writes ``--trials`` trials into a fresh store per arm; the arms 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -46,8 +47,9 @@ def _sink(folder: Path) -> Any:
     from orchestrator.store.mlflow_sink import MlflowSink
 
     sink = MlflowSink(f"sqlite:///{folder / 'mlflow.db'}", "sink-bench")
-    sink.open()
-    sink.create_parent("sweep", {}, {"x": 1}, "name: x\n", "spec.yaml")
+    with contextlib.chdir(folder):  # the store's artifacts (./mlruns) in its folder
+        sink.open()
+        sink.create_parent("sweep", {}, {"x": 1}, "name: x\n", "spec.yaml")
     return sink
 
 

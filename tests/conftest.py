@@ -97,3 +97,30 @@ def _caviar_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """One cache folder for the whole run (the migrated SQLite template is built once), and
     none of it in the user's home. Set in os.environ, so every ``caviar`` process inherits it."""
     os.environ["CAVIAR_CACHE_DIR"] = str(tmp_path_factory.mktemp("caviar-cache"))
+
+
+CHECKOUT_MLRUNS = Path(__file__).resolve().parents[1] / "mlruns"
+
+
+@pytest.fixture
+def in_tmp_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The test runs in its own folder: a SQLite store's artifacts (./mlruns) land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_artifacts_in_the_checkout() -> Any:
+    """A test's MLflow artifacts stay under its own folder. A SQLite store names no artifact
+    location, so MLflow puts a new experiment's artifacts in ``./mlruns`` of the working
+    directory: a test that opens one in ``tmp_path`` from the checkout must run there
+    (the ``in_tmp_path`` fixture). Where the checkout already has an mlruns/ (a
+    developer's own runs), nothing is checked."""
+    before = CHECKOUT_MLRUNS.exists()
+    yield
+    if not before and CHECKOUT_MLRUNS.exists():
+        shutil.rmtree(CHECKOUT_MLRUNS, ignore_errors=True)
+        pytest.fail(
+            "this test wrote MLflow artifacts into the checkout's mlruns/; run it in its own "
+            "folder (pytest.mark.usefixtures('in_tmp_path'))"
+        )

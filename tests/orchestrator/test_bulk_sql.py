@@ -27,6 +27,10 @@ from orchestrator.store.writer import (
     TrialOp,
 )
 
+# MLflow puts a SQLite store's artifacts in ./mlruns of the working directory.
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
+
 T0 = 1_700_000_000_000
 LONG = "x" * 9000  # over MLflow's param (6000) and tag (8000) lengths: cut, not refused
 

@@ -21,6 +21,9 @@ from orchestrator.store.lifecycle import (
 from orchestrator.store.markers import STARTING, read_marker
 from orchestrator.store.tracking import SweepTracker
 
+# MLflow puts a SQLite store's artifacts in ./mlruns of the working directory.
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
 
 def _start(tmp_path: Path, stream: io.StringIO) -> RunLifecycle:
     run_id = new_run_id()
@@ -149,7 +152,7 @@ def test_a_kill_after_the_parent_is_created_leaves_a_marker_that_finds_it(
     monkeypatch.setattr(SweepTracker, "start_sweep", create_then_die)
     with pytest.raises(_Killed):
         _start(tmp_path, io.StringIO())
-    (folder,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "mlruns"]
     marker = read_marker(folder)
     assert marker is not None and (marker.status, marker.parent_run_id) == (STARTING, "")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -13,6 +13,10 @@ from mlflow import MlflowClient
 from orchestrator.store.mlflow_sink import MlflowSink
 from orchestrator.store.writer import EndRun, LogMetrics, MetricPoint, StartRun, TrialOp
 
+# MLflow puts a SQLite store's artifacts in ./mlruns of the working directory.
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
+
 STARTED_MS, ENDED_MS = 1_700_000_000_000, 1_700_000_005_000
 
 

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from mlflow import MlflowClient
 
 from orchestrator.engine import live
@@ -20,6 +21,10 @@ from orchestrator.engine.searcher import RoundSearcher
 from orchestrator.search.plan import RoundPlan
 from orchestrator.search.space import RangeDomain, SearchSpace
 from orchestrator.store.tracking import SweepTracker
+
+# MLflow puts a SQLite store's artifacts in ./mlruns of the working directory.
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
 
 SPACE = SearchSpace((RangeDomain("learning_rate", "log", 1e-4, 1.0),), {"epochs": 4})
 PLAN = RoundPlan(1, 3, 7, 0.5, 0.1, "val_accuracy", "max", (2, 4), 4)

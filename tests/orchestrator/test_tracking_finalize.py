@@ -13,6 +13,9 @@ from mlflow import MlflowClient
 from orchestrator.errors import TrackingError
 from orchestrator.store.tracking import SweepTracker
 
+# MLflow puts a SQLite store's artifacts in ./mlruns of the working directory.
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
+
 
 def _tracker(tmp_path: Path) -> SweepTracker:
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "finalize")
