@@ -3,7 +3,8 @@
 The sweep benchmark (bench/sweep_bench.py) times orchestration on one fixed random search. This
 one measures the search itself: on problems where the best model found varies from seed to seed
 (bench/specs/search/*.yaml: a wide space over digits, a hard generated 10-class problem, breast
-cancer by validation loss), each arm runs the same spec (trials, ASHA rungs, epoch budget) once
+cancer by validation loss; opt-in with ``--problems``, the optimizer's values for one network,
+``synthetic_optimizer``), each arm runs the same spec (trials, ASHA rungs, epoch budget) once
 per seed:
 
 - ``random``, ``zoom``, ``tpe``: ``caviar run`` with that ``search.strategy`` (zoom as 4 rounds
