@@ -184,6 +184,7 @@ def test_sigkill_anywhere_then_resume_always_finishes(tmp_path: Path, ray_head: 
 
 
 @pytest.mark.parametrize("resume", [True, False], ids=["resume", "plain run"])
+@pytest.mark.usefixtures("in_tmp_path")  # its experiment, made here, keeps artifacts in ./mlruns
 def test_a_sweep_killed_while_starting_is_started_again_with_no_orphan_parent(
     tmp_path: Path, ray_head: PlainHead, resume: bool
 ) -> None:
