@@ -166,24 +166,21 @@ class RoundSearcher(Searcher):
         packer = self.packer
         if packer is None or proposer.alone(first):
             return [proposer.propose(first, self._grid_point(first))]
-        if not proposer.shape:
-            head = proposer.propose(first, self._grid_point(first), unit=first)
-            size = min(limit, max(1, packer.size_for(head, self.total - first)))
-            key, unit = packer.shape_key(head), [head]
-            for index in range(first + 1, first + size):
-                if packer.shape_key({**head, **self._grid_point(index)}) != key:
-                    break  # its grid point gives another shape: it starts the next pack
-                unit.append(proposer.propose(index, self._grid_point(index), unit=first))
-            return unit
-        shape = proposer.propose_pack(first)
-        head = proposer.propose_member(first, first, self._grid_point(first))
+        shape = proposer.propose_pack(first) if proposer.shape else {}
+
+        def member(index: int) -> dict[str, Any]:
+            if proposer.shape:
+                return proposer.propose_member(index, first, self._grid_point(index))
+            return proposer.propose(index, self._grid_point(index), unit=first)
+
+        head = member(first)
         size = min(limit, max(1, packer.size_for(head, self.total - first)))
         key = packer.shape_key(head)
         unit = [head]
         for index in range(first + 1, first + size):
             if packer.shape_key({**head, **self._grid_point(index), **shape}) != key:
                 break  # its grid point gives another shape: it starts the next pack
-            unit.append(proposer.propose_member(index, first, self._grid_point(index)))
+            unit.append(member(index))
         if len(unit) == 1:
             proposer.single(first)  # a pack of one is a lone trial, as the journal shows it
         return unit

@@ -35,8 +35,8 @@ class Record:
     last: tuple[int, float] | None = None  # (epoch, value) of its newest finite value
     pack: int | None = None  # a pack member: its pack's first index (its shape trial's key)
     # The fused pack it trains in (its first index), counted as one unit while it waits for a
-    # result; set where ``pack`` is not: in a space without a sampled shape field a pack's
-    # members are lone trials to the sampler (no shape trial) but still train together.
+    # result: ``pack`` where that is set, and also in a space without a sampled shape field,
+    # where a pack's members are lone trials to the sampler (no shape trial, ``pack`` None).
     unit: int | None = None
 
 

@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from orchestrator import speedups
 from orchestrator.errors import TrackingError
@@ -52,7 +53,6 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
-MAX_PARAM_LENGTH = 6000  # MLflow's MAX_PARAM_VAL_LENGTH (bulk_sql.py cuts at it too)
 
 TRANSIENT_HINTS = (
     "connection",
@@ -432,7 +432,7 @@ class MlflowSink:
 
 def _param(key: str, value: Any) -> Param:
     """MLflow caps a param's length; a longer value is cut, not refused."""
-    return Param(key, str(value)[:MAX_PARAM_LENGTH])
+    return Param(key, str(value)[:MAX_PARAM_VAL_LENGTH])
 
 
 def _metric(point: MetricPoint) -> Metric:
