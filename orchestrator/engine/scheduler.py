@@ -8,10 +8,12 @@ resumes); fed the journaled calls again in their order, it holds exactly the run
 the sweep was killed. The journal lines are those ``JournaledASHA`` wrote (``sched`` events
 with ``op``, ``k``, ``r``, ``d``), so journals written by either replay in either.
 
-A fused pack (one Tune trial, several caviar trials) is judged member by member, through the
-same calls keyed by each member's index: a member the scheduler stops leaves its pack (the
-stop is posted to the sweep's pack mailbox, which the pack reads before its next step), and
-the pack's Tune trial stops only when no member is left to train.
+A fused pack (one Tune trial, several caviar trials) is judged through the same calls keyed by
+each member's index, its members of one step together (one ``results`` call: their scores are
+recorded at the rung before any is judged, ``SuccessiveHalving.decide_together``): a member the
+scheduler stops leaves its pack (the stop is posted to the sweep's pack mailbox, which the pack
+reads before its next step), and the pack's Tune trial stops only when no member is left to
+train.
 """
 
 from __future__ import annotations
@@ -109,9 +111,11 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
         return trial.trial_id in self.members_of
 
     def _pack_result(self, trial: Trial, result: dict) -> str:
-        """Judge each member at its newest epoch of the step; post the stops to the pack."""
+        """Judge the members at their newest epoch of the step, together (``decide_together``:
+        they reached it at once); post the stops to the pack."""
         members = self.members_of[trial.trial_id]
-        stopped: list[int] = []
+        keys: list[str] = []
+        judged_results: list[dict] = []
         for index, epochs in result.get(MEMBER_RESULTS) or ():
             index = int(index)
             if index in self.left_at or not epochs:
@@ -123,15 +127,60 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
                 self._handle_key("complete", str(index), judged)  # it ended on its own
                 self.left_at[index] = epoch
                 continue
-            if self._handle_key("result", str(index), judged) == TrialScheduler.STOP:
-                self._handle_key("complete", str(index), judged)  # as Tune ends a stopped trial
-                self.left_at[index] = epoch
-                stopped.append(index)
+            keys.append(str(index))
+            judged_results.append(judged)
+        stopped: list[int] = []
+        decisions = self._handle_together(keys, judged_results)
+        for key, judged, decision in zip(keys, judged_results, decisions, strict=True):
+            if decision == TrialScheduler.STOP:
+                self._handle_key("complete", key, judged)  # as Tune ends a stopped trial
+                self.left_at[int(key)] = int(judged.get(self._time_attr, 0))
+                stopped.append(int(key))
         if self.mailbox is not None:
             self.mailbox.post(members[0], int(result["training_iteration"]), stopped)
         if all(index in self.left_at for index in members):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
+
+    def _handle_together(self, keys: list[str], results: list[dict]) -> list[str]:
+        """Results that arrived together: one ``results`` call (a single one is a ``result``
+        call, as for a lone trial), journaled after deciding like every call."""
+        if len(keys) == 1:
+            return [self._handle_key("result", keys[0], results[0]) or TrialScheduler.CONTINUE]
+        if not keys:
+            return []
+        decisions = self._receive_together(keys, results)
+        if self.journal is not None:
+            fields = {
+                "op": "results",
+                "k": keys,
+                "r": [self._judged(r) for r in results],
+                "d": decisions,
+            }
+            try:
+                self.journal.append("sched", **fields)
+            except JournalWriteError:
+                pass  # kept as the journal's failure: the sweep's stopper halts it
+        return decisions
+
+    def _receive_together(self, keys: Sequence[str], results: Sequence[dict]) -> list[str]:
+        judged = [
+            (int(key), r[self._time_attr], r[self._objective])
+            for key, r in zip(keys, results, strict=True)
+            if self._time_attr in r and self._objective in r
+        ]
+        verdicts = dict(
+            zip([i for i, _, _ in judged], self.halving.decide_together(judged), strict=True)
+        )
+        decisions = []
+        for key in keys:
+            decision = verdicts.get(int(key), Decision.CONTINUE)  # nothing to judge: it goes on
+            if decision is Decision.STOP:
+                self._stopped += 1
+            decisions.append(
+                TrialScheduler.STOP if decision is Decision.STOP else TrialScheduler.CONTINUE
+            )
+        return decisions
 
     def _judged(self, entry: dict) -> dict:
         return {k: entry[k] for k in (self._time_attr, self._objective) if k in entry}
@@ -157,8 +206,14 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
 
         Returns (journaled, replayed) decision pairs: equal when the rebuild is exact.
         """
-        decisions = []
+        decisions: list[tuple[str, str]] = []
         for call in calls:
+            if call["op"] == "results":
+                keys = [str(k) for k in call["k"]]
+                replayed = self._receive_together(keys, call.get("r") or [{}] * len(keys))
+                journaled = call.get("d") or replayed
+                decisions.extend(zip((str(d) for d in journaled), replayed, strict=True))
+                continue
             decision = self._receive(call["op"], str(call["k"]), call.get("r") or {})
             if decision is not None:
                 decisions.append((str(call.get("d", decision)), decision))

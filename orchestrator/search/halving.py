@@ -15,13 +15,22 @@ through its private attributes before, with the bracket draw caviar already made
   equal to the cutoff goes on; a NaN score goes on and is recorded.
 - A score is the value, negated when ``mode`` is ``"min"``: larger is better.
 
+One rule is caviar's own, for results that arrive together (``decide_together``): the members
+of a fused pack reach a rung in the same step. Judged one by one, the first to be judged at an
+empty rung would always go on, whatever its score, and the order (the members' indices) would
+decide who else does. Judged together, as ASHA's paper promotes (the top ``1 /
+reduction_factor`` of every trial that reached the rung), their scores are all recorded first,
+and each stops when it is below the cutoff of the rung's scores with theirs among them: a
+first pack of 8 at reduction factor 3 sends its best 3 on, not its first one plus chance. A
+single result is judged exactly as above.
+
 The state is each known trial's bracket and each rung's recorded scores, and nothing else: the
 same calls in the same order rebuild it exactly (``HalvingScheduler.replay``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
@@ -97,6 +106,35 @@ class SuccessiveHalving:
             return Decision.STOP
         return self._judge(index, epoch, value)
 
+    def decide_together(self, results: Sequence[tuple[int, float, float]]) -> list[Decision]:
+        """Judge results that arrived together, ``(index, epoch, value)`` each: the members of
+        a pack at one step. Each is judged at its rung against the scores recorded there with
+        all of these among them (module docstring); one result is judged as ``decide`` does."""
+        if len(results) == 1:
+            return [self.decide(*results[0])]
+        judged: list[tuple[dict[int, float], float] | Decision] = []
+        for index, epoch, value in results:
+            if epoch >= self.max_epochs and self.stop_last_trials:
+                judged.append(Decision.STOP)
+                continue
+            scores = self._rung_to_record(index, epoch)
+            if scores is None:
+                judged.append(Decision.CONTINUE)
+                continue
+            score = self._sign * value
+            scores[index] = score
+            judged.append((scores, score))
+        decisions = []
+        for entry in judged:
+            if isinstance(entry, Decision):
+                decisions.append(entry)
+                continue
+            scores, score = entry
+            cutoff = _cutoff(scores, self._quantile)
+            stop = cutoff is not None and score < cutoff
+            decisions.append(Decision.STOP if stop else Decision.CONTINUE)
+        return decisions
+
     def complete(self, index: int, epoch: float, value: float) -> None:
         """A trial ended with this last result: recorded like a result, then forgotten."""
         if index in self._bracket:
@@ -119,17 +157,24 @@ class SuccessiveHalving:
         )
 
     def _judge(self, index: int, epoch: float, value: float) -> Decision:
+        scores = self._rung_to_record(index, epoch)
+        if scores is None:
+            return Decision.CONTINUE
         score = self._sign * value
+        cutoff = _cutoff(scores, self._quantile)
+        scores[index] = score
+        stop = cutoff is not None and score < cutoff
+        return Decision.STOP if stop else Decision.CONTINUE
+
+    def _rung_to_record(self, index: int, epoch: float) -> dict[int, float] | None:
+        """The scores of the rung this result is judged at, or None: it goes on unjudged."""
         for milestone, scores in reversed(self._rungs[self._bracket[index]]):
             if epoch >= milestone and index in scores and not self.stop_last_trials:
-                break  # it passed this rung already: it goes on
+                return None  # it passed this rung already: it goes on
             if epoch < milestone or index in scores:
                 continue
-            cutoff = _cutoff(scores, self._quantile)
-            scores[index] = score
-            stop = cutoff is not None and score < cutoff
-            return Decision.STOP if stop else Decision.CONTINUE
-        return Decision.CONTINUE
+            return scores
+        return None
 
     def _draw(self, index: int) -> int:
         sizes = np.array([len(rungs) for rungs in self._rungs])

@@ -12,7 +12,9 @@ its wall-clock time ``t`` (seconds since the epoch):
 - ``result``: one epoch's result of a trial;
 - ``checkpoint``: a trial's checkpoint is persisted (its path);
 - ``end``: a trial ended (outcome, error);
-- ``sched``: a call the ASHA scheduler received (so its rungs can be rebuilt exactly).
+- ``sched``: a call the ASHA scheduler received (so its rungs can be rebuilt exactly): ``op``
+  ``add``, ``result``, ``complete`` or ``remove`` of one trial (``k``), or ``results``: the
+  members of a pack judged together at one step (``k``, ``r`` and ``d`` are lists).
 
 An append of one short line survives the writer being killed (the OS holds it); a kill in the
 middle of a write (or a full disk) can cut only the last line, which the reader drops and the

@@ -100,11 +100,14 @@ def test_every_member_is_its_own_trial_and_run(sweep: dict[str, Any]) -> None:
 def test_each_member_stops_at_its_own_rung_and_trains_no_further(sweep: dict[str, Any]) -> None:
     client: MlflowClient = sweep["client"]
     events = sweep["events"]
-    decisions = {
-        int(e["k"]): int(e["r"]["epoch"])
-        for e in events
-        if e["e"] == "sched" and e["op"] == "result" and e.get("d") == "STOP"
-    }
+    decisions: dict[int, int] = {}
+    for e in events:  # a lone member's result is a "result" call, a step's members "results"
+        if e["e"] == "sched" and e["op"] in ("result", "results"):
+            if e["op"] == "results":
+                calls = list(zip(e["k"], e["r"], e["d"], strict=True))
+            else:
+                calls = [(e["k"], e["r"], e.get("d"))]
+            decisions.update({int(k): int(r["epoch"]) for k, r, d in calls if d == "STOP"})
     assert decisions, "ASHA stopped no member"
     results: dict[int, list[int]] = {}
     for event in events:

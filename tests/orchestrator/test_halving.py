@@ -360,3 +360,106 @@ def test_brackets_depend_on_seed_and_index_only_and_removal_keeps_scores() -> No
 def test_impossible_shapes_are_refused(args: tuple) -> None:
     with pytest.raises(ValueError, match="successive halving needs"):
         SuccessiveHalving(*args)
+
+
+# --- results that arrive together: a pack's members at one step ----------------------------------
+
+
+def test_members_judged_together_keep_the_best_third_not_the_first_and_chance() -> None:
+    """Eight members reach an empty rung at once (reduction factor 3): judged together, the
+    three best go on. Judged one by one in index order, the first (the worst here) would go
+    on with no cutoff to meet, and so would every later one that beats the ones before it."""
+    values = [0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80]
+    together = SuccessiveHalving(27, 3, 3, mode="max")
+    one_by_one = SuccessiveHalving(27, 3, 3, mode="max")
+    for index in range(8):
+        together.add(index)
+        one_by_one.add(index)
+    decisions = together.decide_together([(i, 3, v) for i, v in enumerate(values)])
+    assert [d is Decision.CONTINUE for d in decisions] == [False] * 5 + [True] * 3
+    assert [one_by_one.decide(i, 3, v) for i, v in enumerate(values)] == [Decision.CONTINUE] * 8
+    # Both record every score at the rung: later trials meet the same cutoff.
+    assert together.rungs[0][0].scores == one_by_one.rungs[0][0].scores
+    # In min mode the lowest three go on; a member at max_epochs stops unrecorded.
+    low = SuccessiveHalving(27, 3, 3, mode="min")
+    for index in range(9):
+        low.add(index)
+    judged = low.decide_together([(i, 3, v) for i, v in enumerate(values)] + [(8, 27, 0.0)])
+    assert [d is Decision.CONTINUE for d in judged] == [True] * 3 + [False] * 6
+    assert 8 not in low.rungs[0][-1].scores
+
+
+def test_members_judged_together_meet_the_rung_earlier_trials_built() -> None:
+    """With scores already at the rung the cutoff is over them and the members together; a
+    single result is judged exactly as ``decide`` judges it."""
+    halving = SuccessiveHalving(27, 3, 3, mode="max")
+    _record_at(halving, 3, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    for index in (0, 1, 2):
+        halving.add(index)
+    decisions = halving.decide_together([(0, 3, 0.99), (1, 3, 0.85), (2, 3, 0.4)])
+    scores = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.85, 0.4]
+    cutoff = float(np.percentile(scores, 100 * (1 - 1 / 3)))
+    assert [d is Decision.CONTINUE for d in decisions] == [v >= cutoff for v in (0.99, 0.85, 0.4)]
+    assert decisions == [Decision.CONTINUE, Decision.STOP, Decision.STOP]
+    single, alone = SuccessiveHalving(27, 3, 3), SuccessiveHalving(27, 3, 3)
+    for h in (single, alone):
+        _record_at(h, 3, [0.5, 0.9])
+        h.add(7)
+    assert single.decide_together([(7, 3, 0.8)]) == [alone.decide(7, 3, 0.8)]
+    assert single.rungs == alone.rungs
+
+
+def _record_at(halving: SuccessiveHalving, epoch: int, values: list[float]) -> None:
+    for index, value in enumerate(values, start=1000):
+        halving.add(index)
+        halving.decide(index, epoch, value)
+
+
+class _PackTrial(_Trial):
+    pass
+
+
+def _pack_result(step: int, members: dict[int, float]) -> dict[str, Any]:
+    from orchestrator.trials import MEMBER_RESULTS
+
+    return {
+        "training_iteration": step,
+        MEMBER_RESULTS: [(i, [{"epoch": step, METRIC: v}]) for i, v in members.items()],
+    }
+
+
+def test_a_pack_is_judged_together_and_its_journal_replays_to_the_same_rungs(
+    tmp_path: Path,
+) -> None:
+    """Two packs of eight through the scheduler: each step's members are one ``results``
+    journal line; a scheduler rebuilt from the journal (a resume) replays every decision and
+    holds the same rungs, and the first pack sends its three best members on."""
+    members = {"p0": list(range(8)), "p1": list(range(8, 16))}
+    rng = random.Random(3)
+    values = {i: rng.random() for i in range(16)}
+    kwargs = _kwargs((27, 3, 3), 1, "max")
+    live = HalvingScheduler({}, 5, members_of=members, **kwargs)
+    live.journal = Journal(tmp_path / "j.jsonl")
+    for trial_id in members:
+        live.on_trial_add(None, _PackTrial(trial_id))
+    first = live.on_trial_result(
+        None, _PackTrial("p0"), _pack_result(3, {i: values[i] for i in range(8)})
+    )
+    assert first == TrialScheduler.CONTINUE
+    best_three = sorted(range(8), key=values.__getitem__)[-3:]
+    assert sorted(i for i in range(8) if i not in live.left_at) == sorted(best_three)
+    live.on_trial_result(
+        None, _PackTrial("p1"), _pack_result(3, {i: values[i] for i in range(8, 16)})
+    )
+    live.on_trial_result(
+        None, _PackTrial("p0"), _pack_result(9, {i: values[i] + 0.1 for i in best_three})
+    )
+    live.journal.close()
+
+    calls = read_journal(tmp_path / "j.jsonl").scheduler_calls
+    assert [c["op"] for c in calls].count("results") == 3
+    rebuilt = HalvingScheduler({}, 5, members_of=members, **kwargs)
+    replayed = rebuilt.replay(calls)
+    assert len(replayed) == 8 + 8 + 3
+    assert [then for then, _ in replayed] == [now for _, now in replayed]
+    assert _rungs(rebuilt) == _rungs(live)
