@@ -11,7 +11,7 @@ The speed-ups, and what runs instead with the switch off:
 - *Ray's node start without its monitors and API server* (``engine/raystart.py``:
   ``_without_monitors``, ``_without_api_server`` patch ``ray._private.parameter.RayParams``
   and ``ray._private.node.Node``): a plain ``ray.init``.
-- *Packs' mailbox in Ray's key-value store* (``engine/packs.py``: ``KvMailbox`` over
+- *Packs' mailbox in Ray's key-value store* (``engine/mailbox.py``: ``KvMailbox`` over
   ``ray.experimental.internal_kv``): ``ActorMailbox``, a small Ray actor. Packs themselves
   use torch's public API only and stay on (``resources.pack_size`` decides them).
 - *Warm workers* (``engine/warm.py: prestart_workers``: the raylet's ``PrestartWorkers`` RPC

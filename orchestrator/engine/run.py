@@ -31,8 +31,9 @@ import ray
 from orchestrator.engine import live, raystart, registry_cache
 from orchestrator.engine.best_model import rank_and_test
 from orchestrator.engine.capacity import refuse_on_this_machine, waiting_note
+from orchestrator.engine.mailbox import start_mailbox, stop_mailbox
 from orchestrator.engine.observer import SweepObserver
-from orchestrator.engine.packs import packer_for, start_mailbox, stop_mailbox
+from orchestrator.engine.packs import packer_for
 from orchestrator.engine.pbt_files import PbtFiles
 from orchestrator.engine.pbt_setup import (
     PbtSweep,

@@ -12,7 +12,7 @@ rungs. The driver still logs and journals each epoch as its own step.
 
 A fused pack's trial (config key ``PACK_MEMBERS``) trains its members as one model
 (``trainables.pack``) and reports each member's epochs (``MEMBER_RESULTS``); before each step
-after the first it takes from the sweep's mailbox (``orchestrator.engine.packs``) the
+after the first it takes from the sweep's mailbox (``orchestrator.engine.mailbox``) the
 members the scheduler stopped at its last result, and they leave the pack (their state kept for
 the checkpoint). Every checkpoint holds one file per member, in a plain trial's format.
 
@@ -37,8 +37,8 @@ import torch
 from ray import tune
 
 from orchestrator.engine.epoch_watchdog import EpochWatchdog
+from orchestrator.engine.mailbox import MAILBOX_WAIT_S
 from orchestrator.engine.pack_run import MEMBER_FILE, PackRun
-from orchestrator.engine.packs import MAILBOX_WAIT_S
 from orchestrator.engine.pbt_files import PbtWorkerPlan
 from orchestrator.search.pbt import Exploit
 from orchestrator.store.journal import RESUME_FROM

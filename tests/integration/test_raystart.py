@@ -94,7 +94,8 @@ env_vars.update({k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if 
 class Probe:
     def __init__(self):
         # Before anything here imports them: what the worker had imported on its own.
-        self.found = {m: m in sys.modules for m in ("torch", "orchestrator.engine.trial_actor")}
+        self.found = {m: m in sys.modules for m in ("torch", "orchestrator.engine.trial_actor",
+                                                    "orchestrator.spec", "mlflow", "optuna")}
 
     def report(self):
         return os.getpid(), self.found
@@ -111,11 +112,18 @@ def test_a_sweeps_own_ray_starts_its_trial_workers_with_torch_and_the_trial_acto
     """``caviar run`` starts its embedded Ray with the trial workers asked for at once, in
     Tune's runtime environment, importing torch and the trial actor before the first trial
     (``raystart._trial_worker_config``): an actor Tune creates lands on a worker that has
-    both already, one per CPU."""
+    both already, one per CPU. The worker imports nothing of the driver's (the spec's models,
+    MLflow, Optuna): its imports are on the path to a cold sweep's first result."""
     started = run_python_json(WARM_START)
     assert started["preloaded"], started
     for found in started["preloaded"]:
-        assert found == {"torch": True, "orchestrator.engine.trial_actor": True}, started
+        assert found == {
+            "torch": True,
+            "orchestrator.engine.trial_actor": True,
+            "orchestrator.spec": False,
+            "mlflow": False,
+            "optuna": False,
+        }, started
     assert len(set(started["pids"])) == len(started["pids"])  # one worker per actor
 
 
