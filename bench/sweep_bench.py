@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ DEFAULT_SYSTEMS = ("caviar", "ray_tune_docs", "optuna")
 REFERENCE = "caviar"
 MEDIAN_KEYS = (
     "sweep_wall_s",
+    "progress_clock_s",
     "end_to_end_s",
     "before_first_trial_s",
     "after_last_trial_s",
@@ -111,7 +113,15 @@ def run_caviar(ctx: Context, workdir: Path, **env: str) -> tuple[Timed, SweepRea
     journal = read_caviar_journal(workdir / "caviar_runs")
     read.extra["sweep_wall_journal_s"] = sweep_wall_s(journal.trials)
     read.extra.update({k: v for k, v in journal.extra.items() if k == "worker_processes"})
+    read.extra["progress_clock_s"] = progress_clock_s(workdir / "caviar.log")
     return timed, read
+
+
+def progress_clock_s(log: Path) -> float | None:
+    """The time on ``caviar run``'s last progress line: the sweep's wall as a user sees it
+    (issue 27's measure), from the sweep's start (before its workers and data) to its end."""
+    times = re.findall(r"^\[\s*([0-9.]+)s\] running ", log.read_text(errors="replace"), re.M)
+    return float(times[-1]) if times else None
 
 
 def run_caviar_unpacked(ctx: Context, workdir: Path) -> tuple[Timed, SweepRead]:
@@ -278,6 +288,10 @@ def aggregate(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> dict[st
                 "sweep_wall": ratio(ref["sweep_wall_s"], other["sweep_wall_s"]),
                 "end_to_end": ratio(ref["end_to_end_s"], other["end_to_end_s"]),
             }
+            if other.get("progress_clock_s") is not None:  # caviar against caviar
+                ratios[f"{REFERENCE}/{system}"]["progress_clock"] = ratio(
+                    ref["progress_clock_s"], other["progress_clock_s"]
+                )
         ratios[f"{REFERENCE}/floor"] = {"sweep_wall": ratio(ref["sweep_wall_s"], ref["floor_s"])}
     baseline = medians.get("caviar_baseline")
     if baseline is not None:  # the older code against the same peers, in the same runs
@@ -326,6 +340,8 @@ def format_table(result: dict[str, Any]) -> str:
         line = f"{name:<24} sweep wall {_num(values['sweep_wall'], '', 3):>7}"
         if "end_to_end" in values:
             line += f"   end-to-end {_num(values['end_to_end'], '', 3):>7}"
+        if values.get("progress_clock") is not None:
+            line += f"   progress clock {_num(values['progress_clock'], '', 3):>7}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -414,6 +430,7 @@ def _describe(run: dict[str, Any]) -> str:
         f"{run['system']}: sweep {run['sweep_wall_s']:.2f} s, end-to-end "
         f"{run['end_to_end_s']:.2f} s, {run['trials']} trials, {run['epochs_trained']} epochs, "
         f"best {_num(run['best_val_accuracy'], '', 4)}"
+        + (f", progress clock {clock:.1f} s" if (clock := run.get("progress_clock_s")) else "")
     )
 
 
