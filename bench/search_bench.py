@@ -91,6 +91,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # a share of the packs' shapes drawn at random (TPE's model of shapes has few points)
     "tpe_shape25": ("tpe", {"tpe": {"shape_explore": 0.25}}, {}),
     "tpe_shape50": ("tpe", {"tpe": {"shape_explore": 0.5}}, {}),
+    # the random start alone, a shape each: tpe as it was before 2026-12-08 (run 11)
+    "tpe_lonestart": ("tpe", {"tpe": {"pack_random_start": False}}, {}),
     # as Optuna's own TPE arm searches: each parameter on its own, no packs
     "tpe_optuna_like": ("tpe", {"tpe": {"multivariate": False}}, {"resources": {"pack_size": 1}}),
 }

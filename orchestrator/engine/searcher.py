@@ -157,8 +157,9 @@ class RoundSearcher(Searcher):
         ``limit`` members. A pack's shape is proposed once, from one observation per pack
         (``TpeProposer.propose_pack``); each member gets its own proposal of everything else,
         so a parameter's values stay the sampler's own and only shape values repeat within a
-        pack (as ``pack_round``). TPE's random start is not packed: each of its trials gets a
-        shape of its own. In a space that samples no shape field, every trial (the random
+        pack (as ``pack_round``). TPE's random start packs too, each pack a random shape,
+        unless ``pack_random_start`` is off: then each of its trials is alone, a shape of its
+        own. In a space that samples no shape field, every trial (the random
         start's too) packs, each member the sampler's own proposal of everything."""
         proposer = self.proposer
         assert proposer is not None

@@ -28,7 +28,8 @@ reimplement it. What caviar adds is what the sampler is shown:
   per pack and told its median member once they have all ended, and one trial per member with
   every other parameter. Optuna's multivariate TPE with ``group=True`` then models
   the shape fields from one observation per pack (and per lone trial) and the rest from every
-  trial. Lone trials (the random start, a pack of one) are single trials with everything.
+  trial. Lone trials (a pack of one; the random start with ``pack_random_start`` off) are
+  single trials with everything; the random start's packs are shape and member trials too.
   In a space that samples no shape field every trial has the sweep's one shape: its packs
   (the random start's too) are members that are each a lone trial to the sampler, each with
   its own proposal, and the pack counts once only while it waits for a result.
@@ -87,6 +88,7 @@ class TpeSettings:
     ranking: Literal["asha", "bohb"] = "bohb"  # measured: bench/search_bench.py
     wait_for_results: bool = True  # see TpeProposer.may_propose
     shape_explore: float = 0.0  # see TpeProposer.propose_pack
+    pack_random_start: bool = True  # see TpeProposer.alone
 
 
 class TpeProposer:
@@ -281,10 +283,12 @@ class TpeProposer:
         self._dirty.add(index)
 
     def alone(self, index: int) -> bool:
-        """Whether trial ``index`` is one of the random start, which fused packs leave alone
-        where the space samples a shape field: a pack shares one shape among its members, so
-        a random start of packs would show the model only a few shapes, and it would settle on
-        the best of those. Where every trial has one shape, the random start packs."""
+        """Whether trial ``index`` is proposed alone, a shape of its own: one of the random
+        start with ``pack_random_start`` off, in a space that samples a shape field. By
+        default the random start packs, a random shape each, as ``random``'s first packs
+        (measured: docs/performance.md, run 11)."""
+        if self.settings.pack_random_start:
+            return False
         return bool(self.shape) and self.in_random_start(index)
 
     def in_random_start(self, index: int) -> bool:

@@ -94,6 +94,19 @@ class TpeSpec(StrictModel):
             ),
         ),
     ] = 0.0
+    pack_random_start: Annotated[
+        bool,
+        Field(
+            description=(
+                "Pack the random start: its first n_startup_trials trials train in fused "
+                "packs of a random shape each (as strategy random's do), each member with "
+                "its own values. false trains them alone, each with a shape of its own: more "
+                "shapes for TPE's model to start from, at the unpacked cost (measured worse "
+                "on the benchmark: docs/performance.md, run 11). Only where the space samples "
+                "a shape field and packs are on; a one-shape space always packs."
+            )
+        ),
+    ] = True
 
     def settings(self) -> TpeSettings:
         return TpeSettings(
@@ -103,6 +116,7 @@ class TpeSpec(StrictModel):
             self.ranking,
             self.wait_for_results,
             self.shape_explore,
+            self.pack_random_start,
         )
 
 
@@ -222,7 +236,8 @@ class SearchSpec(StrictModel):
         Field(
             description=(
                 "tpe (and zoom with sampler: tpe): the sampler's settings (n_startup_trials, "
-                "n_ei_candidates, multivariate, ranking, wait_for_results, shape_explore); "
+                "n_ei_candidates, multivariate, ranking, wait_for_results, shape_explore, "
+                "pack_random_start); "
                 "the seed is search.seed."
             ),
             json_schema_extra={"default": TpeSpec().model_dump()},

@@ -374,8 +374,8 @@ def _pack_step(searcher: RoundSearcher, trial_id: str, epochs: dict[int, list[in
 
 
 def test_a_pack_shares_one_proposed_shape_and_each_member_gets_its_own_other_values() -> None:
-    searcher = _searcher(_spec(tpe={"n_startup_trials": 2}))
-    # The random start: each trial alone, with a shape of its own.
+    searcher = _searcher(_spec(tpe={"n_startup_trials": 2, "pack_random_start": False}))
+    # The random start (pack_random_start off): each trial alone, with a shape of its own.
     alone = [searcher.suggest(f"t{number}") for number in range(2)]
     assert all(isinstance(c, dict) and PACK_MEMBERS not in c for c in alone)
     for number, config in enumerate(alone):
@@ -405,12 +405,45 @@ def test_a_pack_shares_one_proposed_shape_and_each_member_gets_its_own_other_val
     assert len(told) == 2 + 6 + 24
 
 
+def test_pack_random_start_packs_the_random_start_each_pack_a_random_shape() -> None:
+    """pack_random_start (the default): the start's trials train in packs (one shape each,
+    every member its own values), as strategy random's first packs do; proposals then wait
+    for results as before, and the sampler is told each pack's shape once."""
+    searcher = _searcher(_spec(tpe={"n_startup_trials": 6}), slots=2)
+    packs = [searcher.suggest(f"s{number}") for number in range(2)]
+    shapes = []
+    for suggested in packs:
+        assert isinstance(suggested, dict) and PACK_MEMBERS in suggested
+        members = [config for _, config in suggested[PACK_MEMBERS]]
+        assert len(members) == 4
+        assert len({tuple(m[name] for name in SHAPE) for m in members}) == 1
+        assert len({m["learning_rate"] for m in members}) == 4
+        shapes.append(tuple(members[0][name] for name in SHAPE))
+    assert shapes[0] != shapes[1]
+    assert searcher.suggest("wait") is None  # past the start, nothing has a result yet
+    for number, suggested in enumerate(packs):
+        assert isinstance(suggested, dict)
+        step = _pack_step(
+            searcher, f"s{number}", {i: [1, 2, 3] for i, _ in suggested[PACK_MEMBERS]}
+        )
+        searcher.on_trial_complete(f"s{number}", step)
+    after = searcher.suggest("p0")
+    assert isinstance(after, dict) and PACK_MEMBERS in after
+    assert searcher.proposer is not None
+    told = searcher.proposer.study().get_trials(states=(OptunaState.COMPLETE, OptunaState.PRUNED))
+    assert len([t for t in told if set(t.params) == set(SHAPE)]) == 2
+    # Off, the same start is six lone trials, each with a shape of its own.
+    lone = _searcher(_spec(tpe={"n_startup_trials": 6, "pack_random_start": False}), slots=2)
+    first = lone.suggest("t0")
+    assert isinstance(first, dict) and PACK_MEMBERS not in first
+
+
 def test_a_resumed_packed_tpe_sweep_proposes_what_the_killed_one_would_have() -> None:
     """The journal's view of a kill: four trials alone (the random start) and two packs
     ended, one pack running (a member stopped at rung 1 left it), one started; rebuilt from
     it, the searcher's next proposals are the killed one's. Ranked by BOHB's rule, which
     ranks at rung 3 here: whether member 9 has ended decides how it is shown."""
-    spec = _spec(tpe={"n_startup_trials": 4, "ranking": "bohb"})
+    spec = _spec(tpe={"n_startup_trials": 4, "ranking": "bohb", "pack_random_start": False})
     observer = SimpleNamespace(left_at={})
     live.register("tpe-live", live.LiveSweep(None, None, observer=observer))  # type: ignore[arg-type]
     try:
@@ -609,10 +642,13 @@ def test_a_packed_tpe_sweep_interrupted_and_resumed_keeps_its_trials(tmp_path: P
         assert float(child.data.params["learning_rate"]) == after[index].config["learning_rate"]
 
 
-def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> None:
+@pytest.mark.parametrize("pack_random_start", [True, False])
+def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly(
+    pack_random_start: bool,
+) -> None:
     """A shape whose pack holds one trial (large networks under pack_size auto) makes a lone
     trial, as the journal records it; a sweep of packs and lone trials, rebuilt from its
-    journal, proposes what it would have."""
+    journal, proposes what it would have, its random start packed or alone."""
     space = SearchSpace(
         (
             RangeDomain("learning_rate", "log", 1e-4, 1.0),
@@ -626,7 +662,8 @@ def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> Non
         shape_key=lambda config: config["hidden_units"],
         size_for=lambda config, waiting: 1 if config["hidden_units"] > 32 else 3,
     )
-    plan = RoundPlan(1, 40, 2, 0.25, 0.1, "val_accuracy", "max", MILESTONES, 9, TpeSettings(3))
+    settings = TpeSettings(3, pack_random_start=pack_random_start)
+    plan = RoundPlan(1, 40, 2, 0.25, 0.1, "val_accuracy", "max", MILESTONES, 9, settings)
 
     def quality(config: dict[str, Any]) -> float:
         return 1 / (1 + abs(math.log10(config["learning_rate"]) + 2)) - config["hidden_units"] / 1e3
@@ -641,8 +678,10 @@ def test_packs_of_one_are_lone_trials_and_a_mixed_sweep_resumes_exactly() -> Non
         if number < 9:  # the last three stay running
             last = [[i, {"epoch": 9, "val_accuracy": quality(c)}] for i, c in members]
             result = {"epoch": 9, "val_accuracy": quality(members[0][1])}
+            # A pack's last step, as a pack reports it: each member's epochs and its newest.
+            step = {MEMBER_RESULTS: [[i, [entry]] for i, entry in last], MEMBER_LAST: last}
             packed = PACK_MEMBERS in suggested
-            killed.on_trial_complete(f"k{number}", {MEMBER_LAST: last} if packed else result)
+            killed.on_trial_complete(f"k{number}", step if packed else result)
     assert 1 in sizes[3:] and 3 in sizes[3:]  # after the random start: packs and lone trials
     assert killed.proposer is not None
     for index, trial in killed.trials.items():  # a pack of one is not a pack anywhere
@@ -691,7 +730,7 @@ def _report_first_rung(searcher: RoundSearcher, trial_id: str, value: float) -> 
 
 
 def test_after_the_random_start_tpe_waits_for_results_then_keeps_one_blind_pack_per_slot() -> None:
-    spec = _spec(tpe={"n_startup_trials": 4})
+    spec = _spec(tpe={"n_startup_trials": 4, "pack_random_start": False})
     searcher = _searcher(spec, slots=2)
     for number in range(4):  # the random start never waits
         assert isinstance(searcher.suggest(f"t{number}"), dict)
