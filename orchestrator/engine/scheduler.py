@@ -150,17 +150,7 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
         if not keys:
             return []
         decisions = self._receive_together(keys, results)
-        if self.journal is not None:
-            fields = {
-                "op": "results",
-                "k": keys,
-                "r": [self._judged(r) for r in results],
-                "d": decisions,
-            }
-            try:
-                self.journal.append("sched", **fields)
-            except JournalWriteError:
-                pass  # kept as the journal's failure: the sweep's stopper halts it
+        self._append({"op": "results", "k": keys, "r": results, "d": decisions})
         return decisions
 
     def _receive_together(self, keys: Sequence[str], results: Sequence[dict]) -> list[str]:
@@ -263,6 +253,11 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
             fields["r"] = {k: result[k] for k in (self._time_attr, self._objective) if k in result}
         if decision is not None:
             fields["d"] = decision
+        self._append(fields)
+
+    def _append(self, fields: dict[str, Any]) -> None:
+        if self.journal is None:
+            return
         try:
             self.journal.append("sched", **fields)
         except JournalWriteError:
