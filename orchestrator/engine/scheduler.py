@@ -154,22 +154,19 @@ class HalvingScheduler(NewestPendingFirst, TrialScheduler):
         return decisions
 
     def _receive_together(self, keys: Sequence[str], results: Sequence[dict]) -> list[str]:
+        """What a ``results`` call does, live or replayed; a result without the epoch or the
+        objective is not judged and goes on."""
         judged = [
-            (int(key), r[self._time_attr], r[self._objective])
-            for key, r in zip(keys, results, strict=True)
+            (position, (int(key), r[self._time_attr], r[self._objective]))
+            for position, (key, r) in enumerate(zip(keys, results, strict=True))
             if self._time_attr in r and self._objective in r
         ]
-        verdicts = dict(
-            zip([i for i, _, _ in judged], self.halving.decide_together(judged), strict=True)
-        )
-        decisions = []
-        for key in keys:
-            decision = verdicts.get(int(key), Decision.CONTINUE)  # nothing to judge: it goes on
-            if decision is Decision.STOP:
+        decisions = [TrialScheduler.CONTINUE] * len(keys)
+        verdicts = self.halving.decide_together([call for _, call in judged])
+        for (position, _), verdict in zip(judged, verdicts, strict=True):
+            if verdict is Decision.STOP:
                 self._stopped += 1
-            decisions.append(
-                TrialScheduler.STOP if decision is Decision.STOP else TrialScheduler.CONTINUE
-            )
+                decisions[position] = TrialScheduler.STOP
         return decisions
 
     def _judged(self, entry: dict) -> dict:

@@ -112,27 +112,20 @@ class SuccessiveHalving:
         all of these among them (module docstring); one result is judged as ``decide`` does."""
         if len(results) == 1:
             return [self.decide(*results[0])]
-        judged: list[tuple[dict[int, float], float] | Decision] = []
-        for index, epoch, value in results:
+        decisions = [Decision.CONTINUE] * len(results)
+        recorded: list[tuple[int, dict[int, float], float]] = []
+        for position, (index, epoch, value) in enumerate(results):
             if epoch >= self.max_epochs and self.stop_last_trials:
-                judged.append(Decision.STOP)
+                decisions[position] = Decision.STOP
                 continue
             scores = self._rung_to_record(index, epoch)
-            if scores is None:
-                judged.append(Decision.CONTINUE)
-                continue
-            score = self._sign * value
-            scores[index] = score
-            judged.append((scores, score))
-        decisions = []
-        for entry in judged:
-            if isinstance(entry, Decision):
-                decisions.append(entry)
-                continue
-            scores, score = entry
+            if scores is not None:  # else it goes on unjudged
+                scores[index] = self._sign * value
+                recorded.append((position, scores, scores[index]))
+        for position, scores, score in recorded:  # every score is in: now the cutoffs
             cutoff = _cutoff(scores, self._quantile)
-            stop = cutoff is not None and score < cutoff
-            decisions.append(Decision.STOP if stop else Decision.CONTINUE)
+            if cutoff is not None and score < cutoff:
+                decisions[position] = Decision.STOP
         return decisions
 
     def complete(self, index: int, epoch: float, value: float) -> None:

@@ -255,11 +255,12 @@ def test_rebuilt_from_the_journal_whatever_the_global_random_state(
 # --- the algorithm ------------------------------------------------------------------------------
 
 
-def _record(halving: SuccessiveHalving, values: list[float]) -> None:
-    """Trials 1000, 1001, ... reach the first rung of bracket 0 with these values."""
+def _record(halving: SuccessiveHalving, values: list[float], epoch: int = 1) -> None:
+    """Trials 1000, 1001, ... reach epoch ``epoch`` (the first rung of bracket 0 by default)
+    with these values."""
     for index, value in enumerate(values, start=1000):
         halving.add(index)
-        halving.decide(index, 1, value)
+        halving.decide(index, epoch, value)
 
 
 def test_rungs_are_grace_period_times_powers_of_the_reduction_factor() -> None:
@@ -393,7 +394,7 @@ def test_members_judged_together_meet_the_rung_earlier_trials_built() -> None:
     """With scores already at the rung the cutoff is over them and the members together; a
     single result is judged exactly as ``decide`` judges it."""
     halving = SuccessiveHalving(27, 3, 3, mode="max")
-    _record_at(halving, 3, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    _record(halving, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95], epoch=3)
     for index in (0, 1, 2):
         halving.add(index)
     decisions = halving.decide_together([(0, 3, 0.99), (1, 3, 0.85), (2, 3, 0.4)])
@@ -403,16 +404,10 @@ def test_members_judged_together_meet_the_rung_earlier_trials_built() -> None:
     assert decisions == [Decision.CONTINUE, Decision.STOP, Decision.STOP]
     single, alone = SuccessiveHalving(27, 3, 3), SuccessiveHalving(27, 3, 3)
     for h in (single, alone):
-        _record_at(h, 3, [0.5, 0.9])
+        _record(h, [0.5, 0.9], epoch=3)
         h.add(7)
     assert single.decide_together([(7, 3, 0.8)]) == [alone.decide(7, 3, 0.8)]
     assert single.rungs == alone.rungs
-
-
-def _record_at(halving: SuccessiveHalving, epoch: int, values: list[float]) -> None:
-    for index, value in enumerate(values, start=1000):
-        halving.add(index)
-        halving.decide(index, epoch, value)
 
 
 class _PackTrial(_Trial):
